@@ -1,0 +1,63 @@
+//! Stored rows to proto messages.
+use chrono::{DateTime, Utc};
+
+use crate::domain::batch::NumberState;
+use crate::pb;
+use crate::store::batches::{BatchRow, ResultRow};
+
+pub fn timestamp(t: DateTime<Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: t.timestamp(),
+        nanos: t.timestamp_subsec_nanos() as i32,
+    }
+}
+
+pub fn batch_status(batch: &BatchRow) -> pb::BatchStatus {
+    if batch.completed_at.is_some() {
+        pb::BatchStatus::Completed
+    } else {
+        pb::BatchStatus::Processing
+    }
+}
+
+pub fn number_result(row: &ResultRow) -> pb::NumberResult {
+    pb::NumberResult {
+        index: row.idx,
+        phone_number: row.input.clone(),
+        status: row.state().to_proto() as i32,
+        e164: row.e164.clone().unwrap_or_default(),
+        wa_id: row.wa_id.clone().unwrap_or_default(),
+        is_business: row.is_business,
+        region: row.region.clone().unwrap_or_default(),
+        // A retry's last error is kept on the row, but a pending number has no answer yet.
+        error: if row.state() == NumberState::Pending {
+            String::new()
+        } else {
+            row.error.clone().unwrap_or_default()
+        },
+        checked_at: row.checked_at.map(timestamp),
+    }
+}
+
+/// Counters derived from the rows themselves, so they always add up.
+pub struct Counts {
+    pub completed: i32,
+    pub failed: i32,
+}
+
+impl Counts {
+    pub fn of(states: impl IntoIterator<Item = NumberState>) -> Counts {
+        let mut c = Counts {
+            completed: 0,
+            failed: 0,
+        };
+        for s in states {
+            if s.is_definite() {
+                c.completed += 1;
+            } else if s == NumberState::Error {
+                c.failed += 1;
+            }
+        }
+        c
+    }
+}

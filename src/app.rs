@@ -1,0 +1,150 @@
+//! Builds and runs one process: gRPC server, event hub, health, workers; and shuts them down in order.
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::service::Service;
+use crate::checker::{DynChecker, simulated::Simulated};
+use crate::cli::{CheckerKind, Role, ServeArgs};
+use crate::events::EventHub;
+use crate::health;
+use crate::pb::wa_validation_service_server::WaValidationServiceServer;
+use crate::store::Store;
+use crate::worker::{WorkerConfig, Workers};
+
+/// A running server; `shutdown` begins a graceful stop, `wait` ends it.
+pub struct Server {
+    pub addr: SocketAddr,
+    shutdown: CancellationToken,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Server {
+    pub fn shutdown(&self) {
+        self.shutdown.cancel();
+    }
+
+    pub async fn wait(self) -> anyhow::Result<()> {
+        self.task.await?
+    }
+}
+
+fn build_checker(args: &ServeArgs) -> DynChecker {
+    match args.checker {
+        CheckerKind::Simulated => {
+            tracing::warn!(
+                latency_ms = args.sim_latency_ms,
+                error_rate = args.sim_error_rate,
+                "checker backend: SIMULATED. Answers are computed from the number itself, not looked up on WhatsApp"
+            );
+            Arc::new(Simulated::new(
+                Duration::from_millis(args.sim_latency_ms),
+                args.sim_error_rate,
+            ))
+        }
+    }
+}
+
+/// Applies migrations, retrying while the database is not up yet.
+async fn migrate(store: &Store, shutdown: &CancellationToken) -> anyhow::Result<()> {
+    let mut delay = Duration::from_millis(250);
+    loop {
+        match store.migrate().await {
+            Ok(()) => return Ok(()),
+            Err(err) if shutdown.is_cancelled() => return Err(err),
+            Err(err) => {
+                tracing::warn!(error = %err, "migrations failed; is PostgreSQL up? retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+pub async fn start(args: ServeArgs, database_url: &str) -> anyhow::Result<Server> {
+    let shutdown = CancellationToken::new();
+    let store = Store::connect_lazy(database_url, args.db_max_connections)?;
+    migrate(&store, &shutdown).await?;
+    let checker = build_checker(&args);
+
+    let hub = EventHub::new(
+        store.clone(),
+        Duration::from_millis(args.watch_backstop_ms.max(50)),
+    );
+    let hub_task = tokio::spawn(hub.clone().run(shutdown.clone()));
+
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    let health_task = tokio::spawn(health::run(store.clone(), reporter, shutdown.clone()));
+
+    let workers_task = (args.role != Role::Api).then(|| {
+        let config = WorkerConfig {
+            concurrency: args.workers,
+            lease: Duration::from_secs(args.lease_secs.max(1)),
+            max_attempts: args.max_attempts.max(1),
+            backoff_base: Duration::from_millis(args.retry_base_ms),
+            backoff_max: Duration::from_millis(args.retry_max_ms),
+            idle_poll: Duration::from_millis(args.idle_poll_ms.max(10)),
+            shutdown_grace: Duration::from_secs(args.shutdown_grace_secs),
+        };
+        let workers = Workers::new(store.clone(), checker, config, hub.queued.clone());
+        tokio::spawn(workers.run(shutdown.clone()))
+    });
+
+    let listener = TcpListener::bind(args.listen).await?;
+    let addr = listener.local_addr()?;
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+
+    let mut builder = tonic::transport::Server::builder()
+        // Idle connections behind load balancers get cut; keepalive keeps watch streams alive.
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .tcp_nodelay(true);
+    let mut router = builder
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha);
+    if args.role != Role::Worker {
+        let service = Service::new(store.clone(), hub.clone(), shutdown.clone());
+        router = router.add_service(WaValidationServiceServer::new(service));
+    }
+    let serve_shutdown = shutdown.clone();
+    let server = router
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+            serve_shutdown.cancelled().await
+        });
+    tracing::info!(%addr, role = ?args.role, "wavalidate serving");
+
+    let task_shutdown = shutdown.clone();
+    let task = tokio::spawn(async move {
+        let served = server.await;
+        // The server returns once shutdown began and connections drained; finish the rest in order.
+        task_shutdown.cancel();
+        if let Some(workers) = workers_task {
+            workers.await?;
+        }
+        health_task.await?;
+        hub_task.await?;
+        store.pool().close().await;
+        served?;
+        Ok(())
+    });
+    Ok(Server {
+        addr,
+        shutdown,
+        task,
+    })
+}

@@ -1,0 +1,4 @@
+//! Types that parse their input, so invalid values stop at the edge.
+pub mod api_key;
+pub mod batch;
+pub mod phone;

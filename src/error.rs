@@ -1,0 +1,107 @@
+//! The one error type of the API, and its one mapping to `tonic::Status`.
+use std::collections::HashMap;
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+const DOMAIN: &str = "wavalidate";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    Unauthenticated(&'static str),
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// A request field is wrong; `field` is its path, e.g. `phone_numbers`.
+    #[error("{description}")]
+    BadField { field: String, description: String },
+    #[error("insufficient credits: the batch needs {required}, the balance is {available}")]
+    InsufficientCredits { required: i64, available: i64 },
+    #[error("request_id {0:?} was already used for a different list of numbers")]
+    IdempotencyKeyReused(String),
+    #[error("batch not found")]
+    NotFound,
+    #[error("the database is unavailable; retry shortly")]
+    Unavailable(#[source] sqlx::Error),
+    #[error("internal error")]
+    Internal(#[source] anyhow::Error),
+}
+
+impl ApiError {
+    pub fn bad_field(field: impl Into<String>, description: impl Into<String>) -> ApiError {
+        ApiError::BadField {
+            field: field.into(),
+            description: description.into(),
+        }
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(err: sqlx::Error) -> ApiError {
+        match err {
+            // Connection-level failures: the database is down or unreachable.
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::Protocol(_)
+            | sqlx::Error::WorkerCrashed => ApiError::Unavailable(err),
+            sqlx::Error::Database(ref db)
+                if db
+                    .code()
+                    .is_some_and(|c| c.starts_with("57P") || c.starts_with("08")) =>
+            {
+                ApiError::Unavailable(err)
+            }
+            other => ApiError::Internal(other.into()),
+        }
+    }
+}
+
+impl From<ApiError> for Status {
+    fn from(err: ApiError) -> Status {
+        let message = err.to_string();
+        match err {
+            ApiError::Unauthenticated(_) => Status::unauthenticated(message),
+            ApiError::InvalidArgument(_) => Status::invalid_argument(message),
+            ApiError::BadField { field, description } => Status::with_error_details(
+                Code::InvalidArgument,
+                message,
+                ErrorDetails::with_bad_request_violation(field, description),
+            ),
+            ApiError::InsufficientCredits {
+                required,
+                available,
+            } => Status::with_error_details(
+                Code::FailedPrecondition,
+                message,
+                ErrorDetails::with_error_info(
+                    "INSUFFICIENT_CREDITS",
+                    DOMAIN,
+                    HashMap::from([
+                        ("required".to_string(), required.to_string()),
+                        ("available".to_string(), available.to_string()),
+                    ]),
+                ),
+            ),
+            ApiError::IdempotencyKeyReused(request_id) => Status::with_error_details(
+                Code::InvalidArgument,
+                message,
+                ErrorDetails::with_error_info(
+                    "IDEMPOTENCY_KEY_REUSED",
+                    DOMAIN,
+                    HashMap::from([("request_id".to_string(), request_id)]),
+                ),
+            ),
+            ApiError::NotFound => Status::not_found(message),
+            ApiError::Unavailable(source) => {
+                tracing::warn!(error = %source, "database unavailable");
+                Status::unavailable(message)
+            }
+            ApiError::Internal(source) => {
+                tracing::error!(error = ?source, "internal error");
+                Status::internal(message)
+            }
+        }
+    }
+}

@@ -1,0 +1,202 @@
+//! One LISTEN connection per process fans result notifications out to the
+//! watchers of each batch, so database load stays flat as watchers grow.
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sqlx::postgres::PgListener;
+use tokio::sync::{Notify, broadcast};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::store::batches::ResultRow;
+use crate::store::{QUEUED_CHANNEL, RESULTS_CHANNEL, Store};
+
+/// Results just written for one batch. Watchers skip the ones they already sent.
+pub type Update = Arc<Vec<ResultRow>>;
+
+/// Per-batch channel depth; a watcher that falls further behind re-reads the table.
+const CHANNEL_DEPTH: usize = 64;
+
+pub struct EventHub {
+    store: Store,
+    batches: Mutex<HashMap<Uuid, broadcast::Sender<Update>>>,
+    /// Woken when numbers are queued, so idle workers start at once.
+    pub queued: Arc<Notify>,
+    backstop: Duration,
+}
+
+/// A watcher's handle on a batch; dropping the last one frees the batch's channel.
+pub struct Subscription {
+    hub: Arc<EventHub>,
+    batch_id: Uuid,
+    pub updates: broadcast::Receiver<Update>,
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        let mut batches = self.hub.batches.lock().expect("hub lock");
+        // Our own receiver is still counted here.
+        if batches
+            .get(&self.batch_id)
+            .is_some_and(|tx| tx.receiver_count() <= 1)
+        {
+            batches.remove(&self.batch_id);
+        }
+    }
+}
+
+impl EventHub {
+    pub fn new(store: Store, backstop: Duration) -> Arc<EventHub> {
+        Arc::new(EventHub {
+            store,
+            batches: Mutex::new(HashMap::new()),
+            queued: Arc::new(Notify::new()),
+            backstop,
+        })
+    }
+
+    /// Subscribe before reading what is already finished, so nothing falls in between.
+    pub fn subscribe(self: &Arc<Self>, batch_id: Uuid) -> Subscription {
+        let mut batches = self.batches.lock().expect("hub lock");
+        let updates = batches
+            .entry(batch_id)
+            .or_insert_with(|| broadcast::channel(CHANNEL_DEPTH).0)
+            .subscribe();
+        Subscription {
+            hub: self.clone(),
+            batch_id,
+            updates,
+        }
+    }
+
+    fn is_watched(&self, batch_id: &Uuid) -> bool {
+        self.batches
+            .lock()
+            .expect("hub lock")
+            .contains_key(batch_id)
+    }
+
+    fn watched(&self) -> Vec<Uuid> {
+        self.batches
+            .lock()
+            .expect("hub lock")
+            .keys()
+            .copied()
+            .collect()
+    }
+
+    fn publish(&self, batch_id: Uuid, rows: Vec<ResultRow>) {
+        if rows.is_empty() {
+            return;
+        }
+        if let Some(tx) = self.batches.lock().expect("hub lock").get(&batch_id) {
+            let _ = tx.send(Arc::new(rows));
+        }
+    }
+
+    /// Reads the given results (or all finished ones) and hands them to the batch's watchers.
+    async fn refresh(self: Arc<Self>, batch_id: Uuid, only: Option<Vec<i32>>) {
+        match self.store.finished_results(batch_id, only.as_deref()).await {
+            Ok(rows) => self.publish(batch_id, rows),
+            Err(err) => {
+                tracing::warn!(%batch_id, error = %err, "could not read results for watchers")
+            }
+        }
+    }
+
+    fn refresh_all_watched(self: &Arc<Self>) {
+        for batch_id in self.watched() {
+            tokio::spawn(self.clone().refresh(batch_id, None));
+        }
+    }
+
+    /// Listens until shutdown, reconnecting by itself. After every (re)connect
+    /// and every backstop period, watched batches are re-read from the tables,
+    /// so a missed notification delays a result but never loses it.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut retry = Duration::from_millis(200);
+        while !shutdown.is_cancelled() {
+            let mut listener = match self.connect().await {
+                Ok(listener) => listener,
+                Err(err) => {
+                    tracing::warn!(error = %err, "event listener cannot connect; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(retry) => {}
+                        _ = shutdown.cancelled() => return,
+                    }
+                    retry = (retry * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            };
+            retry = Duration::from_millis(200);
+            tracing::debug!("event listener connected");
+            self.refresh_all_watched();
+            // Workers may have missed queued-work wake-ups while we were away.
+            self.queued.notify_waiters();
+            let mut backstop = tokio::time::interval(self.backstop);
+            backstop.tick().await;
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = backstop.tick() => self.refresh_all_watched(),
+                    msg = listener.try_recv() => match msg {
+                        Ok(Some(n)) if n.channel() == QUEUED_CHANNEL => self.queued.notify_waiters(),
+                        Ok(Some(n)) => self.on_results(n.payload()),
+                        // Connection lost: reconnect and re-read, since notifications were missed.
+                        Ok(None) => break,
+                        Err(err) => {
+                            tracing::warn!(error = %err, "event listener failed; reconnecting");
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    async fn connect(&self) -> Result<PgListener, sqlx::Error> {
+        let mut listener = PgListener::connect_with(self.store.pool()).await?;
+        listener
+            .listen_all([RESULTS_CHANNEL, QUEUED_CHANNEL])
+            .await?;
+        Ok(listener)
+    }
+
+    fn on_results(self: &Arc<Self>, payload: &str) {
+        let Some((batch_id, indexes)) = parse_payload(payload) else {
+            tracing::warn!(payload, "ignoring malformed results notification");
+            return;
+        };
+        if self.is_watched(&batch_id) {
+            tokio::spawn(self.clone().refresh(batch_id, Some(indexes)));
+        }
+    }
+}
+
+/// `"<batch_id> <idx>,<idx>,..."`, as written by `Store::complete`.
+fn parse_payload(payload: &str) -> Option<(Uuid, Vec<i32>)> {
+    let (id, list) = payload.split_once(' ')?;
+    let indexes = list
+        .split(',')
+        .map(str::parse)
+        .collect::<Result<Vec<i32>, _>>()
+        .ok()?;
+    Some((Uuid::parse_str(id).ok()?, indexes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_notification_payloads() {
+        let id = Uuid::new_v4();
+        assert_eq!(
+            parse_payload(&format!("{id} 0,5,7")),
+            Some((id, vec![0, 5, 7]))
+        );
+        assert_eq!(parse_payload("nonsense"), None);
+        assert_eq!(parse_payload(&format!("{id} 1,x")), None);
+    }
+}

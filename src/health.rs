@@ -1,0 +1,43 @@
+//! grpc.health.v1: SERVING only while the database answers.
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+use crate::store::Store;
+
+pub const SERVICE_NAME: &str = "wavalidation.v1.WaValidationService";
+const PROBE_EVERY: Duration = Duration::from_secs(1);
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+async fn set_all(reporter: &HealthReporter, status: ServingStatus) {
+    reporter.set_service_status("", status).await;
+    reporter.set_service_status(SERVICE_NAME, status).await;
+}
+
+/// Probes the database until shutdown, then reports NOT_SERVING for good.
+pub async fn run(store: Store, reporter: HealthReporter, shutdown: CancellationToken) {
+    let mut last = None;
+    loop {
+        let ok = matches!(
+            tokio::time::timeout(PROBE_TIMEOUT, store.ping()).await,
+            Ok(Ok(()))
+        );
+        let status = if ok {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        if last != Some(status) {
+            tracing::info!(?status, "health changed");
+            set_all(&reporter, status).await;
+            last = Some(status);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(PROBE_EVERY) => {}
+            _ = shutdown.cancelled() => break,
+        }
+    }
+    set_all(&reporter, ServingStatus::NotServing).await;
+}

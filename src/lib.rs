@@ -1,0 +1,21 @@
+//! wavalidate: batch WhatsApp number validation over gRPC, backed by PostgreSQL.
+pub mod api;
+pub mod app;
+pub mod checker;
+pub mod cli;
+pub mod domain;
+pub mod error;
+pub mod events;
+pub mod health;
+pub mod store;
+pub mod worker;
+
+/// Generated from `proto/wavalidation/v1/wavalidation.proto`.
+pub mod pb {
+    #![allow(clippy::all)]
+    tonic::include_proto!("wavalidation.v1");
+
+    /// Served by reflection, so grpcurl needs no proto file.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        tonic::include_file_descriptor_set!("wavalidation_descriptor");
+}

@@ -1,0 +1,94 @@
+use anyhow::Context;
+use clap::Parser;
+use serde_json::json;
+use tracing_subscriber::EnvFilter;
+
+use wavalidate::cli::{AccountCommand, Cli, Command, KeyCommand};
+use wavalidate::domain::api_key::ApiKey;
+use wavalidate::store::Store;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx::postgres::notice=warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let url = cli
+        .database_url
+        .context("no database: set DATABASE_URL or pass --database-url")?;
+    match cli.command {
+        Command::Serve(args) => serve(args, &url).await,
+        Command::Migrate => {
+            Store::connect(&url).await?.migrate().await?;
+            eprintln!("migrations applied");
+            Ok(())
+        }
+        Command::Account(AccountCommand::Create { name, credits }) => {
+            let store = connected(&url).await?;
+            let (account_id, key) = store.create_account(&name, credits).await?;
+            println!(
+                "{}",
+                json!({"account_id": account_id, "api_key": key.expose()})
+            );
+            Ok(())
+        }
+        Command::Account(AccountCommand::Credit { account_id, amount }) => {
+            let store = connected(&url).await?;
+            let balance = store
+                .add_credits(account_id, amount)
+                .await?
+                .with_context(|| format!("no account {account_id}"))?;
+            println!("{}", json!({"account_id": account_id, "credits": balance}));
+            Ok(())
+        }
+        Command::Key(KeyCommand::Create { account_id }) => {
+            let store = connected(&url).await?;
+            let key = store
+                .create_key(account_id)
+                .await?
+                .with_context(|| format!("no account {account_id}"))?;
+            println!(
+                "{}",
+                json!({"account_id": account_id, "api_key": key.expose()})
+            );
+            Ok(())
+        }
+        Command::Key(KeyCommand::Revoke { key }) => {
+            let store = connected(&url).await?;
+            let key = ApiKey::from_presented(&key).context("empty key")?;
+            anyhow::ensure!(store.revoke_key(&key).await?, "no such active key");
+            println!("{}", json!({"revoked": true}));
+            Ok(())
+        }
+    }
+}
+
+/// Admin commands run against a migrated schema, so they work on a fresh database too.
+async fn connected(url: &str) -> anyhow::Result<Store> {
+    let store = Store::connect(url).await?;
+    store.migrate().await?;
+    Ok(store)
+}
+
+async fn serve(args: wavalidate::cli::ServeArgs, url: &str) -> anyhow::Result<()> {
+    let server = wavalidate::app::start(args, url).await?;
+    // One line on stdout, so scripts and tests can find a port chosen with :0.
+    println!("wavalidate listening on {}", server.addr);
+    shutdown_signal().await;
+    tracing::info!("shutting down: health NOT_SERVING, workers finishing in-flight checks");
+    server.shutdown();
+    server.wait().await
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term.recv() => {}
+    }
+}
