@@ -50,11 +50,24 @@ fn build_checker(args: &ServeArgs) -> DynChecker {
     }
 }
 
+/// Reflection knows our service, health and both reflection versions, so every grpcurl lists them all.
+fn reflection() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET)
+}
+
 /// Applies migrations, retrying while the database is not up yet.
-async fn migrate(store: &Store, shutdown: &CancellationToken) -> anyhow::Result<()> {
+async fn migrate(store: &Store, url: &str, shutdown: &CancellationToken) -> anyhow::Result<()> {
     let mut delay = Duration::from_millis(250);
     loop {
-        match store.migrate().await {
+        let attempt = async {
+            Store::create_database_if_missing(url).await?;
+            store.migrate().await
+        };
+        match attempt.await {
             Ok(()) => return Ok(()),
             Err(err) if shutdown.is_cancelled() => return Err(err),
             Err(err) => {
@@ -69,7 +82,7 @@ async fn migrate(store: &Store, shutdown: &CancellationToken) -> anyhow::Result<
 pub async fn start(args: ServeArgs, database_url: &str) -> anyhow::Result<Server> {
     let shutdown = CancellationToken::new();
     let store = Store::connect_lazy(database_url, args.db_max_connections)?;
-    migrate(&store, &shutdown).await?;
+    migrate(&store, database_url, &shutdown).await?;
     let checker = build_checker(&args);
 
     let hub = EventHub::new(
@@ -97,16 +110,8 @@ pub async fn start(args: ServeArgs, database_url: &str) -> anyhow::Result<Server
 
     let listener = TcpListener::bind(args.listen).await?;
     let addr = listener.local_addr()?;
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()?;
+    let reflection_v1 = reflection().build_v1()?;
+    let reflection_v1alpha = reflection().build_v1alpha()?;
 
     let mut builder = tonic::transport::Server::builder()
         // Idle connections behind load balancers get cut; keepalive keeps watch streams alive.

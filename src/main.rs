@@ -11,7 +11,8 @@ use wavalidate::store::Store;
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx::postgres::notice=warn")),
+            EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| EnvFilter::new("info,sqlx::postgres::notice=warn")),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -22,7 +23,7 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve(args, &url).await,
         Command::Migrate => {
-            Store::connect(&url).await?.migrate().await?;
+            Store::connect_migrated(&url).await?;
             eprintln!("migrations applied");
             Ok(())
         }
@@ -68,9 +69,7 @@ async fn main() -> anyhow::Result<()> {
 
 /// Admin commands run against a migrated schema, so they work on a fresh database too.
 async fn connected(url: &str) -> anyhow::Result<Store> {
-    let store = Store::connect(url).await?;
-    store.migrate().await?;
-    Ok(store)
+    Store::connect_migrated(url).await
 }
 
 async fn serve(args: wavalidate::cli::ServeArgs, url: &str) -> anyhow::Result<()> {

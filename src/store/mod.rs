@@ -31,14 +31,31 @@ impl Store {
         Ok(Store { pool })
     }
 
-    pub async fn connect(url: &str) -> anyhow::Result<Store> {
+    /// Connects for a one-off command: creates the database if needed and applies migrations.
+    pub async fn connect_migrated(url: &str) -> anyhow::Result<Store> {
+        Store::create_database_if_missing(url).await?;
         let store = Store::connect_lazy(url, 5)?;
-        store.ping().await?;
+        store.migrate().await?;
         Ok(store)
     }
 
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// Creates the URL's database when it does not exist, so a fresh server needs no manual setup.
+    pub async fn create_database_if_missing(url: &str) -> anyhow::Result<()> {
+        use sqlx::migrate::MigrateDatabase;
+        if !sqlx::Postgres::database_exists(url).await? {
+            // A replica starting at the same moment may win the race; that is fine.
+            if let Err(err) = sqlx::Postgres::create_database(url).await
+                && !sqlx::Postgres::database_exists(url).await?
+            {
+                return Err(err.into());
+            }
+            tracing::info!("created the database");
+        }
+        Ok(())
     }
 
     pub async fn migrate(&self) -> anyhow::Result<()> {

