@@ -88,11 +88,12 @@ impl Store {
 
         // NO KEY UPDATE: the batch row's foreign key holds KEY SHARE on the account,
         // which a plain FOR UPDATE would conflict with (and deadlock concurrent submits).
-        let (credits, fair_clock): (i64, i64) =
-            sqlx::query_as("SELECT credits, fair_clock FROM accounts WHERE id = $1 FOR NO KEY UPDATE")
-                .bind(new.account_id)
-                .fetch_one(&mut *tx)
-                .await?;
+        let (credits, fair_clock): (i64, i64) = sqlx::query_as(
+            "SELECT credits, fair_clock FROM accounts WHERE id = $1 FOR NO KEY UPDATE",
+        )
+        .bind(new.account_id)
+        .fetch_one(&mut *tx)
+        .await?;
         if credits < total {
             tx.rollback().await?;
             return Err(ApiError::InsufficientCredits {

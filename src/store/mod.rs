@@ -15,6 +15,16 @@ pub const RESULTS_CHANNEL: &str = "wav_results";
 /// Channel poked when numbers are queued, to wake idle workers.
 pub const QUEUED_CHANNEL: &str = "wav_queued";
 
+/// `url` with its database name replaced (tests and benchmarks make throwaway databases).
+pub fn url_with_database(url: &str, database: &str) -> String {
+    let (head, query) = match url.split_once('?') {
+        Some((h, q)) => (h, format!("?{q}")),
+        None => (url, String::new()),
+    };
+    let prefix = head.rsplit_once('/').map(|(p, _)| p).unwrap_or(head);
+    format!("{prefix}/{database}{query}")
+}
+
 #[derive(Clone)]
 pub struct Store {
     pool: PgPool,
@@ -68,5 +78,20 @@ impl Store {
             .execute(&self.pool)
             .await
             .map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn replaces_the_database_name() {
+        assert_eq!(
+            super::url_with_database("postgres://u@h:5432/postgres?sslmode=disable", "x"),
+            "postgres://u@h:5432/x?sslmode=disable"
+        );
+        assert_eq!(
+            super::url_with_database("postgres://h/db", "y"),
+            "postgres://h/y"
+        );
     }
 }

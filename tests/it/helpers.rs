@@ -15,7 +15,7 @@ use wavalidate::app::Server;
 use wavalidate::cli::{Cli, Command as CliCommand, ServeArgs};
 use wavalidate::pb;
 use wavalidate::pb::wa_validation_service_client::WaValidationServiceClient;
-use wavalidate::store::Store;
+use wavalidate::store::{Store, url_with_database};
 
 pub type Client = WaValidationServiceClient<Channel>;
 
@@ -26,19 +26,9 @@ fn base_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }
 
-/// The base URL with its database name replaced.
-fn with_database(url: &str, db: &str) -> String {
-    let (head, query) = match url.split_once('?') {
-        Some((h, q)) => (h, format!("?{q}")),
-        None => (url, String::new()),
-    };
-    let prefix = head.rsplit_once('/').map(|(p, _)| p).unwrap_or(head);
-    format!("{prefix}/{db}{query}")
-}
-
 /// A new, empty, migrated database for one test.
 pub async fn fresh_database() -> (String, Store) {
-    let url = with_database(&base_url(), &format!("wavtest_{}", Uuid::new_v4().simple()));
+    let url = url_with_database(&base_url(), &format!("wavtest_{}", Uuid::new_v4().simple()));
     let store = Store::connect_migrated(&url).await.expect("test database");
     (url, store)
 }
