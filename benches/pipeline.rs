@@ -61,7 +61,7 @@ async fn main() -> anyhow::Result<()> {
     else {
         unreachable!()
     };
-    let server = wavalidate::app::start(args, &url).await?;
+    let server = wavalidate::app::start(*args, &url).await?;
     let (_, key) = store.create_account("bench", 10_000_000).await?;
     let key = key.expose().to_string();
     let mut client = WaValidationServiceClient::connect(format!("http://{}", server.addr)).await?;

@@ -8,8 +8,13 @@ use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::service::Service;
-use crate::checker::{DynChecker, simulated::Simulated};
+use crate::api::service::{CachePolicy, Service};
+use crate::checker::evolution::{Evolution, EvolutionConfig};
+use crate::checker::paced::{Paced, PacingConfig};
+use crate::checker::simulated::Simulated;
+use crate::checker::variants::Variants;
+use crate::checker::waha::{Waha, WahaConfig};
+use crate::checker::{Backend, DynChecker};
 use crate::cli::{CheckerKind, Role, ServeArgs};
 use crate::events::EventHub;
 use crate::health;
@@ -34,19 +39,56 @@ impl Server {
     }
 }
 
-fn build_checker(args: &ServeArgs) -> DynChecker {
-    match args.checker {
-        CheckerKind::Simulated => {
-            tracing::warn!(
-                latency_ms = args.sim_latency_ms,
-                error_rate = args.sim_error_rate,
-                "checker backend: SIMULATED. Answers are computed from the number itself, not looked up on WhatsApp"
-            );
-            Arc::new(Simulated::new(
-                Duration::from_millis(args.sim_latency_ms),
-                args.sim_error_rate,
-            ))
-        }
+/// The checker chain for workers: backend, pacing, then country variants.
+fn build_checker(args: &ServeArgs, store: &Store) -> anyhow::Result<DynChecker> {
+    let timeout = Duration::from_millis(args.http_timeout_ms.max(1));
+    let backend: Box<dyn Backend> = match args.checker {
+        CheckerKind::Simulated => Box::new(Simulated::new(
+            Duration::from_millis(args.sim_latency_ms),
+            args.sim_error_rate,
+        )),
+        CheckerKind::Waha => Box::new(Waha::new(WahaConfig {
+            url: args.waha_url.as_deref(),
+            session: &args.waha_session,
+            api_key: args.waha_api_key.as_deref(),
+            timeout,
+        })?),
+        CheckerKind::Evolution => Box::new(Evolution::new(EvolutionConfig {
+            url: args.evolution_url.as_deref(),
+            instance: args.evolution_instance.as_deref(),
+            api_key: args.evolution_api_key.as_deref(),
+            timeout,
+        })?),
+    };
+    let gateway = args.checker != CheckerKind::Simulated;
+    let defaults = PacingConfig::unlimited();
+    let pacing = PacingConfig {
+        rate_per_sec: args.rate_per_sec.unwrap_or(if gateway { 1.0 } else { 0.0 }),
+        max_concurrency: args.max_concurrency.unwrap_or(if gateway {
+            1
+        } else {
+            defaults.max_concurrency
+        }),
+        daily_cap: args.daily_cap.unwrap_or(if gateway { 1000 } else { 0 }),
+        breaker_failures: args.breaker_failures,
+        breaker_cooldown: Duration::from_secs(args.breaker_cooldown_secs),
+        rate_limit_backoff: Duration::from_millis(args.rate_limit_backoff_ms),
+        rate_limit_backoff_max: Duration::from_millis(args.rate_limit_backoff_max_ms),
+    };
+    tracing::info!(backend = backend.name(), ?pacing, "checker ready");
+    let paced: DynChecker = Arc::new(Paced::new(backend, pacing, store.clone()));
+    Ok(Arc::new(Variants::new(paced)))
+}
+
+fn announce_checker(args: &ServeArgs) {
+    if args.checker == CheckerKind::Simulated {
+        tracing::warn!(
+            latency_ms = args.sim_latency_ms,
+            error_rate = args.sim_error_rate,
+            "checker backend: SIMULATED. Answers are computed from the number itself, not looked up on WhatsApp"
+        );
+    } else {
+        tracing::info!(backend = args.checker.name(), "checker backend");
     }
 }
 
@@ -82,8 +124,14 @@ async fn migrate(store: &Store, url: &str, shutdown: &CancellationToken) -> anyh
 pub async fn start(args: ServeArgs, database_url: &str) -> anyhow::Result<Server> {
     let shutdown = CancellationToken::new();
     let store = Store::connect_lazy(database_url, args.db_max_connections)?;
+    announce_checker(&args);
+    // Built before anything starts, so a missing gateway URL or key fails the start with a clear error.
+    let checker = if args.role == Role::Api {
+        None
+    } else {
+        Some(build_checker(&args, &store)?)
+    };
     migrate(&store, database_url, &shutdown).await?;
-    let checker = build_checker(&args);
 
     let hub = EventHub::new(
         store.clone(),
@@ -94,7 +142,7 @@ pub async fn start(args: ServeArgs, database_url: &str) -> anyhow::Result<Server
     let (reporter, health_service) = tonic_health::server::health_reporter();
     let health_task = tokio::spawn(health::run(store.clone(), reporter, shutdown.clone()));
 
-    let workers_task = (args.role != Role::Api).then(|| {
+    let workers_task = checker.map(|checker| {
         let config = WorkerConfig {
             concurrency: args.workers,
             lease: Duration::from_secs(args.lease_secs.max(1)),
@@ -123,7 +171,11 @@ pub async fn start(args: ServeArgs, database_url: &str) -> anyhow::Result<Server
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha);
     if args.role != Role::Worker {
-        let service = Service::new(store.clone(), hub.clone(), shutdown.clone());
+        let cache = CachePolicy {
+            backend: args.checker.name(),
+            ttl: args.cache_ttl,
+        };
+        let service = Service::new(store.clone(), hub.clone(), shutdown.clone(), cache);
         router = router.add_service(WaValidationServiceServer::new(service));
     }
     let serve_shutdown = shutdown.clone();

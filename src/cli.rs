@@ -22,7 +22,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run migrations, then serve gRPC and/or run workers until SIGTERM/SIGINT.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Apply database migrations and exit.
     Migrate,
     /// Manage accounts and their credits.
@@ -47,6 +47,21 @@ pub enum Role {
 pub enum CheckerKind {
     /// Deterministic answers computed from the number; no network.
     Simulated,
+    /// A WAHA gateway (WAV_WAHA_URL, WAV_WAHA_SESSION, WAV_WAHA_API_KEY).
+    Waha,
+    /// An Evolution API gateway (WAV_EVOLUTION_URL, WAV_EVOLUTION_INSTANCE, WAV_EVOLUTION_API_KEY).
+    Evolution,
+}
+
+impl CheckerKind {
+    /// The backend's name, which keys the result cache and the daily cap.
+    pub fn name(self) -> &'static str {
+        match self {
+            CheckerKind::Simulated => "simulated",
+            CheckerKind::Waha => "waha",
+            CheckerKind::Evolution => "evolution",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Args)]
@@ -81,6 +96,51 @@ pub struct ServeArgs {
     /// Simulated checker: chance (0..1) that a number's check fails with a retryable error.
     #[arg(long, env = "WAV_SIM_ERROR_RATE", default_value_t = 0.0)]
     pub sim_error_rate: f64,
+    /// WAHA: gateway base URL, e.g. http://127.0.0.1:3000.
+    #[arg(long, env = "WAV_WAHA_URL")]
+    pub waha_url: Option<String>,
+    /// WAHA: session name.
+    #[arg(long, env = "WAV_WAHA_SESSION", default_value = "default")]
+    pub waha_session: String,
+    /// WAHA: value of the X-Api-Key header, when the gateway requires one.
+    #[arg(long, env = "WAV_WAHA_API_KEY", hide_env_values = true)]
+    pub waha_api_key: Option<String>,
+    /// Evolution API: gateway base URL, e.g. http://127.0.0.1:8080.
+    #[arg(long, env = "WAV_EVOLUTION_URL")]
+    pub evolution_url: Option<String>,
+    /// Evolution API: instance name.
+    #[arg(long, env = "WAV_EVOLUTION_INSTANCE")]
+    pub evolution_instance: Option<String>,
+    /// Evolution API: value of the apikey header.
+    #[arg(long, env = "WAV_EVOLUTION_API_KEY", hide_env_values = true)]
+    pub evolution_api_key: Option<String>,
+    /// Timeout of one gateway HTTP request (ms).
+    #[arg(long, env = "WAV_HTTP_TIMEOUT_MS", default_value_t = 15_000)]
+    pub http_timeout_ms: u64,
+    /// Checks per second per process [default: 1 for gateways, unlimited for simulated].
+    #[arg(long, env = "WAV_RATE_PER_SEC")]
+    pub rate_per_sec: Option<f64>,
+    /// Checker calls in flight at once per process [default: 1 for gateways, unlimited for simulated].
+    #[arg(long, env = "WAV_MAX_CONCURRENCY")]
+    pub max_concurrency: Option<usize>,
+    /// Checks per UTC day across all replicas, 0 for none [default: 1000 for gateways, 0 for simulated].
+    #[arg(long, env = "WAV_DAILY_CAP")]
+    pub daily_cap: Option<i64>,
+    /// Consecutive failed checker calls that open the circuit breaker.
+    #[arg(long, env = "WAV_BREAKER_FAILURES", default_value_t = 5)]
+    pub breaker_failures: u32,
+    /// Seconds an open circuit pauses the checker before a trial call.
+    #[arg(long, env = "WAV_BREAKER_COOLDOWN_SECS", default_value_t = 60)]
+    pub breaker_cooldown_secs: u64,
+    /// First pause after an upstream rate limit (429), doubling per repeat, with jitter (ms).
+    #[arg(long, env = "WAV_RATE_LIMIT_BACKOFF_MS", default_value_t = 5_000)]
+    pub rate_limit_backoff_ms: u64,
+    /// Longest pause after repeated upstream rate limits (ms).
+    #[arg(long, env = "WAV_RATE_LIMIT_BACKOFF_MAX_MS", default_value_t = 300_000)]
+    pub rate_limit_backoff_max_ms: u64,
+    /// How long a checked answer is reused for the same number, e.g. 7d, 12h, 0s to disable.
+    #[arg(long, env = "WAV_CACHE_TTL", default_value = "7d", value_parser = humantime::parse_duration)]
+    pub cache_ttl: std::time::Duration,
     /// Largest number of database connections in this process's pool.
     #[arg(long, env = "WAV_DB_MAX_CONNECTIONS", default_value_t = 16)]
     pub db_max_connections: u32,

@@ -21,7 +21,7 @@ async fn main() -> anyhow::Result<()> {
         .database_url
         .context("no database: set DATABASE_URL or pass --database-url")?;
     match cli.command {
-        Command::Serve(args) => serve(args, &url).await,
+        Command::Serve(args) => serve(*args, &url).await,
         Command::Migrate => {
             Store::connect_migrated(&url).await?;
             eprintln!("migrations applied");

@@ -9,7 +9,7 @@ use uuid::Uuid;
 use crate::checker::{DynChecker, Outcome};
 use crate::domain::batch::NumberState;
 use crate::store::Store;
-use crate::store::queue::{Answer, Claimed, Retry};
+use crate::store::queue::{Answer, Claimed, Completion, Retry};
 
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
@@ -68,6 +68,14 @@ impl Workers {
     async fn run_loop(self: Arc<Self>, shutdown: CancellationToken) {
         let limit = self.checker.max_batch() as i64;
         while !shutdown.is_cancelled() {
+            // A paused checker (backoff, open circuit, daily cap) leaves the numbers queued.
+            if let Some(wait) = self.checker.paused_for() {
+                tokio::select! {
+                    _ = tokio::time::sleep(wait.min(self.config.idle_poll.max(Duration::from_millis(100)))) => {}
+                    _ = shutdown.cancelled() => {}
+                }
+                continue;
+            }
             // Registered before claiming, so a wake-up sent meanwhile is not missed.
             let woken = self.queued.notified();
             match self.store.claim(limit, self.config.lease).await {
@@ -107,6 +115,8 @@ impl Workers {
             })
             .collect();
         let mut retries = Vec::new();
+        let mut deferred = Vec::new();
+        let mut defer_for = Duration::ZERO;
 
         if !to_check.is_empty() {
             let numbers: Vec<String> = to_check.iter().map(|c| c.e164.clone()).collect();
@@ -149,10 +159,19 @@ impl Workers {
                         idx: c.idx,
                         error: reason,
                     }),
+                    Outcome::Deferred { retry_in, .. } => {
+                        deferred.push((c.batch_id, c.idx));
+                        defer_for = defer_for.max(retry_in);
+                    }
                 }
             }
         }
         self.write(token, &answers, &retries).await;
+        if !deferred.is_empty()
+            && let Err(err) = self.store.defer(token, &deferred, defer_for).await
+        {
+            tracing::warn!(error = %err, "could not hand deferred numbers back; their lease will expire");
+        }
     }
 
     /// Runs the check while renewing the lease; None when shutdown's grace ran out first.
@@ -188,19 +207,18 @@ impl Workers {
     /// lease expires and another worker checks the numbers again: at least once,
     /// and the lease guard keeps the result written exactly once.
     async fn write(&self, token: Uuid, answers: &[Answer], retries: &[Retry]) {
+        if answers.is_empty() && retries.is_empty() {
+            return;
+        }
+        let work = Completion {
+            answers,
+            retries,
+            backoff_base: self.config.backoff_base,
+            backoff_max: self.config.backoff_max,
+        };
         let mut delay = Duration::from_millis(100);
         for attempt in 1..=5 {
-            match self
-                .store
-                .complete(
-                    token,
-                    answers,
-                    retries,
-                    self.config.backoff_base,
-                    self.config.backoff_max,
-                )
-                .await
-            {
+            match self.store.complete(token, self.checker.name(), &work).await {
                 Ok(_) => return,
                 Err(err) => {
                     tracing::warn!(attempt, error = %err, "writing results failed");

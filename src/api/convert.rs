@@ -36,6 +36,8 @@ pub fn number_result(row: &ResultRow) -> pb::NumberResult {
             row.error.clone().unwrap_or_default()
         },
         checked_at: row.checked_at.map(timestamp),
+        from_cache: row.from_cache,
+        normalization_note: row.normalization_note.clone().unwrap_or_default(),
     }
 }
 

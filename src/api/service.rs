@@ -1,5 +1,7 @@
 //! `wavalidation.v1.WaValidationService`: parse, authenticate, delegate.
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -10,7 +12,7 @@ use super::auth::authenticate;
 use super::convert::{Counts, batch_status, number_result, timestamp};
 use super::watch;
 use crate::domain::batch::{parse_batch_id, request_fingerprint};
-use crate::domain::phone::{MAX_BATCH_ENTRIES, MAX_ENTRY_CHARS, Region, dedup_entries};
+use crate::domain::phone::{MAX_BATCH_ENTRIES, MAX_ENTRY_CHARS, Parsed, Region, dedup_entries};
 use crate::error::ApiError;
 use crate::events::EventHub;
 use crate::pb::{self, wa_validation_service_server::WaValidationService};
@@ -21,18 +23,33 @@ const MAX_REQUEST_ID_CHARS: usize = 256;
 /// Results buffered per watch stream; a slower client holds the sender back instead of growing memory.
 const WATCH_BUFFER: usize = 128;
 
+/// Which cached answers a submission may reuse.
+#[derive(Debug, Clone, Copy)]
+pub struct CachePolicy {
+    /// The configured checker backend: answers from another backend are never reused.
+    pub backend: &'static str,
+    pub ttl: Duration,
+}
+
 pub struct Service {
     store: Store,
     hub: Arc<EventHub>,
     shutdown: CancellationToken,
+    cache: CachePolicy,
 }
 
 impl Service {
-    pub fn new(store: Store, hub: Arc<EventHub>, shutdown: CancellationToken) -> Service {
+    pub fn new(
+        store: Store,
+        hub: Arc<EventHub>,
+        shutdown: CancellationToken,
+        cache: CachePolicy,
+    ) -> Service {
         Service {
             store,
             hub,
             shutdown,
+            cache,
         }
     }
 }
@@ -109,13 +126,33 @@ impl WaValidationService for Service {
             .into());
         }
         let entries = dedup_entries(&req.phone_numbers, region);
+        let cached = if req.force_check {
+            HashMap::new()
+        } else {
+            let valid: Vec<&str> = entries
+                .iter()
+                .filter_map(|e| match &e.parsed {
+                    Parsed::Valid(v) => Some(v.e164.as_str()),
+                    Parsed::Invalid { .. } => None,
+                })
+                .collect();
+            self.store
+                .cached_answers(self.cache.backend, &valid, self.cache.ttl)
+                .await
+                .map_err(ApiError::from)?
+        };
         let batch = self
             .store
             .submit_batch(NewBatch {
                 account_id,
                 request_id: (!request_id.is_empty()).then_some(request_id),
-                fingerprint: request_fingerprint(&req.phone_numbers, &req.default_region),
+                fingerprint: request_fingerprint(
+                    &req.phone_numbers,
+                    &req.default_region,
+                    req.force_check,
+                ),
                 entries: &entries,
+                cached: &cached,
             })
             .await?;
         tracing::info!(batch_id = %batch.id, %account_id, total = batch.total_numbers, "batch submitted");
@@ -150,6 +187,8 @@ impl WaValidationService for Service {
             results: rows.iter().map(number_result).collect(),
             created_at: Some(timestamp(batch.created_at)),
             completed_at: batch.completed_at.map(timestamp),
+            credits_charged: batch.credits_charged,
+            credits_refunded: batch.credits_refunded,
         }))
     }
 

@@ -1,11 +1,22 @@
-//! Checker backends: given normalized numbers, tell which are on WhatsApp.
+//! Checker backends and the layers around them.
+//!
+//! A `Backend` talks to one upstream (simulated, WAHA, Evolution API, WhatsApp Web).
+//! `Paced` wraps it with the pacing that protects checking accounts (rate,
+//! concurrency, daily cap, backoff on rate limits, circuit breaker) and turns it
+//! into a `Checker`; `Variants` adds the country forms WhatsApp may have registered.
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 
+pub mod evolution;
+mod http;
+pub mod paced;
 pub mod simulated;
+pub mod variants;
+pub mod waha;
 
-/// What a checker says about one number.
+/// What a check says about one number.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     OnWhatsApp {
@@ -13,23 +24,100 @@ pub enum Outcome {
         is_business: bool,
     },
     NotOnWhatsApp,
-    /// Worth asking again later (rate limit, timeout, gateway down).
+    /// Worth asking again later; counts as an attempt.
     Retryable(String),
     /// Asking again will not help; recorded as NUMBER_STATUS_ERROR at once.
     Final(String),
+    /// Not asked: the backend is paused. Back to the queue, no attempt counted.
+    Deferred {
+        reason: String,
+        retry_in: Duration,
+    },
+}
+
+/// Why a backend call failed as a whole (or stopped part-way).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallError {
+    /// HTTP 429 / rate-overlimit: back off, do not count against the numbers.
+    RateLimited { retry_after: Option<Duration> },
+    /// The upstream is unreachable, failing or misconfigured.
+    Failed(String),
+}
+
+/// The answers a backend got before it stopped (in input order), and why it stopped.
+#[derive(Debug, Default)]
+pub struct CallResult {
+    pub outcomes: Vec<Outcome>,
+    pub error: Option<CallError>,
+}
+
+impl CallResult {
+    pub fn ok(outcomes: Vec<Outcome>) -> CallResult {
+        CallResult {
+            outcomes,
+            error: None,
+        }
+    }
+
+    pub fn failed(outcomes: Vec<Outcome>, error: CallError) -> CallResult {
+        CallResult {
+            outcomes,
+            error: Some(error),
+        }
+    }
+}
+
+#[async_trait]
+pub trait Backend: Send + Sync + 'static {
+    /// Shown in logs and used to key the result cache and the daily cap.
+    fn name(&self) -> &'static str;
+    /// Most numbers one `check` call may carry.
+    fn max_batch(&self) -> usize;
+    async fn check(&self, e164: &[String]) -> CallResult;
 }
 
 #[async_trait]
 pub trait Checker: Send + Sync + 'static {
-    /// Shown in logs, so an operator always knows which backend answered.
     fn name(&self) -> &'static str;
-
-    /// Most numbers one `check` call may carry.
     fn max_batch(&self) -> usize;
-
-    /// One outcome per number, in the same order. A backend that answers fewer
-    /// must not be trusted for the rest: the worker treats missing ones as retryable.
+    /// One outcome per number, in order.
     async fn check(&self, e164: &[String]) -> Vec<Outcome>;
+    /// Some(wait) while the checker will not make calls (rate-limit backoff,
+    /// open circuit, daily cap reached): workers leave numbers queued meanwhile.
+    fn paused_for(&self) -> Option<Duration> {
+        None
+    }
 }
 
 pub type DynChecker = Arc<dyn Checker>;
+
+/// The WhatsApp id in a JID such as `5511981234567@s.whatsapp.net` or `...@c.us`.
+pub fn wa_id_from_jid(jid: &str) -> Option<String> {
+    let user = jid.split('@').next()?.split(':').next()?;
+    (!user.is_empty()).then(|| user.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn wa_ids_come_from_jids() {
+        use super::wa_id_from_jid;
+        assert_eq!(
+            wa_id_from_jid("5511981234567@s.whatsapp.net").as_deref(),
+            Some("5511981234567")
+        );
+        assert_eq!(
+            wa_id_from_jid("14155552671@c.us").as_deref(),
+            Some("14155552671")
+        );
+        assert_eq!(
+            wa_id_from_jid("123456789012345@lid").as_deref(),
+            Some("123456789012345")
+        );
+        assert_eq!(
+            wa_id_from_jid("14155552671:12@s.whatsapp.net").as_deref(),
+            Some("14155552671")
+        );
+        assert_eq!(wa_id_from_jid("@c.us"), None);
+    }
+}

@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use rand::Rng;
 use sha2::{Digest, Sha256};
 
-use super::{Checker, Outcome};
+use super::{Backend, CallResult, Outcome};
 
 pub struct Simulated {
     latency: Duration,
@@ -41,7 +41,7 @@ impl Simulated {
 }
 
 #[async_trait]
-impl Checker for Simulated {
+impl Backend for Simulated {
     fn name(&self) -> &'static str {
         "simulated"
     }
@@ -50,12 +50,13 @@ impl Checker for Simulated {
         100
     }
 
-    async fn check(&self, e164: &[String]) -> Vec<Outcome> {
+    async fn check(&self, e164: &[String]) -> CallResult {
         if !self.latency.is_zero() {
             tokio::time::sleep(self.latency).await;
         }
         let mut rng = rand::rng();
-        e164.iter()
+        let outcomes = e164
+            .iter()
             .map(|n| {
                 if self.error_rate > 0.0 && rng.random_bool(self.error_rate) {
                     Outcome::Retryable("simulated checker error (WAV_SIM_ERROR_RATE)".into())
@@ -63,7 +64,8 @@ impl Checker for Simulated {
                     Simulated::answer(n)
                 }
             })
-            .collect()
+            .collect();
+        CallResult::ok(outcomes)
     }
 }
 
@@ -90,6 +92,11 @@ mod tests {
         let out = sim
             .check(&["+14155552671".into(), "+442079460958".into()])
             .await;
-        assert!(out.iter().all(|o| matches!(o, Outcome::Retryable(_))));
+        assert!(out.error.is_none());
+        assert!(
+            out.outcomes
+                .iter()
+                .all(|o| matches!(o, Outcome::Retryable(_)))
+        );
     }
 }

@@ -51,9 +51,10 @@ impl NumberState {
 
 /// Fingerprint of what was submitted, so a retry with the same `request_id`
 /// can be told apart from a different request reusing it.
-pub fn request_fingerprint(numbers: &[String], default_region: &str) -> Vec<u8> {
+pub fn request_fingerprint(numbers: &[String], default_region: &str, force_check: bool) -> Vec<u8> {
     let mut h = Sha256::new();
     h.update(default_region.trim().to_ascii_uppercase().as_bytes());
+    h.update([force_check as u8]);
     for n in numbers {
         // Length-prefixed so ["ab","c"] and ["a","bc"] differ.
         h.update((n.len() as u64).to_le_bytes());
@@ -68,10 +69,17 @@ mod tests {
 
     #[test]
     fn fingerprint_tells_lists_apart() {
-        let a = request_fingerprint(&["ab".into(), "c".into()], "us");
-        let b = request_fingerprint(&["a".into(), "bc".into()], "us");
+        let a = request_fingerprint(&["ab".into(), "c".into()], "us", false);
+        let b = request_fingerprint(&["a".into(), "bc".into()], "us", false);
         assert_ne!(a, b);
-        assert_eq!(a, request_fingerprint(&["ab".into(), "c".into()], "US"));
+        assert_eq!(
+            a,
+            request_fingerprint(&["ab".into(), "c".into()], "US", false)
+        );
+        assert_ne!(
+            a,
+            request_fingerprint(&["ab".into(), "c".into()], "US", true)
+        );
     }
 
     #[test]

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
-use phonenumber::{Mode, PhoneNumber, country, metadata::DATABASE};
+use phonenumber::{Mode, PhoneNumber, Type, country, metadata::DATABASE};
 
 /// Longest entry we accept; anything longer is a client bug, not a phone number.
 pub const MAX_ENTRY_CHARS: usize = 256;
@@ -23,12 +23,26 @@ impl Region {
     }
 }
 
+/// A number libphonenumber accepts, in E.164.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValidNumber {
+    pub e164: String,
+    /// ISO 3166-1 alpha-2; empty for non-geographic numbers.
+    pub region: String,
+    /// Set when a legacy form was repaired before validation.
+    pub note: Option<String>,
+}
+
 /// One entry after parsing: a valid number or the reason it is not one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Parsed {
-    Valid { e164: String, region: String },
+    Valid(ValidNumber),
     Invalid { reason: String },
 }
+
+pub const NOTE_MEXICO_1: &str = "repaired: removed the legacy mobile prefix 1 after +52 (Mexico)";
+pub const NOTE_BRAZIL_9: &str =
+    "repaired: added the ninth digit to a Brazilian mobile written with 8 digits";
 
 pub fn parse_number(text: &str, default_region: Option<Region>) -> Parsed {
     let invalid = |reason: &str| Parsed::Invalid {
@@ -37,20 +51,94 @@ pub fn parse_number(text: &str, default_region: Option<Region>) -> Parsed {
     if text.trim().is_empty() {
         return invalid("empty entry");
     }
+    let folded = fold_digits(text);
     // The phonenumber crate has panicked on odd input before; one entry must not take down a request.
     let parsed = catch_unwind(AssertUnwindSafe(|| {
-        phonenumber::parse(default_region.map(|r| r.0), text).map(|n| (n.is_valid(), n))
+        let number = phonenumber::parse(default_region.map(|r| r.0), &folded)?;
+        if number.is_valid() {
+            return Ok(Some((number, None)));
+        }
+        Ok(repair_legacy(&number))
     }));
     match parsed {
         Err(_) => invalid("could not be parsed as a phone number"),
         Ok(Err(err)) => Parsed::Invalid {
             reason: parse_error_reason(text, default_region, &err),
         },
-        Ok(Ok((false, _))) => invalid("not a valid number for its country (libphonenumber)"),
-        Ok(Ok((true, number))) => Parsed::Valid {
+        Ok(Ok(None)) => invalid("not a valid number for its country (libphonenumber)"),
+        Ok(Ok(Some((number, note)))) => Parsed::Valid(ValidNumber {
             e164: number.format().mode(Mode::E164).to_string(),
             region: region_of(&number),
-        },
+            note: note.map(str::to_string),
+        }),
+    }
+}
+
+/// Digits from other scripts (full-width, Arabic-Indic, Devanagari...) and
+/// full-width punctuation become ASCII, as libphonenumber's own normalization does.
+fn fold_digits(text: &str) -> String {
+    // First code point (the zero) of each Unicode decimal digit run we accept.
+    const ZEROS: [u32; 17] = [
+        0x0660, 0x06F0, 0x0966, 0x09E6, 0x0A66, 0x0AE6, 0x0B66, 0x0BE6, 0x0C66, 0x0CE6, 0x0D66,
+        0x0E50, 0x0ED0, 0x0F20, 0x1040, 0x17E0, 0x1810,
+    ];
+    text.chars()
+        .map(|c| {
+            let cp = c as u32;
+            if (0xFF01..=0xFF5E).contains(&cp) {
+                // Full-width ASCII block: digits, '+', parentheses, letters.
+                return char::from_u32(cp - 0xFEE0).unwrap_or(c);
+            }
+            if cp == 0x3000 {
+                return ' ';
+            }
+            ZEROS
+                .iter()
+                .find(|&&zero| (zero..zero + 10).contains(&cp))
+                .and_then(|zero| char::from_digit(cp - zero, 10))
+                .unwrap_or(c)
+        })
+        .collect()
+}
+
+/// Legacy forms that libphonenumber now rejects but real contact lists are full of.
+fn repair_legacy(number: &PhoneNumber) -> Option<(PhoneNumber, Option<&'static str>)> {
+    let national = number.national().value().to_string();
+    let (candidate, note) = match number.code().value() {
+        // Mexico dropped the "1" after +52 for mobiles in 2019.
+        52 if national.len() == 11 && national.starts_with('1') => {
+            (format!("+52{}", &national[1..]), NOTE_MEXICO_1)
+        }
+        // Brazil: area code + 8-digit mobile (starting 6-9) without the ninth digit.
+        55 if national.len() == 10 && matches!(national.as_bytes()[2], b'6'..=b'9') => (
+            format!("+55{}9{}", &national[..2], &national[2..]),
+            NOTE_BRAZIL_9,
+        ),
+        _ => return None,
+    };
+    let repaired = phonenumber::parse(None, &candidate).ok()?;
+    let is_mobile = matches!(
+        repaired.number_type(&DATABASE),
+        Type::Mobile | Type::FixedLineOrMobile
+    );
+    (repaired.is_valid() && is_mobile).then_some((repaired, Some(note)))
+}
+
+/// The other forms WhatsApp may have registered for a number: Brazil's mobiles
+/// without the ninth digit, Mexico's with the old "1", Argentina's mobiles without the "9".
+pub fn whatsapp_variants(e164: &str) -> Vec<String> {
+    let digits = e164.trim_start_matches('+');
+    let all_digits = digits.bytes().all(|b| b.is_ascii_digit());
+    if !all_digits {
+        return Vec::new();
+    }
+    match digits.len() {
+        13 if digits.starts_with("55") && digits.as_bytes()[4] == b'9' => {
+            vec![format!("+{}{}", &digits[..4], &digits[5..])]
+        }
+        12 if digits.starts_with("52") => vec![format!("+521{}", &digits[2..])],
+        13 if digits.starts_with("549") => vec![format!("+54{}", &digits[3..])],
+        _ => Vec::new(),
     }
 }
 
@@ -94,7 +182,7 @@ pub fn dedup_entries(numbers: &[String], region: Option<Region>) -> Vec<Entry> {
     for text in numbers {
         let parsed = parse_number(text, region);
         let key = match &parsed {
-            Parsed::Valid { e164, .. } => e164.clone(),
+            Parsed::Valid(v) => v.e164.clone(),
             // Cannot collide with an E.164 key, which always starts with '+'.
             Parsed::Invalid { .. } => format!("\0{text}"),
         };
@@ -114,10 +202,19 @@ mod tests {
     use super::*;
 
     fn valid(e164: &str, region: &str) -> Parsed {
-        Parsed::Valid {
+        Parsed::Valid(ValidNumber {
             e164: e164.into(),
             region: region.into(),
-        }
+            note: None,
+        })
+    }
+
+    fn repaired(e164: &str, region: &str, note: &str) -> Parsed {
+        Parsed::Valid(ValidNumber {
+            e164: e164.into(),
+            region: region.into(),
+            note: Some(note.into()),
+        })
     }
 
     #[test]
@@ -139,6 +236,105 @@ mod tests {
         for (text, region, want) in cases {
             assert_eq!(parse_number(text, region), want, "{text}");
         }
+    }
+
+    #[test]
+    fn parses_numbers_as_people_paste_them() {
+        let us = Region::parse("US");
+        let cases = [
+            (
+                "＋１ ４１５ ５５５ ２６７１",
+                None,
+                valid("+14155552671", "US"),
+            ),
+            ("+١٤١٥٥٥٥٢٦٧١", None, valid("+14155552671", "US")),
+            ("+۱۴۱۵۵۵۵۲۶۷۱", None, valid("+14155552671", "US")),
+            ("+९१ ९८७६५ ४३२१०", None, valid("+919876543210", "IN")),
+            ("tel:+1-415-555-2671", None, valid("+14155552671", "US")),
+            (
+                "tel:+1-415-555-2671;ext=123",
+                None,
+                valid("+14155552671", "US"),
+            ),
+            (
+                "+1 415 555 2671 ext. 123",
+                None,
+                valid("+14155552671", "US"),
+            ),
+            ("+1 415 555 2671 x123", None, valid("+14155552671", "US")),
+            ("+44 (0)20 7946 0958", None, valid("+442079460958", "GB")),
+            ("+44 (0) 7400 123456", None, valid("+447400123456", "GB")),
+            ("415.555.2671", us, valid("+14155552671", "US")),
+            ("415/555/2671", us, valid("+14155552671", "US")),
+            ("1-800-FLOWERS", us, valid("+18003569377", "US")),
+            (
+                "00 44 20 7946 0958",
+                Region::parse("DE"),
+                valid("+442079460958", "GB"),
+            ),
+            ("011 44 20 7946 0958", us, valid("+442079460958", "GB")),
+            (
+                "0351 15 612-3456",
+                Region::parse("AR"),
+                valid("+5493516123456", "AR"),
+            ),
+            (
+                "011 15 5555-1234",
+                Region::parse("AR"),
+                valid("+5491155551234", "AR"),
+            ),
+        ];
+        for (text, region, want) in cases {
+            assert_eq!(parse_number(text, region), want, "{text}");
+        }
+    }
+
+    #[test]
+    fn repairs_legacy_mexican_and_brazilian_mobiles() {
+        let cases = [
+            (
+                "+52 1 55 1234 5678",
+                None,
+                repaired("+525512345678", "MX", NOTE_MEXICO_1),
+            ),
+            (
+                "+52 1 33 1234 5678",
+                None,
+                repaired("+523312345678", "MX", NOTE_MEXICO_1),
+            ),
+            ("+52 55 1234 5678", None, valid("+525512345678", "MX")),
+            (
+                "+55 11 8123-4567",
+                None,
+                repaired("+5511981234567", "BR", NOTE_BRAZIL_9),
+            ),
+            (
+                "+55 21 9876-5432",
+                None,
+                repaired("+5521998765432", "BR", NOTE_BRAZIL_9),
+            ),
+            (
+                "(31) 8765-4321",
+                Region::parse("BR"),
+                repaired("+5531987654321", "BR", NOTE_BRAZIL_9),
+            ),
+            ("+55 11 98123-4567", None, valid("+5511981234567", "BR")),
+            // A Brazilian landline (starts 2-5) is valid as it is and never gains a 9.
+            ("+55 11 3123-4567", None, valid("+551131234567", "BR")),
+        ];
+        for (text, region, want) in cases {
+            assert_eq!(parse_number(text, region), want, "{text}");
+        }
+    }
+
+    #[test]
+    fn lists_the_forms_whatsapp_may_have_registered() {
+        assert_eq!(whatsapp_variants("+5511981234567"), ["+551181234567"]);
+        assert_eq!(whatsapp_variants("+525512345678"), ["+5215512345678"]);
+        assert_eq!(whatsapp_variants("+5493516123456"), ["+543516123456"]);
+        assert!(whatsapp_variants("+551131234567").is_empty(), "landline");
+        assert!(whatsapp_variants("+543516123456").is_empty(), "AR landline");
+        assert!(whatsapp_variants("+14155552671").is_empty());
     }
 
     #[test]

@@ -1,4 +1,7 @@
 //! Storing batches (with their credit charge) and reading their results.
+use std::collections::HashMap;
+use std::time::Duration;
+
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
@@ -13,6 +16,18 @@ pub struct NewBatch<'a> {
     pub request_id: Option<&'a str>,
     pub fingerprint: Vec<u8>,
     pub entries: &'a [Entry],
+    /// Answers from the result cache, by E.164; these numbers are done at once.
+    pub cached: &'a HashMap<String, CachedAnswer>,
+}
+
+/// A live check's answer kept for reuse.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct CachedAnswer {
+    pub e164: String,
+    pub on_whatsapp: bool,
+    pub wa_id: Option<String>,
+    pub is_business: bool,
+    pub checked_at: DateTime<Utc>,
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -23,6 +38,8 @@ pub struct BatchRow {
     pub failed: i32,
     pub created_at: DateTime<Utc>,
     pub completed_at: Option<DateTime<Utc>>,
+    pub credits_charged: i64,
+    pub credits_refunded: i64,
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -36,6 +53,8 @@ pub struct ResultRow {
     pub is_business: bool,
     pub error: Option<String>,
     pub checked_at: Option<DateTime<Utc>>,
+    pub from_cache: bool,
+    pub normalization_note: Option<String>,
 }
 
 impl ResultRow {
@@ -47,38 +66,72 @@ impl ResultRow {
 // Macros rather than consts so queries stay `&'static str` (sqlx refuses runtime-built SQL).
 macro_rules! batch_columns {
     () => {
-        "id, total_numbers, completed, failed, created_at, completed_at"
+        "id, total_numbers, completed, failed, created_at, completed_at, credits_charged, credits_refunded"
     };
 }
 macro_rules! result_columns {
     () => {
-        "idx, input, e164, region, state, wa_id, is_business, error, checked_at"
+        "idx, input, e164, region, state, wa_id, is_business, error, checked_at, from_cache, normalization_note"
     };
 }
 
 impl Store {
+    /// Answers cached for `backend` within `ttl`, by E.164.
+    pub async fn cached_answers(
+        &self,
+        backend: &str,
+        e164: &[&str],
+        ttl: Duration,
+    ) -> Result<HashMap<String, CachedAnswer>, sqlx::Error> {
+        if e164.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let rows: Vec<CachedAnswer> = sqlx::query_as(
+            "SELECT e164, on_whatsapp, wa_id, is_business, checked_at FROM number_cache
+             WHERE backend = $1 AND e164 = ANY($2) AND checked_at > now() - make_interval(secs => $3)",
+        )
+        .bind(backend)
+        .bind(e164)
+        .bind(ttl.as_secs_f64())
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(|r| (r.e164.clone(), r)).collect())
+    }
+
     /// Stores the batch, its numbers and the credit charge in one transaction.
+    /// Invalid entries are refunded in the same transaction: they cost nothing,
+    /// but the balance must cover the whole batch up front.
     /// A repeated `request_id` returns the original batch and charges nothing.
     pub async fn submit_batch(&self, new: NewBatch<'_>) -> Result<BatchRow, ApiError> {
         let total = new.entries.len() as i64;
-        let valid = new
-            .entries
-            .iter()
-            .filter(|e| matches!(e.parsed, Parsed::Valid { .. }))
-            .count() as i64;
+        let mut invalid = 0i64;
+        let mut cached = 0i64;
+        for entry in new.entries {
+            match &entry.parsed {
+                Parsed::Invalid { .. } => invalid += 1,
+                Parsed::Valid(v) if new.cached.contains_key(&v.e164) => cached += 1,
+                Parsed::Valid(_) => {}
+            }
+        }
+        let queued = total - invalid - cached;
         let mut tx = self.pool.begin().await?;
 
         // Inserted first, so a concurrent twin waits on the unique key and then sees this batch.
-        let batch: Option<BatchRow> = sqlx::query_as(concat!("INSERT INTO batches (id, account_id, request_id, request_hash, total_numbers, completed, completed_at)
-             VALUES ($1, $2, $3, $4, $5, $6, CASE WHEN $6 = $5 THEN now() END)
+        let batch: Option<BatchRow> = sqlx::query_as(concat!(
+            "INSERT INTO batches (id, account_id, request_id, request_hash, total_numbers, completed, completed_at,
+                                  credits_charged, credits_refunded)
+             VALUES ($1, $2, $3, $4, $5, $6, CASE WHEN $6 = $5 THEN now() END, $5, $7)
              ON CONFLICT (account_id, request_id) DO NOTHING
-             RETURNING ", batch_columns!()))
+             RETURNING ",
+            batch_columns!()
+        ))
         .bind(Uuid::new_v4())
         .bind(new.account_id)
         .bind(new.request_id)
         .bind(&new.fingerprint)
         .bind(total as i32)
-        .bind((total - valid) as i32)
+        .bind((invalid + cached) as i32)
+        .bind(invalid)
         .fetch_optional(&mut *tx)
         .await?;
         let Some(batch) = batch else {
@@ -109,28 +162,32 @@ impl Store {
                 SELECT greatest($3, coalesce(
                     (SELECT min(fair_key) FROM batch_numbers WHERE state = 1),
                     (SELECT max(fair_clock) FROM accounts), 0)) AS start)
-             UPDATE accounts SET credits = credits - $2, fair_clock = v.start + $4
+             UPDATE accounts SET credits = credits - $2 + $5, fair_clock = v.start + $4
              FROM v WHERE id = $1
              RETURNING credits, v.start",
         )
         .bind(new.account_id)
         .bind(total)
         .bind(fair_clock)
-        .bind(valid)
+        .bind(queued)
+        .bind(invalid)
         .fetch_one(&mut *tx)
         .await?;
         sqlx::query(
             "INSERT INTO credit_ledger (account_id, delta, reason, batch_id, balance_after)
-             VALUES ($1, $2, 'batch_charge', $3, $4)",
+             SELECT $1, -$2::bigint, 'batch_charge', $3, $4 - $5
+             UNION ALL
+             SELECT $1, $5, 'refund_invalid', $3, $4 WHERE $5 > 0",
         )
         .bind(new.account_id)
-        .bind(-total)
+        .bind(total)
         .bind(batch.id)
         .bind(balance)
+        .bind(invalid)
         .execute(&mut *tx)
         .await?;
-        insert_numbers(&mut tx, batch.id, new.entries, start).await?;
-        if valid > 0 {
+        insert_numbers(&mut tx, batch.id, new.entries, new.cached, start).await?;
+        if queued > 0 {
             sqlx::query("SELECT pg_notify($1, '')")
                 .bind(QUEUED_CHANNEL)
                 .execute(&mut *tx)
@@ -241,47 +298,77 @@ async fn insert_numbers(
     tx: &mut sqlx::PgConnection,
     batch_id: Uuid,
     entries: &[Entry],
+    cached: &HashMap<String, CachedAnswer>,
     fair_start: i64,
 ) -> Result<(), sqlx::Error> {
     let n = entries.len();
-    let (mut idx, mut input, mut e164, mut region, mut state, mut fair) = (
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-    );
+    let mut idx = Vec::with_capacity(n);
+    let mut input = Vec::with_capacity(n);
+    let mut e164 = Vec::with_capacity(n);
+    let mut region = Vec::with_capacity(n);
+    let mut state = Vec::with_capacity(n);
     let mut error: Vec<Option<&str>> = Vec::with_capacity(n);
+    let mut fair = Vec::with_capacity(n);
+    let mut note = Vec::with_capacity(n);
+    let mut wa_id: Vec<Option<&str>> = Vec::with_capacity(n);
+    let mut business = Vec::with_capacity(n);
+    let mut checked_at: Vec<Option<DateTime<Utc>>> = Vec::with_capacity(n);
+    let mut from_cache = Vec::with_capacity(n);
     let mut next_fair = fair_start;
     for entry in entries {
         idx.push(entry.index);
         input.push(entry.input.as_str());
         match &entry.parsed {
-            Parsed::Valid { e164: e, region: r } => {
-                e164.push(Some(e.as_str()));
-                region.push(Some(r.as_str()));
-                state.push(NumberState::Pending as i16);
+            Parsed::Valid(v) => {
+                e164.push(Some(v.e164.as_str()));
+                region.push(Some(v.region.as_str()));
+                note.push(v.note.as_deref());
                 error.push(None);
-                fair.push(next_fair);
-                next_fair += 1;
+                match cached.get(&v.e164) {
+                    Some(c) => {
+                        state.push(if c.on_whatsapp {
+                            NumberState::OnWhatsApp
+                        } else {
+                            NumberState::NotOnWhatsApp
+                        } as i16);
+                        wa_id.push(c.wa_id.as_deref());
+                        business.push(c.is_business);
+                        checked_at.push(Some(c.checked_at));
+                        from_cache.push(true);
+                        fair.push(0);
+                    }
+                    None => {
+                        state.push(NumberState::Pending as i16);
+                        wa_id.push(None);
+                        business.push(false);
+                        checked_at.push(None);
+                        from_cache.push(false);
+                        fair.push(next_fair);
+                        next_fair += 1;
+                    }
+                }
             }
             Parsed::Invalid { reason } => {
                 e164.push(None);
                 region.push(None);
+                note.push(None);
                 state.push(NumberState::InvalidNumber as i16);
                 error.push(Some(reason.as_str()));
+                wa_id.push(None);
+                business.push(false);
+                checked_at.push(Some(Utc::now()));
+                from_cache.push(false);
                 fair.push(0);
             }
         }
     }
-    // Invalid entries are answered at submission; they never reach a checker.
+    // Invalid and cached entries are answered at submission; they never reach a checker.
     sqlx::query(
-        "INSERT INTO batch_numbers (batch_id, idx, input, e164, region, state, error, fair_key, checked_at)
-         SELECT $1, t.idx, t.input, t.e164, t.region, t.state, t.error, t.fair,
-                CASE WHEN t.state = 1 THEN NULL ELSE now() END
-         FROM unnest($2::int[], $3::text[], $4::text[], $5::text[], $6::smallint[], $7::text[], $8::bigint[])
-              AS t(idx, input, e164, region, state, error, fair)",
+        "INSERT INTO batch_numbers (batch_id, idx, input, e164, region, state, error, fair_key,
+                                    normalization_note, wa_id, is_business, checked_at, from_cache)
+         SELECT $1, t.* FROM unnest($2::int[], $3::text[], $4::text[], $5::text[], $6::smallint[], $7::text[],
+                                    $8::bigint[], $9::text[], $10::text[], $11::bool[], $12::timestamptz[], $13::bool[])
+              AS t(idx, input, e164, region, state, error, fair, note, wa_id, is_business, checked_at, from_cache)",
     )
     .bind(batch_id)
     .bind(idx)
@@ -291,6 +378,11 @@ async fn insert_numbers(
     .bind(state)
     .bind(error)
     .bind(fair)
+    .bind(note)
+    .bind(wa_id)
+    .bind(business)
+    .bind(checked_at)
+    .bind(from_cache)
     .execute(tx)
     .await?;
     Ok(())

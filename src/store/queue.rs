@@ -88,31 +88,64 @@ impl Store {
         Ok(done.rows_affected())
     }
 
-    /// Writes final answers and schedules retries in one transaction, then
-    /// notifies watchers once per batch touched.
+    /// Hands numbers back without counting an attempt, to be claimed again
+    /// after `delay` (the checker is paused: rate limit, daily cap, open circuit).
+    pub async fn defer(
+        &self,
+        token: Uuid,
+        items: &[(Uuid, i32)],
+        delay: Duration,
+    ) -> Result<u64, sqlx::Error> {
+        let done = sqlx::query(
+            "UPDATE batch_numbers n
+             SET lease_token = NULL, lease_until = NULL, attempts = n.attempts - 1,
+                 available_at = now() + make_interval(secs => $4)
+             FROM unnest($1::uuid[], $2::int[]) AS r(batch_id, idx)
+             WHERE n.batch_id = r.batch_id AND n.idx = r.idx AND n.state = 1 AND n.lease_token = $3",
+        )
+        .bind(items.iter().map(|i| i.0).collect::<Vec<_>>())
+        .bind(items.iter().map(|i| i.1).collect::<Vec<_>>())
+        .bind(token)
+        .bind(delay.as_secs_f64())
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    /// Writes final answers and schedules retries in one transaction: the
+    /// batch counters, the refund of numbers that ended in error, the result
+    /// cache, and one notification per batch touched all commit with the answers.
     ///
     /// Every write is guarded by the lease token, so a worker whose lease was
-    /// taken over cannot overwrite or double-count a number.
+    /// taken over cannot overwrite, double-count or double-refund a number.
     /// Returns how many answers were written.
     pub async fn complete(
         &self,
         token: Uuid,
-        answers: &[Answer],
-        retries: &[Retry],
-        backoff_base: Duration,
-        backoff_max: Duration,
+        backend: &str,
+        work: &Completion<'_>,
     ) -> Result<u64, sqlx::Error> {
+        let (answers, retries) = (work.answers, work.retries);
         let mut tx = self.pool.begin().await?;
         let mut written = 0;
         if !answers.is_empty() {
             let mut batch_ids: Vec<Uuid> = answers.iter().map(|a| a.batch_id).collect();
             batch_ids.sort_unstable();
             batch_ids.dedup();
-            // Lock the batch rows in one order, so workers writing to the same batches cannot deadlock.
+            // Lock batches, then their accounts, each in one order, so concurrent writers cannot deadlock.
             sqlx::query("SELECT 1 FROM batches WHERE id = ANY($1) ORDER BY id FOR UPDATE")
                 .bind(&batch_ids)
                 .execute(&mut *tx)
                 .await?;
+            if answers.iter().any(|a| a.state == NumberState::Error) {
+                sqlx::query(
+                    "SELECT 1 FROM accounts WHERE id IN (SELECT account_id FROM batches WHERE id = ANY($1))
+                     ORDER BY id FOR NO KEY UPDATE",
+                )
+                .bind(&batch_ids)
+                .execute(&mut *tx)
+                .await?;
+            }
             let written_rows: Vec<(i64,)> = sqlx::query_as(
                 "WITH r AS (
                     SELECT * FROM unnest($1::uuid[], $2::int[], $3::smallint[], $4::text[], $5::bool[], $6::text[])
@@ -123,7 +156,14 @@ impl Store {
                         checked_at = now(), lease_token = NULL, lease_until = NULL
                     FROM r
                     WHERE n.batch_id = r.batch_id AND n.idx = r.idx AND n.state = 1 AND n.lease_token = $7
-                    RETURNING n.batch_id, n.idx, n.state),
+                    RETURNING n.batch_id, n.idx, n.state, n.e164, n.wa_id, n.is_business, n.checked_at),
+                 cache AS (
+                    INSERT INTO number_cache (backend, e164, on_whatsapp, wa_id, is_business, checked_at)
+                    SELECT DISTINCT ON (e164) $9, e164, state = 2, wa_id, is_business, checked_at
+                    FROM u WHERE state IN (2, 3)
+                    ON CONFLICT (backend, e164) DO UPDATE
+                    SET on_whatsapp = excluded.on_whatsapp, wa_id = excluded.wa_id,
+                        is_business = excluded.is_business, checked_at = excluded.checked_at),
                  agg AS (
                     SELECT batch_id,
                            count(*) FILTER (WHERE state <> 5)::int AS done,
@@ -134,10 +174,23 @@ impl Store {
                     UPDATE batches
                     SET completed = batches.completed + agg.done,
                         failed = batches.failed + agg.failed,
+                        credits_refunded = batches.credits_refunded + agg.failed,
                         completed_at = CASE
                             WHEN batches.completed + agg.done + batches.failed + agg.failed = batches.total_numbers
                             THEN now() ELSE batches.completed_at END
-                    FROM agg WHERE batches.id = agg.batch_id)
+                    FROM agg WHERE batches.id = agg.batch_id
+                    RETURNING batches.id, batches.account_id, agg.failed::bigint AS refund),
+                 acct AS (
+                    UPDATE accounts SET credits = credits + t.refund
+                    FROM (SELECT account_id, sum(refund)::bigint AS refund FROM b WHERE refund > 0 GROUP BY account_id) t
+                    WHERE accounts.id = t.account_id
+                    RETURNING accounts.id, accounts.credits),
+                 ledger AS (
+                    INSERT INTO credit_ledger (account_id, delta, reason, batch_id, balance_after)
+                    SELECT b.account_id, b.refund, 'refund_error', b.id,
+                           acct.credits - coalesce(sum(b.refund) OVER (PARTITION BY b.account_id ORDER BY b.id
+                                ROWS BETWEEN 1 FOLLOWING AND UNBOUNDED FOLLOWING), 0)
+                    FROM b JOIN acct ON acct.id = b.account_id WHERE b.refund > 0)
                  SELECT (done + failed)::bigint FROM agg, pg_notify($8, agg.batch_id::text || ' ' || agg.idxs)",
             )
             .bind(answers.iter().map(|a| a.batch_id).collect::<Vec<_>>())
@@ -148,6 +201,7 @@ impl Store {
             .bind(answers.iter().map(|a| a.error.as_deref()).collect::<Vec<_>>())
             .bind(token)
             .bind(RESULTS_CHANNEL)
+            .bind(backend)
             .fetch_all(&mut *tx)
             .await?;
             written = written_rows.iter().map(|r| r.0 as u64).sum();
@@ -165,8 +219,8 @@ impl Store {
             .bind(retries.iter().map(|r| r.batch_id).collect::<Vec<_>>())
             .bind(retries.iter().map(|r| r.idx).collect::<Vec<_>>())
             .bind(retries.iter().map(|r| r.error.as_str()).collect::<Vec<_>>())
-            .bind(backoff_base.as_secs_f64())
-            .bind(backoff_max.as_secs_f64())
+            .bind(work.backoff_base.as_secs_f64())
+            .bind(work.backoff_max.as_secs_f64())
             .bind(token)
             .execute(&mut *tx)
             .await?;
@@ -174,4 +228,47 @@ impl Store {
         tx.commit().await?;
         Ok(written)
     }
+
+    /// Reserves `n` checks of today's cap for `backend`; false when that would exceed `cap`.
+    pub async fn reserve_daily_checks(
+        &self,
+        backend: &str,
+        n: i64,
+        cap: i64,
+    ) -> Result<bool, sqlx::Error> {
+        let row: Option<(i64,)> = sqlx::query_as(
+            "INSERT INTO checker_usage (backend, day, used)
+             SELECT $1, (now() AT TIME ZONE 'utc')::date, $2 WHERE $2 <= $3
+             ON CONFLICT (backend, day) DO UPDATE SET used = checker_usage.used + $2
+             WHERE checker_usage.used + $2 <= $3
+             RETURNING used",
+        )
+        .bind(backend)
+        .bind(n)
+        .bind(cap)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.is_some_and(|(used,)| used <= cap))
+    }
+
+    /// Gives back reserved checks that were not made.
+    pub async fn return_daily_checks(&self, backend: &str, n: i64) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "UPDATE checker_usage SET used = greatest(0, used - $2)
+             WHERE backend = $1 AND day = (now() AT TIME ZONE 'utc')::date",
+        )
+        .bind(backend)
+        .bind(n)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+}
+
+/// What one checker call produced, for `Store::complete`.
+pub struct Completion<'a> {
+    pub answers: &'a [Answer],
+    pub retries: &'a [Retry],
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
 }

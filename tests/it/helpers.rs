@@ -45,7 +45,7 @@ pub fn serve_args(extra: &[&str]) -> ServeArgs {
     ];
     argv.extend_from_slice(extra);
     match Cli::try_parse_from(argv).expect("serve args").command {
-        CliCommand::Serve(args) => args,
+        CliCommand::Serve(args) => *args,
         _ => unreachable!(),
     }
 }

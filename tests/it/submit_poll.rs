@@ -79,6 +79,11 @@ async fn dedups_after_normalization_keeps_order_and_counts_add_up() {
     assert_eq!((done.completed, done.failed, done.pending), (5, 0, 0));
     assert_eq!(done.total_numbers, 5);
     assert!(done.created_at.is_some() && done.completed_at.is_some());
+    assert_eq!(
+        (done.credits_charged, done.credits_refunded),
+        (5, 2),
+        "invalid entries are refunded"
+    );
 
     let balance = client
         .get_balance(pb::GetBalanceRequest {
@@ -87,7 +92,10 @@ async fn dedups_after_normalization_keeps_order_and_counts_add_up() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(balance.credits, 95, "one credit per unique entry");
+    assert_eq!(
+        balance.credits, 97,
+        "one credit per unique entry, invalid ones given back"
+    );
 }
 
 #[tokio::test]

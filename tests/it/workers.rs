@@ -14,7 +14,7 @@ async fn checker_errors_end_as_errors_never_as_not_on_whatsapp() {
         "50",
     ])
     .await;
-    let (_, key) = app.account(100).await;
+    let (account, key) = app.account(100).await;
     let mut client = app.client().await;
     let mut numbers = us_numbers(0, 10);
     numbers.push("nonsense".into());
@@ -33,6 +33,22 @@ async fn checker_errors_end_as_errors_never_as_not_on_whatsapp() {
             .await
             .unwrap();
     assert!(attempts.iter().all(|&a| a == 3), "{attempts:?}");
+    // What could not be answered costs nothing.
+    assert_eq!((done.credits_charged, done.credits_refunded), (11, 11));
+    let balance = app.store.balance(account).await.unwrap();
+    assert_eq!(balance, 100);
+    let ledger: Vec<(String, i64)> =
+        sqlx::query_as("SELECT reason, delta FROM credit_ledger WHERE account_id = $1 AND batch_id IS NOT NULL ORDER BY id")
+            .bind(account)
+            .fetch_all(app.store.pool())
+            .await
+            .unwrap();
+    let refunded: i64 = ledger
+        .iter()
+        .filter(|(r, _)| r.starts_with("refund"))
+        .map(|(_, d)| d)
+        .sum();
+    assert_eq!(refunded, 11, "{ledger:?}");
 }
 
 #[tokio::test]

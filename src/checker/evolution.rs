@@ -1,0 +1,204 @@
+//! Evolution API (self-hosted): many numbers per request.
+//! `POST {url}/chat/whatsappNumbers/{instance}` with header `apikey` and body
+//! `{"numbers": [...]}` answers `[{"exists": bool, "jid": "...", "number": "..."}]`.
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::Deserialize;
+
+use super::http::{base_url, client, mentions_rate_limit, status_error, transport_error};
+use super::{Backend, CallError, CallResult, Outcome, wa_id_from_jid};
+
+pub struct EvolutionConfig<'a> {
+    pub url: Option<&'a str>,
+    pub instance: Option<&'a str>,
+    pub api_key: Option<&'a str>,
+    pub timeout: Duration,
+}
+
+pub struct Evolution {
+    client: reqwest::Client,
+    endpoint: String,
+    api_key: String,
+}
+
+#[derive(Deserialize)]
+struct Row {
+    exists: bool,
+    jid: Option<String>,
+    number: Option<String>,
+    #[serde(default, rename = "isBusiness")]
+    is_business: bool,
+}
+
+fn digits(s: &str) -> String {
+    s.chars().filter(char::is_ascii_digit).collect()
+}
+
+impl Evolution {
+    pub fn new(config: EvolutionConfig<'_>) -> anyhow::Result<Evolution> {
+        let url = base_url("WAV_EVOLUTION_URL", config.url)?;
+        let instance = config
+            .instance
+            .map(str::trim)
+            .filter(|i| !i.is_empty())
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "WAV_EVOLUTION_INSTANCE is not set: give the Evolution API instance name"
+                )
+            })?;
+        let api_key = config.api_key.filter(|k| !k.is_empty()).ok_or_else(|| {
+            anyhow::anyhow!(
+                "WAV_EVOLUTION_API_KEY is not set: Evolution API requires its apikey header"
+            )
+        })?;
+        Ok(Evolution {
+            client: client(config.timeout)?,
+            endpoint: format!("{url}/chat/whatsappNumbers/{instance}"),
+            api_key: api_key.to_string(),
+        })
+    }
+}
+
+/// Matches answer rows to the numbers asked, by the echoed number, else by the JID.
+/// A number with no row is an error for that number, never "not on WhatsApp".
+fn map_rows(e164: &[String], rows: Vec<Row>) -> Vec<Outcome> {
+    let mut by_digits: HashMap<String, Row> = HashMap::new();
+    for row in rows {
+        let key = row
+            .number
+            .as_deref()
+            .map(digits)
+            .filter(|d| !d.is_empty())
+            .or_else(|| row.jid.as_deref().and_then(wa_id_from_jid));
+        if let Some(key) = key {
+            by_digits.entry(key).or_insert(row);
+        }
+    }
+    e164.iter()
+        .map(|n| match by_digits.get(&digits(n)) {
+            Some(row) if row.exists => Outcome::OnWhatsApp {
+                wa_id: row
+                    .jid
+                    .as_deref()
+                    .and_then(wa_id_from_jid)
+                    .unwrap_or_else(|| digits(n)),
+                is_business: row.is_business,
+            },
+            Some(_) => Outcome::NotOnWhatsApp,
+            None => Outcome::Retryable("Evolution API returned no row for this number".into()),
+        })
+        .collect()
+}
+
+#[async_trait]
+impl Backend for Evolution {
+    fn name(&self) -> &'static str {
+        "evolution"
+    }
+
+    fn max_batch(&self) -> usize {
+        50
+    }
+
+    async fn check(&self, e164: &[String]) -> CallResult {
+        let numbers: Vec<String> = e164.iter().map(|n| digits(n)).collect();
+        let sent = self
+            .client
+            .post(&self.endpoint)
+            .header("apikey", &self.api_key)
+            .json(&serde_json::json!({ "numbers": numbers }))
+            .send()
+            .await;
+        let resp = match sent {
+            Ok(resp) => resp,
+            Err(err) => return CallResult::failed(vec![], transport_error(&err, "Evolution API")),
+        };
+        if let Some(err) = status_error(&resp, "Evolution API") {
+            return CallResult::failed(vec![], err);
+        }
+        let body = match resp.text().await {
+            Ok(body) => body,
+            Err(err) => return CallResult::failed(vec![], transport_error(&err, "Evolution API")),
+        };
+        match serde_json::from_str::<Vec<Row>>(&body) {
+            Ok(rows) if rows.is_empty() => CallResult::failed(
+                vec![],
+                CallError::Failed("Evolution API answered an empty list".into()),
+            ),
+            Ok(rows) => CallResult::ok(map_rows(e164, rows)),
+            Err(_) if mentions_rate_limit(&body) => {
+                CallResult::failed(vec![], CallError::RateLimited { retry_after: None })
+            }
+            Err(_) => CallResult::failed(
+                vec![],
+                CallError::Failed(format!(
+                    "Evolution API answered something unexpected: {}",
+                    body.chars().take(120).collect::<String>()
+                )),
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(exists: bool, jid: Option<&str>, number: Option<&str>) -> Row {
+        Row {
+            exists,
+            jid: jid.map(str::to_string),
+            number: number.map(str::to_string),
+            is_business: false,
+        }
+    }
+
+    #[test]
+    fn rows_are_matched_by_number_then_jid_and_missing_rows_are_errors() {
+        let asked: Vec<String> = [
+            "+14155552671",
+            "+442079460958",
+            "+5511981234567",
+            "+919876543210",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let rows = vec![
+            row(
+                true,
+                Some("14155552671@s.whatsapp.net"),
+                Some("14155552671"),
+            ),
+            row(false, None, Some("+44 20 7946 0958")),
+            // Registered without the ninth digit: matched by the echoed number, wa_id from the JID.
+            row(
+                true,
+                Some("551181234567@s.whatsapp.net"),
+                Some("5511981234567"),
+            ),
+        ];
+        let out = map_rows(&asked, rows);
+        assert_eq!(
+            out[0],
+            Outcome::OnWhatsApp {
+                wa_id: "14155552671".into(),
+                is_business: false
+            }
+        );
+        assert_eq!(out[1], Outcome::NotOnWhatsApp);
+        assert_eq!(
+            out[2],
+            Outcome::OnWhatsApp {
+                wa_id: "551181234567".into(),
+                is_business: false
+            }
+        );
+        assert!(
+            matches!(out[3], Outcome::Retryable(_)),
+            "missing row is not 'not on WhatsApp'"
+        );
+    }
+}
