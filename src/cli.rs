@@ -22,6 +22,8 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run migrations, then serve gRPC and/or run workers until SIGTERM/SIGINT.
+    // A flag given twice takes its last value, so scripts can override defaults.
+    #[command(args_override_self = true)]
     Serve(Box<ServeArgs>),
     /// Apply database migrations and exit.
     Migrate,

@@ -125,7 +125,9 @@ impl Backend for Evolution {
         match serde_json::from_str::<Vec<Row>>(&body) {
             Ok(rows) if rows.is_empty() => CallResult::failed(
                 vec![],
-                CallError::Failed("Evolution API answered an empty list".into()),
+                CallError::Failed(
+                    "Evolution API answered an empty list: no row for any number (is the instance connected?)".into(),
+                ),
             ),
             Ok(rows) => CallResult::ok(map_rows(e164, rows)),
             Err(_) if mentions_rate_limit(&body) => {

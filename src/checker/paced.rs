@@ -196,29 +196,37 @@ impl Checker for Paced {
         if let Some(wait) = self.paused_for() {
             return deferred(n, "backend paused", wait);
         }
+        // Numbers past today's cap wait for tomorrow, unchecked and uncounted.
+        let mut capped = Vec::new();
+        let mut e164 = e164;
         if self.config.daily_cap > 0 {
-            match self
+            let granted = match self
                 .store
                 .reserve_daily_checks(self.backend.name(), n as i64, self.config.daily_cap)
                 .await
             {
-                Ok(true) => {}
-                Ok(false) => {
-                    let wait = next_utc_midnight();
-                    self.state().capped_until = Some(Instant::now() + wait);
-                    tracing::warn!(
-                        backend = self.backend.name(),
-                        cap = self.config.daily_cap,
-                        "daily cap reached"
-                    );
-                    return deferred(n, "daily cap reached", wait);
-                }
+                Ok(granted) => granted.clamp(0, n as i64) as usize,
                 Err(err) => {
                     tracing::warn!(error = %err, "cannot read the daily cap");
                     return deferred(n, "daily cap unavailable", Duration::from_secs(5));
                 }
+            };
+            if granted < n {
+                let wait = next_utc_midnight();
+                self.state().capped_until = Some(Instant::now() + wait);
+                tracing::warn!(
+                    backend = self.backend.name(),
+                    cap = self.config.daily_cap,
+                    "daily cap reached"
+                );
+                capped = deferred(n - granted, "daily cap reached", wait);
+                e164 = &e164[..granted];
+                if granted == 0 {
+                    return capped;
+                }
             }
         }
+        let n = e164.len();
         let _permit = self.permits.acquire().await.expect("semaphore open");
         if let Some(limiter) = &self.limiter {
             let cells = NonZeroU32::new(n.clamp(1, self.burst) as u32).expect("non-zero");
@@ -247,6 +255,7 @@ impl Checker for Paced {
                 self.return_cap(unanswered).await;
             }
         }
+        outcomes.extend(capped);
         outcomes
     }
 }

@@ -229,26 +229,36 @@ impl Store {
         Ok(written)
     }
 
-    /// Reserves `n` checks of today's cap for `backend`; false when that would exceed `cap`.
+    /// Reserves up to `n` checks of today's cap for `backend`; returns how many were granted.
     pub async fn reserve_daily_checks(
         &self,
         backend: &str,
         n: i64,
         cap: i64,
-    ) -> Result<bool, sqlx::Error> {
-        let row: Option<(i64,)> = sqlx::query_as(
-            "INSERT INTO checker_usage (backend, day, used)
-             SELECT $1, (now() AT TIME ZONE 'utc')::date, $2 WHERE $2 <= $3
-             ON CONFLICT (backend, day) DO UPDATE SET used = checker_usage.used + $2
-             WHERE checker_usage.used + $2 <= $3
-             RETURNING used",
+    ) -> Result<i64, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO checker_usage (backend, day, used) VALUES ($1, (now() AT TIME ZONE 'utc')::date, 0)
+             ON CONFLICT (backend, day) DO NOTHING",
+        )
+        .bind(backend)
+        .execute(&mut *tx)
+        .await?;
+        let granted: Option<i64> = sqlx::query_scalar(
+            "WITH old AS (
+                SELECT used FROM checker_usage
+                WHERE backend = $1 AND day = (now() AT TIME ZONE 'utc')::date FOR UPDATE)
+             UPDATE checker_usage c SET used = least(c.used + $2, greatest($3, c.used))
+             FROM old WHERE c.backend = $1 AND c.day = (now() AT TIME ZONE 'utc')::date
+             RETURNING c.used - old.used",
         )
         .bind(backend)
         .bind(n)
         .bind(cap)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *tx)
         .await?;
-        Ok(row.is_some_and(|(used,)| used <= cap))
+        tx.commit().await?;
+        Ok(granted.unwrap_or(0))
     }
 
     /// Gives back reserved checks that were not made.

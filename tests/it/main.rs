@@ -3,6 +3,8 @@ mod helpers;
 
 mod auth;
 mod credits;
+mod fakes;
+mod gateways;
 mod grpcurl;
 mod processes;
 mod python_client;

@@ -120,3 +120,70 @@ async fn one_accounts_backlog_does_not_stall_another_accounts_batch() {
         "{others_done} of the backlog's 5000 numbers were checked before the small batch finished"
     );
 }
+
+#[tokio::test]
+async fn a_stale_or_repeated_write_neither_overwrites_nor_refunds_twice() {
+    use std::time::Duration;
+    use wavalidate::domain::batch::NumberState;
+    use wavalidate::store::queue::{Answer, Completion};
+
+    let (url, store) = fresh_database().await;
+    let api = spawn_app_on(url, store.clone(), &["--role", "api"]).await;
+    let (account, key) = api.account(10).await;
+    let mut client = api.client().await;
+    let sub = submit(&mut client, &key, &["+14155552671".into()]).await;
+
+    // A worker claims with a lease that runs out at once; another takes the number over.
+    let (stale, claimed) = store.claim(10, Duration::from_millis(1)).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    let deadline = std::time::Instant::now() + DEADLINE;
+    let fresh = loop {
+        let (token, rows) = store.claim(10, Duration::from_secs(30)).await.unwrap();
+        if !rows.is_empty() {
+            break token;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the expired lease was never claimed again"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+
+    let answers = [Answer {
+        batch_id: claimed[0].batch_id,
+        idx: 0,
+        state: NumberState::Error,
+        wa_id: None,
+        is_business: false,
+        error: Some("upstream failed".into()),
+    }];
+    let work = Completion {
+        answers: &answers,
+        retries: &[],
+        backoff_base: Duration::from_millis(10),
+        backoff_max: Duration::from_millis(10),
+    };
+    assert_eq!(
+        store.complete(stale, "simulated", &work).await.unwrap(),
+        0,
+        "the stale worker writes nothing"
+    );
+    assert_eq!(store.complete(fresh, "simulated", &work).await.unwrap(), 1);
+    assert_eq!(
+        store.complete(fresh, "simulated", &work).await.unwrap(),
+        0,
+        "a repeated write changes nothing"
+    );
+
+    let p = poll(&mut client, &key, &sub.batch_id).await;
+    assert_eq!((p.failed, p.credits_refunded), (1, 1));
+    assert_eq!(store.balance(account).await.unwrap(), 10);
+    let refunds: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM credit_ledger WHERE account_id = $1 AND reason = 'refund_error'",
+    )
+    .bind(account)
+    .fetch_one(store.pool())
+    .await
+    .unwrap();
+    assert_eq!(refunds, 1);
+}

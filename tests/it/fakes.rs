@@ -1,0 +1,253 @@
+//! Fake WhatsApp gateways answering like the real WAHA and Evolution API,
+//! failure modes included, and counting every call they get.
+use std::collections::{HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{Value, json};
+
+/// How the fake answers one request.
+#[derive(Debug, Clone)]
+pub enum Mode {
+    Normal,
+    /// HTTP 429 with an optional Retry-After (seconds).
+    RateLimited(Option<u64>),
+    ServerError,
+    /// Answers only after this long (clients time out first).
+    Hang(Duration),
+    /// Evolution: `[]`.
+    Empty,
+    /// Evolution: leaves these digits out of the answer.
+    MissingRows(Vec<String>),
+}
+
+pub struct Gateway {
+    pub addr: SocketAddr,
+    pub state: Arc<FakeState>,
+}
+
+pub struct FakeState {
+    /// Digits of numbers registered on WhatsApp.
+    registered: HashSet<String>,
+    api_key: String,
+    /// Scripted modes for the next requests; `default` afterwards.
+    script: Mutex<VecDeque<Mode>>,
+    default: Mutex<Mode>,
+    /// (when, digits asked) per request.
+    calls: Mutex<Vec<(Instant, Vec<String>)>>,
+    in_flight: AtomicUsize,
+    max_in_flight: AtomicUsize,
+}
+
+impl FakeState {
+    pub fn script(&self, modes: impl IntoIterator<Item = Mode>) {
+        self.script.lock().unwrap().extend(modes);
+    }
+
+    pub fn set_default(&self, mode: Mode) {
+        *self.default.lock().unwrap() = mode;
+    }
+
+    /// Requests received so far.
+    pub fn calls(&self) -> Vec<(Instant, Vec<String>)> {
+        self.calls.lock().unwrap().clone()
+    }
+
+    /// Numbers asked so far, over all requests.
+    pub fn numbers_asked(&self) -> usize {
+        self.calls
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, n)| n.len())
+            .sum()
+    }
+
+    pub fn max_in_flight(&self) -> usize {
+        self.max_in_flight.load(Ordering::SeqCst)
+    }
+
+    fn next_mode(&self) -> Mode {
+        self.script
+            .lock()
+            .unwrap()
+            .pop_front()
+            .unwrap_or_else(|| self.default.lock().unwrap().clone())
+    }
+
+    fn authorized(&self, headers: &HeaderMap, header: &str) -> bool {
+        headers.get(header).and_then(|v| v.to_str().ok()) == Some(self.api_key.as_str())
+    }
+
+    /// Records the call and applies its mode; Some(response) when the mode answers instead of the normal path.
+    async fn begin(&self, numbers: Vec<String>) -> (Mode, InFlight<'_>) {
+        self.calls.lock().unwrap().push((Instant::now(), numbers));
+        let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max_in_flight.fetch_max(now, Ordering::SeqCst);
+        let guard = InFlight(&self.in_flight);
+        let mode = self.next_mode();
+        if let Mode::Hang(d) = &mode {
+            tokio::time::sleep(*d).await;
+        }
+        (mode, guard)
+    }
+}
+
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+fn failure(mode: &Mode) -> Option<Response> {
+    match mode {
+        Mode::RateLimited(after) => {
+            let mut resp = (
+                StatusCode::TOO_MANY_REQUESTS,
+                Json(json!({"error": "rate-overlimit"})),
+            )
+                .into_response();
+            if let Some(s) = after {
+                resp.headers_mut()
+                    .insert("retry-after", s.to_string().parse().unwrap());
+            }
+            Some(resp)
+        }
+        Mode::ServerError => {
+            Some((StatusCode::INTERNAL_SERVER_ERROR, "session not ready").into_response())
+        }
+        _ => None,
+    }
+}
+
+async fn spawn(router: Router) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    addr
+}
+
+fn new_state(registered: &[&str], api_key: &str) -> Arc<FakeState> {
+    Arc::new(FakeState {
+        registered: registered
+            .iter()
+            .map(|n| n.trim_start_matches('+').to_string())
+            .collect(),
+        api_key: api_key.to_string(),
+        script: Mutex::new(VecDeque::new()),
+        default: Mutex::new(Mode::Normal),
+        calls: Mutex::new(Vec::new()),
+        in_flight: AtomicUsize::new(0),
+        max_in_flight: AtomicUsize::new(0),
+    })
+}
+
+/// WAHA: `GET /api/contacts/check-exists?phone=&session=` with `X-Api-Key`.
+pub async fn waha(registered: &[&str], api_key: &str, session: &'static str) -> Gateway {
+    async fn check(
+        State((state, session)): State<(Arc<FakeState>, &'static str)>,
+        headers: HeaderMap,
+        Query(q): Query<std::collections::HashMap<String, String>>,
+    ) -> Response {
+        if !state.authorized(&headers, "x-api-key") {
+            return (
+                StatusCode::UNAUTHORIZED,
+                Json(json!({"message": "Unauthorized"})),
+            )
+                .into_response();
+        }
+        if q.get("session").map(String::as_str) != Some(session) {
+            return (
+                StatusCode::NOT_FOUND,
+                Json(json!({"message": "Session not found"})),
+            )
+                .into_response();
+        }
+        let phone = q.get("phone").cloned().unwrap_or_default();
+        let (mode, _guard) = state.begin(vec![phone.clone()]).await;
+        if let Some(resp) = failure(&mode) {
+            return resp;
+        }
+        if state.registered.contains(&phone) {
+            Json(json!({"numberExists": true, "chatId": format!("{phone}@c.us")})).into_response()
+        } else {
+            Json(json!({"numberExists": false})).into_response()
+        }
+    }
+    let state = new_state(registered, api_key);
+    let router = Router::new()
+        .route("/api/contacts/check-exists", get(check))
+        .with_state((state.clone(), session));
+    Gateway {
+        addr: spawn(router).await,
+        state,
+    }
+}
+
+/// Evolution API: `POST /chat/whatsappNumbers/{instance}` with `apikey`.
+pub async fn evolution(registered: &[&str], api_key: &str, instance: &'static str) -> Gateway {
+    async fn check(
+        State((state, instance)): State<(Arc<FakeState>, &'static str)>,
+        Path(asked_instance): Path<String>,
+        headers: HeaderMap,
+        Json(body): Json<Value>,
+    ) -> Response {
+        if !state.authorized(&headers, "apikey") {
+            return (
+                StatusCode::UNAUTHORIZED,
+                Json(json!({"status": 401, "error": "Unauthorized"})),
+            )
+                .into_response();
+        }
+        if asked_instance != instance {
+            return (
+                StatusCode::NOT_FOUND,
+                Json(json!({"status": 404, "error": "Not Found"})),
+            )
+                .into_response();
+        }
+        let numbers: Vec<String> = body["numbers"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|n| n.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let (mode, _guard) = state.begin(numbers.clone()).await;
+        if let Some(resp) = failure(&mode) {
+            return resp;
+        }
+        let missing = match &mode {
+            Mode::Empty => return Json(json!([])).into_response(),
+            Mode::MissingRows(m) => m.clone(),
+            _ => vec![],
+        };
+        let rows: Vec<Value> = numbers
+            .iter()
+            .filter(|n| !missing.contains(n))
+            .map(|n| {
+                let exists = state.registered.contains(n);
+                json!({"exists": exists, "jid": format!("{n}@s.whatsapp.net"), "number": n})
+            })
+            .collect();
+        Json(Value::Array(rows)).into_response()
+    }
+    let state = new_state(registered, api_key);
+    let router = Router::new()
+        .route("/chat/whatsappNumbers/{instance}", post(check))
+        .with_state((state.clone(), instance));
+    Gateway {
+        addr: spawn(router).await,
+        state,
+    }
+}
