@@ -40,7 +40,7 @@ impl Server {
 }
 
 /// The checker chain for workers: backend, pacing, then country variants.
-fn build_checker(args: &ServeArgs, store: &Store) -> anyhow::Result<DynChecker> {
+async fn build_checker(args: &ServeArgs, store: &Store) -> anyhow::Result<DynChecker> {
     let timeout = Duration::from_millis(args.http_timeout_ms.max(1));
     let backend: Box<dyn Backend> = match args.checker {
         CheckerKind::Simulated => Box::new(Simulated::new(
@@ -59,6 +59,14 @@ fn build_checker(args: &ServeArgs, store: &Store) -> anyhow::Result<DynChecker> 
             api_key: args.evolution_api_key.as_deref(),
             timeout,
         })?),
+        #[cfg(feature = "whatsapp-web")]
+        CheckerKind::WhatsappWeb => Box::new(
+            crate::checker::whatsapp_web::WhatsAppWeb::connect(&args.whatsapp_session_db).await?,
+        ),
+        #[cfg(not(feature = "whatsapp-web"))]
+        CheckerKind::WhatsappWeb => anyhow::bail!(
+            "this build has no whatsapp-web backend: build with `cargo build --release --features whatsapp-web`"
+        ),
     };
     let gateway = args.checker != CheckerKind::Simulated;
     let defaults = PacingConfig::unlimited();
@@ -129,7 +137,7 @@ pub async fn start(args: ServeArgs, database_url: &str) -> anyhow::Result<Server
     let checker = if args.role == Role::Api {
         None
     } else {
-        Some(build_checker(&args, &store)?)
+        Some(build_checker(&args, &store).await?)
     };
     migrate(&store, database_url, &shutdown).await?;
 

@@ -33,6 +33,26 @@ pub enum Command {
     /// Manage API keys.
     #[command(subcommand)]
     Key(KeyCommand),
+    /// Link a WhatsApp account for the whatsapp-web checker.
+    #[command(subcommand)]
+    Whatsapp(WhatsappCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WhatsappCommand {
+    /// Pair an account by pair code (a QR code is printed too); the session is kept in --session-db.
+    Link {
+        /// The account's phone number with country code, e.g. +14155552671.
+        #[arg(long, env = "WAV_WHATSAPP_PHONE")]
+        phone: String,
+        /// SQLite file holding the WhatsApp session.
+        #[arg(
+            long,
+            env = "WAV_WHATSAPP_SESSION_DB",
+            default_value = "whatsapp-session.db"
+        )]
+        session_db: String,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -53,6 +73,8 @@ pub enum CheckerKind {
     Waha,
     /// An Evolution API gateway (WAV_EVOLUTION_URL, WAV_EVOLUTION_INSTANCE, WAV_EVOLUTION_API_KEY).
     Evolution,
+    /// A linked WhatsApp Web session (needs the `whatsapp-web` build feature and `wavalidate whatsapp link`).
+    WhatsappWeb,
 }
 
 impl CheckerKind {
@@ -62,6 +84,7 @@ impl CheckerKind {
             CheckerKind::Simulated => "simulated",
             CheckerKind::Waha => "waha",
             CheckerKind::Evolution => "evolution",
+            CheckerKind::WhatsappWeb => "whatsapp-web",
         }
     }
 }
@@ -116,6 +139,13 @@ pub struct ServeArgs {
     /// Evolution API: value of the apikey header.
     #[arg(long, env = "WAV_EVOLUTION_API_KEY", hide_env_values = true)]
     pub evolution_api_key: Option<String>,
+    /// whatsapp-web: SQLite file holding the linked session.
+    #[arg(
+        long,
+        env = "WAV_WHATSAPP_SESSION_DB",
+        default_value = "whatsapp-session.db"
+    )]
+    pub whatsapp_session_db: String,
     /// Timeout of one gateway HTTP request (ms).
     #[arg(long, env = "WAV_HTTP_TIMEOUT_MS", default_value_t = 15_000)]
     pub http_timeout_ms: u64,

@@ -1,14 +1,16 @@
+use std::process::ExitCode;
+
 use anyhow::Context;
 use clap::Parser;
 use serde_json::json;
 use tracing_subscriber::EnvFilter;
 
-use wavalidate::cli::{AccountCommand, Cli, Command, KeyCommand};
+use wavalidate::cli::{AccountCommand, Cli, Command, KeyCommand, WhatsappCommand};
 use wavalidate::domain::api_key::ApiKey;
 use wavalidate::store::Store;
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env()
@@ -16,11 +18,25 @@ async fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
+    match run(Cli::parse()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            // One line a person can act on; no backtrace.
+            eprintln!("wavalidate: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Command::Whatsapp(WhatsappCommand::Link { phone, session_db }) = &cli.command {
+        return link_whatsapp(phone, session_db).await;
+    }
     let url = cli
         .database_url
         .context("no database: set DATABASE_URL or pass --database-url")?;
     match cli.command {
+        Command::Whatsapp(_) => unreachable!("handled above"),
         Command::Serve(args) => serve(*args, &url).await,
         Command::Migrate => {
             Store::connect_migrated(&url).await?;
@@ -70,6 +86,18 @@ async fn main() -> anyhow::Result<()> {
 /// Admin commands run against a migrated schema, so they work on a fresh database too.
 async fn connected(url: &str) -> anyhow::Result<Store> {
     Store::connect_migrated(url).await
+}
+
+#[cfg(feature = "whatsapp-web")]
+async fn link_whatsapp(phone: &str, session_db: &str) -> anyhow::Result<()> {
+    wavalidate::checker::whatsapp_web::link(session_db, phone).await
+}
+
+#[cfg(not(feature = "whatsapp-web"))]
+async fn link_whatsapp(_phone: &str, _session_db: &str) -> anyhow::Result<()> {
+    anyhow::bail!(
+        "this build has no whatsapp-web backend: build with `cargo build --release --features whatsapp-web`"
+    )
 }
 
 async fn serve(args: wavalidate::cli::ServeArgs, url: &str) -> anyhow::Result<()> {

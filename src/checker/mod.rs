@@ -12,9 +12,12 @@ use async_trait::async_trait;
 pub mod evolution;
 mod http;
 pub mod paced;
+pub mod registration;
 pub mod simulated;
 pub mod variants;
 pub mod waha;
+#[cfg(feature = "whatsapp-web")]
+pub mod whatsapp_web;
 
 /// What a check says about one number.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -259,3 +259,123 @@ impl Checker for Paced {
         outcomes
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+    use crate::checker::CallResult;
+
+    /// An upstream that answers with what it is told, and counts calls.
+    struct Upstream {
+        calls: AtomicUsize,
+        answer: Mutex<Option<CallError>>,
+    }
+
+    #[async_trait]
+    impl Backend for Arc<Upstream> {
+        fn name(&self) -> &'static str {
+            "upstream"
+        }
+        fn max_batch(&self) -> usize {
+            5
+        }
+        async fn check(&self, e164: &[String]) -> CallResult {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            match self.answer.lock().unwrap().clone() {
+                None => CallResult::ok(vec![Outcome::NotOnWhatsApp; e164.len()]),
+                Some(err) => CallResult::failed(vec![], err),
+            }
+        }
+    }
+
+    use std::sync::Arc;
+
+    fn paced(upstream: &Arc<Upstream>, config: PacingConfig) -> Paced {
+        // Never connected: the daily cap is off in these tests.
+        let store = Store::connect_lazy("postgres://127.0.0.1:1/none", 1).unwrap();
+        Paced::new(Box::new(upstream.clone()), config, store)
+    }
+
+    fn numbers(n: usize) -> Vec<String> {
+        (0..n).map(|i| format!("+1415555{i:04}")).collect()
+    }
+
+    #[tokio::test]
+    async fn repeated_failures_open_the_circuit_and_defer_without_calling() {
+        let upstream = Arc::new(Upstream {
+            calls: AtomicUsize::new(0),
+            answer: Mutex::new(Some(CallError::Failed("HTTP 500".into()))),
+        });
+        let config = PacingConfig {
+            breaker_failures: 3,
+            breaker_cooldown: Duration::from_secs(3600),
+            ..PacingConfig::unlimited()
+        };
+        let p = paced(&upstream, config);
+        for _ in 0..3 {
+            let out = p.check(&numbers(2)).await;
+            assert!(
+                out.iter().all(|o| matches!(o, Outcome::Retryable(_))),
+                "{out:?}"
+            );
+        }
+        assert!(p.paused_for().is_some(), "open after 3 failures");
+        let out = p.check(&numbers(2)).await;
+        assert!(
+            out.iter().all(|o| matches!(o, Outcome::Deferred { .. })),
+            "{out:?}"
+        );
+        assert_eq!(
+            upstream.calls.load(Ordering::SeqCst),
+            3,
+            "no call while open"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_rate_limit_defers_the_numbers_and_pauses_with_backoff() {
+        let upstream = Arc::new(Upstream {
+            calls: AtomicUsize::new(0),
+            answer: Mutex::new(Some(CallError::RateLimited {
+                retry_after: Some(Duration::from_secs(7)),
+            })),
+        });
+        let p = paced(&upstream, PacingConfig::unlimited());
+        let out = p.check(&numbers(3)).await;
+        assert_eq!(out.len(), 3);
+        for o in &out {
+            match o {
+                Outcome::Deferred { retry_in, .. } => assert!(*retry_in >= Duration::from_secs(7)),
+                other => panic!("{other:?}"),
+            }
+        }
+        let paused = p.paused_for().expect("paused");
+        assert!(paused > Duration::from_secs(6) && paused <= Duration::from_secs(300));
+    }
+
+    #[tokio::test]
+    async fn the_rate_limit_spaces_calls() {
+        let upstream = Arc::new(Upstream {
+            calls: AtomicUsize::new(0),
+            answer: Mutex::new(None),
+        });
+        // 50 checks/s with a burst of 5 (the backend's batch): 5 calls of 5 need at least 0.4 s.
+        let config = PacingConfig {
+            rate_per_sec: 50.0,
+            ..PacingConfig::unlimited()
+        };
+        let p = paced(&upstream, config);
+        let start = Instant::now();
+        for _ in 0..5 {
+            p.check(&numbers(5)).await;
+        }
+        assert!(
+            start.elapsed() >= Duration::from_millis(390),
+            "{:?}",
+            start.elapsed()
+        );
+        assert_eq!(upstream.calls.load(Ordering::SeqCst), 5);
+    }
+}

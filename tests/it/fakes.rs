@@ -44,9 +44,16 @@ pub struct FakeState {
     calls: Mutex<Vec<(Instant, Vec<String>)>>,
     in_flight: AtomicUsize,
     max_in_flight: AtomicUsize,
+    /// Added to every answer, like a real gateway's round trip to WhatsApp.
+    latency: Mutex<Duration>,
 }
 
 impl FakeState {
+    #[allow(dead_code)] // used by the gateway benchmark
+    pub fn set_latency(&self, latency: Duration) {
+        *self.latency.lock().unwrap() = latency;
+    }
+
     pub fn script(&self, modes: impl IntoIterator<Item = Mode>) {
         self.script.lock().unwrap().extend(modes);
     }
@@ -93,6 +100,10 @@ impl FakeState {
         self.max_in_flight.fetch_max(now, Ordering::SeqCst);
         let guard = InFlight(&self.in_flight);
         let mode = self.next_mode();
+        let latency = *self.latency.lock().unwrap();
+        if !latency.is_zero() {
+            tokio::time::sleep(latency).await;
+        }
         if let Mode::Hang(d) = &mode {
             tokio::time::sleep(*d).await;
         }
@@ -148,6 +159,7 @@ fn new_state(registered: &[&str], api_key: &str) -> Arc<FakeState> {
         calls: Mutex::new(Vec::new()),
         in_flight: AtomicUsize::new(0),
         max_in_flight: AtomicUsize::new(0),
+        latency: Mutex::new(Duration::ZERO),
     })
 }
 
