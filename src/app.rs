@@ -5,10 +5,11 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
+use tonic::service::Routes;
 
-use crate::api::service::{CachePolicy, Service};
+use crate::api::ops::{CachePolicy, Ops};
+use crate::api::service::Service;
 use crate::checker::evolution::{Evolution, EvolutionConfig};
 use crate::checker::paced::{Paced, PacingConfig};
 use crate::checker::simulated::Simulated;
@@ -166,36 +167,32 @@ pub async fn start(args: ServeArgs, database_url: &str) -> anyhow::Result<Server
 
     let listener = TcpListener::bind(args.listen).await?;
     let addr = listener.local_addr()?;
-    let reflection_v1 = reflection().build_v1()?;
-    let reflection_v1alpha = reflection().build_v1alpha()?;
-
-    let mut builder = tonic::transport::Server::builder()
-        // Idle connections behind load balancers get cut; keepalive keeps watch streams alive.
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-        .tcp_nodelay(true);
-    let mut router = builder
-        .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha);
+    let mut grpc = Routes::new(health_service)
+        .add_service(reflection().build_v1()?)
+        .add_service(reflection().build_v1alpha()?);
+    let mut json = axum::Router::new();
     if args.role != Role::Worker {
         let cache = CachePolicy {
             backend: args.checker.name(),
             ttl: args.cache_ttl,
         };
-        let service = Service::new(store.clone(), hub.clone(), shutdown.clone(), cache);
-        router = router.add_service(WaValidationServiceServer::new(service));
+        let ops = Arc::new(Ops::new(
+            store.clone(),
+            hub.clone(),
+            shutdown.clone(),
+            cache,
+        ));
+        grpc = grpc.add_service(WaValidationServiceServer::new(Service::new(ops.clone())));
+        json = crate::api::http::router(ops);
     }
-    let serve_shutdown = shutdown.clone();
-    let server = router
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
-            serve_shutdown.cancelled().await
-        });
-    tracing::info!(%addr, role = ?args.role, "wavalidate serving");
+    // gRPC paths are routed to tonic, everything else to the JSON API.
+    let router = grpc.prepare().into_axum_router().fallback_service(json);
+    let server = crate::server::serve(listener, router, shutdown.clone());
+    tracing::info!(%addr, role = ?args.role, "wavalidate serving gRPC and JSON");
 
     let task_shutdown = shutdown.clone();
     let task = tokio::spawn(async move {
-        let served = server.await;
+        server.await;
         // The server returns once shutdown began and connections drained; finish the rest in order.
         task_shutdown.cancel();
         if let Some(workers) = workers_task {
@@ -204,7 +201,6 @@ pub async fn start(args: ServeArgs, database_url: &str) -> anyhow::Result<Server
         health_task.await?;
         hub_task.await?;
         store.pool().close().await;
-        served?;
         Ok(())
     });
     Ok(Server {

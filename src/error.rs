@@ -15,6 +15,8 @@ pub enum ApiError {
     /// A request field is wrong; `field` is its path, e.g. `phone_numbers`.
     #[error("{description}")]
     BadField { field: String, description: String },
+    #[error("{submitted} entries submitted; a batch holds at most {max}: split the list", max = crate::domain::phone::MAX_BATCH_ENTRIES)]
+    BatchTooLarge { submitted: usize },
     #[error("insufficient credits: the batch needs {required}, the balance is {available}")]
     InsufficientCredits { required: i64, available: i64 },
     #[error("request_id {0:?} was already used for a different list of numbers")]
@@ -68,6 +70,11 @@ impl From<ApiError> for Status {
                 Code::InvalidArgument,
                 message,
                 ErrorDetails::with_bad_request_violation(field, description),
+            ),
+            ApiError::BatchTooLarge { .. } => Status::with_error_details(
+                Code::InvalidArgument,
+                message.clone(),
+                ErrorDetails::with_bad_request_violation("phone_numbers", message),
             ),
             ApiError::InsufficientCredits {
                 required,

@@ -7,6 +7,7 @@ pub mod domain;
 pub mod error;
 pub mod events;
 pub mod health;
+pub mod server;
 pub mod store;
 pub mod worker;
 

@@ -1,27 +1,55 @@
 //! Where a request's API key comes from, and which account it opens.
-use tonic::metadata::MetadataMap;
 use uuid::Uuid;
 
 use crate::domain::api_key::ApiKey;
 use crate::error::ApiError;
 use crate::store::Store;
 
-/// The key from the request body or from `authorization: Bearer` / `x-api-key`.
-/// Keys given in more than one place must agree.
-pub fn presented_key(metadata: &MetadataMap, body_key: &str) -> Result<ApiKey, ApiError> {
-    let bearer = metadata
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .map(|v| {
-            let v = v.trim();
-            match v.get(..7) {
-                Some(scheme) if scheme.eq_ignore_ascii_case("bearer ") => v[7..].trim(),
-                _ => v,
-            }
-        });
-    let header = metadata.get("x-api-key").and_then(|v| v.to_str().ok());
+/// The places a key may be given: the request body (or query), and two headers.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct KeySources<'a> {
+    pub body: &'a str,
+    /// `authorization` header / metadata, `Bearer <key>`.
+    pub authorization: Option<&'a str>,
+    /// `x-api-key` header / metadata.
+    pub x_api_key: Option<&'a str>,
+}
+
+impl<'a> KeySources<'a> {
+    pub fn from_metadata(
+        metadata: &'a tonic::metadata::MetadataMap,
+        body: &'a str,
+    ) -> KeySources<'a> {
+        KeySources {
+            body,
+            authorization: metadata.get("authorization").and_then(|v| v.to_str().ok()),
+            x_api_key: metadata.get("x-api-key").and_then(|v| v.to_str().ok()),
+        }
+    }
+
+    pub fn from_headers(headers: &'a http::HeaderMap, body: &'a str) -> KeySources<'a> {
+        KeySources {
+            body,
+            authorization: headers.get("authorization").and_then(|v| v.to_str().ok()),
+            x_api_key: headers.get("x-api-key").and_then(|v| v.to_str().ok()),
+        }
+    }
+}
+
+/// The one key presented; keys given in more than one place must agree.
+pub fn presented_key(sources: KeySources<'_>) -> Result<ApiKey, ApiError> {
+    let bearer = sources.authorization.map(|v| {
+        let v = v.trim();
+        match v.get(..7) {
+            Some(scheme) if scheme.eq_ignore_ascii_case("bearer ") => v[7..].trim(),
+            _ => v,
+        }
+    });
     let mut found: Option<&str> = None;
-    for candidate in [Some(body_key), bearer, header].into_iter().flatten() {
+    for candidate in [Some(sources.body), bearer, sources.x_api_key]
+        .into_iter()
+        .flatten()
+    {
         let candidate = candidate.trim();
         if candidate.is_empty() {
             continue;
@@ -29,63 +57,62 @@ pub fn presented_key(metadata: &MetadataMap, body_key: &str) -> Result<ApiKey, A
         match found {
             Some(prev) if prev != candidate => {
                 return Err(ApiError::InvalidArgument(
-                    "the API key in the request differs from the one in the metadata; send one key"
+                    "the API key in the request differs from the one in the headers; send one key"
                         .into(),
                 ));
             }
             _ => found = Some(candidate),
         }
     }
-    found
-        .and_then(ApiKey::from_presented)
-        .ok_or(ApiError::Unauthenticated(
-            "missing API key: set api_key, or send `authorization: Bearer <key>` or `x-api-key: <key>`",
-        ))
+    found.and_then(ApiKey::from_presented).ok_or(ApiError::Unauthenticated(
+        "missing API key: set api_key, or send `authorization: Bearer <key>` or `x-api-key: <key>`",
+    ))
 }
 
-pub async fn authenticate(
-    store: &Store,
-    metadata: &MetadataMap,
-    body_key: &str,
-) -> Result<Uuid, ApiError> {
-    let key = presented_key(metadata, body_key)?;
+pub async fn authenticate(store: &Store, sources: KeySources<'_>) -> Result<Uuid, ApiError> {
+    let key = presented_key(sources)?;
     store
         .account_for_key(&key)
         .await?
-        .ok_or(ApiError::Unauthenticated("invalid or revoked API key"))
+        .ok_or(ApiError::Unauthenticated("Invalid API key."))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn md(pairs: &[(&'static str, &str)]) -> MetadataMap {
-        let mut m = MetadataMap::new();
-        for (k, v) in pairs {
-            m.insert(*k, v.parse().unwrap());
+    fn keys<'a>(
+        body: &'a str,
+        authorization: Option<&'a str>,
+        x_api_key: Option<&'a str>,
+    ) -> KeySources<'a> {
+        KeySources {
+            body,
+            authorization,
+            x_api_key,
         }
-        m
     }
 
     #[test]
     fn takes_the_key_from_any_one_place() {
-        assert_eq!(presented_key(&md(&[]), "k1").unwrap().expose(), "k1");
         assert_eq!(
-            presented_key(&md(&[("authorization", "Bearer k2")]), "")
+            presented_key(keys("k1", None, None)).unwrap().expose(),
+            "k1"
+        );
+        assert_eq!(
+            presented_key(keys("", Some("Bearer k2"), None))
                 .unwrap()
                 .expose(),
             "k2"
         );
         assert_eq!(
-            presented_key(&md(&[("authorization", "bearer k2")]), "k2")
+            presented_key(keys("k2", Some("bearer k2"), None))
                 .unwrap()
                 .expose(),
             "k2"
         );
         assert_eq!(
-            presented_key(&md(&[("x-api-key", "k3")]), "")
-                .unwrap()
-                .expose(),
+            presented_key(keys("", None, Some("k3"))).unwrap().expose(),
             "k3"
         );
     }
@@ -93,18 +120,15 @@ mod tests {
     #[test]
     fn rejects_missing_and_conflicting_keys() {
         assert!(matches!(
-            presented_key(&md(&[]), ""),
+            presented_key(keys("", None, None)),
             Err(ApiError::Unauthenticated(_))
         ));
         assert!(matches!(
-            presented_key(&md(&[("x-api-key", "a")]), "b"),
+            presented_key(keys("b", None, Some("a"))),
             Err(ApiError::InvalidArgument(_))
         ));
         assert!(matches!(
-            presented_key(
-                &md(&[("x-api-key", "a"), ("authorization", "Bearer b")]),
-                ""
-            ),
+            presented_key(keys("", Some("Bearer b"), Some("a"))),
             Err(ApiError::InvalidArgument(_))
         ));
     }

@@ -1,0 +1,198 @@
+//! What the API does, shared by the gRPC service and the JSON HTTP API:
+//! both parse their wire format, then call these.
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tonic::Status;
+use uuid::Uuid;
+
+use super::auth::{KeySources, authenticate};
+use super::watch;
+use crate::domain::batch::{parse_batch_id, request_fingerprint};
+use crate::domain::phone::{MAX_BATCH_ENTRIES, MAX_ENTRY_CHARS, Parsed, Region, dedup_entries};
+use crate::error::ApiError;
+use crate::events::EventHub;
+use crate::pb;
+use crate::store::Store;
+use crate::store::batches::{BatchRow, NewBatch, ResultRow};
+
+const MAX_REQUEST_ID_CHARS: usize = 256;
+/// Events buffered per watch stream; a slower client holds the sender back instead of growing memory.
+const WATCH_BUFFER: usize = 128;
+
+/// Which cached answers a submission may reuse.
+#[derive(Debug, Clone, Copy)]
+pub struct CachePolicy {
+    /// The configured checker backend: answers from another backend are never reused.
+    pub backend: &'static str,
+    pub ttl: Duration,
+}
+
+/// A submission as both APIs receive it.
+#[derive(Debug, Default)]
+pub struct SubmitInput<'a> {
+    pub phone_numbers: &'a [String],
+    pub request_id: &'a str,
+    pub default_region: &'a str,
+    pub force_check: bool,
+}
+
+pub type WatchEvents = mpsc::Receiver<Result<pb::WatchBatchResponse, Status>>;
+
+pub struct Ops {
+    store: Store,
+    hub: Arc<EventHub>,
+    shutdown: CancellationToken,
+    cache: CachePolicy,
+}
+
+fn parse_region(text: &str) -> Result<Option<Region>, ApiError> {
+    if text.trim().is_empty() {
+        return Ok(None);
+    }
+    Region::parse(text).map(Some).ok_or_else(|| {
+        ApiError::bad_field(
+            "default_region",
+            format!(
+                "unknown region {text:?}: use an ISO 3166-1 alpha-2 code such as \"US\" or \"gb\""
+            ),
+        )
+    })
+}
+
+fn parse_id(text: &str) -> Result<Uuid, ApiError> {
+    parse_batch_id(text).ok_or_else(|| {
+        ApiError::bad_field(
+            "batch_id",
+            format!("{text:?} is not a batch id: expected a UUID such as 67e55044-10b1-426f-9247-bb680e5fe0c8"),
+        )
+    })
+}
+
+fn check_entries(numbers: &[String]) -> Result<(), ApiError> {
+    match numbers.len() {
+        0 => {
+            return Err(ApiError::bad_field(
+                "phone_numbers",
+                "at least one phone number is required",
+            ));
+        }
+        n if n > MAX_BATCH_ENTRIES => return Err(ApiError::BatchTooLarge { submitted: n }),
+        _ => {}
+    }
+    if let Some(i) = numbers
+        .iter()
+        .position(|n| n.chars().count() > MAX_ENTRY_CHARS)
+    {
+        return Err(ApiError::bad_field(
+            format!("phone_numbers[{i}]"),
+            format!("entry {i} is longer than {MAX_ENTRY_CHARS} characters"),
+        ));
+    }
+    Ok(())
+}
+
+impl Ops {
+    pub fn new(
+        store: Store,
+        hub: Arc<EventHub>,
+        shutdown: CancellationToken,
+        cache: CachePolicy,
+    ) -> Ops {
+        Ops {
+            store,
+            hub,
+            shutdown,
+            cache,
+        }
+    }
+
+    pub async fn authenticate(&self, keys: KeySources<'_>) -> Result<Uuid, ApiError> {
+        authenticate(&self.store, keys).await
+    }
+
+    pub async fn submit(
+        &self,
+        account_id: Uuid,
+        input: SubmitInput<'_>,
+    ) -> Result<BatchRow, ApiError> {
+        check_entries(input.phone_numbers)?;
+        let region = parse_region(input.default_region)?;
+        let request_id = input.request_id.trim();
+        if request_id.chars().count() > MAX_REQUEST_ID_CHARS {
+            return Err(ApiError::bad_field(
+                "request_id",
+                format!("request_id is longer than {MAX_REQUEST_ID_CHARS} characters"),
+            ));
+        }
+        let entries = dedup_entries(input.phone_numbers, region);
+        let cached = if input.force_check {
+            HashMap::new()
+        } else {
+            let valid: Vec<&str> = entries
+                .iter()
+                .filter_map(|e| match &e.parsed {
+                    Parsed::Valid(v) => Some(v.e164.as_str()),
+                    Parsed::Invalid { .. } => None,
+                })
+                .collect();
+            self.store
+                .cached_answers(self.cache.backend, &valid, self.cache.ttl)
+                .await?
+        };
+        let batch = self
+            .store
+            .submit_batch(NewBatch {
+                account_id,
+                request_id: (!request_id.is_empty()).then_some(request_id),
+                fingerprint: request_fingerprint(
+                    input.phone_numbers,
+                    input.default_region,
+                    input.force_check,
+                ),
+                entries: &entries,
+                cached: &cached,
+            })
+            .await?;
+        tracing::info!(batch_id = %batch.id, %account_id, total = batch.total_numbers, "batch submitted");
+        Ok(batch)
+    }
+
+    pub async fn poll(
+        &self,
+        account_id: Uuid,
+        batch_id: &str,
+    ) -> Result<(BatchRow, Vec<ResultRow>), ApiError> {
+        let batch_id = parse_id(batch_id)?;
+        self.store
+            .batch_with_results(account_id, batch_id)
+            .await?
+            .ok_or(ApiError::NotFound)
+    }
+
+    /// Starts streaming a batch's results; the receiver ends after the completed event.
+    pub async fn watch(&self, account_id: Uuid, batch_id: &str) -> Result<WatchEvents, ApiError> {
+        let batch_id = parse_id(batch_id)?;
+        let batch = self
+            .store
+            .batch(account_id, batch_id)
+            .await?
+            .ok_or(ApiError::NotFound)?;
+        let (tx, rx) = mpsc::channel(WATCH_BUFFER);
+        tokio::spawn(watch::stream_batch(
+            self.store.clone(),
+            self.hub.clone(),
+            batch,
+            tx,
+            self.shutdown.clone(),
+        ));
+        Ok(rx)
+    }
+
+    pub async fn balance(&self, account_id: Uuid) -> Result<i64, ApiError> {
+        Ok(self.store.balance(account_id).await?)
+    }
+}
