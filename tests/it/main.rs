@@ -1,6 +1,8 @@
 //! Integration tests: real PostgreSQL, real servers on real ports, real gRPC clients.
 mod helpers;
 
+mod http_api;
+
 mod auth;
 mod credits;
 mod fakes;
