@@ -42,24 +42,50 @@ pub fn number_result(row: &ResultRow) -> pb::NumberResult {
 }
 
 /// Counters derived from the rows themselves, so they always add up.
+#[derive(Debug, Default, Clone, Copy)]
 pub struct Counts {
     pub completed: i32,
     pub failed: i32,
+    pub cancelled: i32,
 }
 
 impl Counts {
     pub fn of(states: impl IntoIterator<Item = NumberState>) -> Counts {
-        let mut c = Counts {
-            completed: 0,
-            failed: 0,
-        };
+        let mut c = Counts::default();
         for s in states {
-            if s.is_definite() {
-                c.completed += 1;
-            } else if s == NumberState::Error {
-                c.failed += 1;
-            }
+            c.add(s);
         }
         c
+    }
+
+    pub fn add(&mut self, state: NumberState) {
+        match state {
+            s if s.is_definite() => self.completed += 1,
+            NumberState::Error => self.failed += 1,
+            NumberState::Cancelled => self.cancelled += 1,
+            _ => {}
+        }
+    }
+
+    pub fn pending(&self, total: i32) -> i32 {
+        total - self.completed - self.failed - self.cancelled
+    }
+}
+
+/// A batch row's own counters as a summary.
+pub fn batch_summary(batch: &BatchRow) -> pb::BatchSummary {
+    pb::BatchSummary {
+        batch_id: batch.id.to_string(),
+        status: batch_status(batch) as i32,
+        total_numbers: batch.total_numbers,
+        completed: batch.completed,
+        failed: batch.failed,
+        pending: batch.total_numbers - batch.completed - batch.failed - batch.cancelled,
+        cancelled: batch.cancelled,
+        created_at: Some(timestamp(batch.created_at)),
+        completed_at: batch.completed_at.map(timestamp),
+        credits_charged: batch.credits_charged,
+        credits_refunded: batch.credits_refunded,
+        request_id: batch.request_id.clone().unwrap_or_default(),
     }
 }

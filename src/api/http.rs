@@ -72,7 +72,7 @@ pub struct ResultJson {
     pub phone_number: String,
     /// `completed` or `pending`.
     pub status: String,
-    /// `PENDING`, `ON_WHATSAPP`, `NOT_ON_WHATSAPP`, `INVALID_NUMBER` or `ERROR`.
+    /// `PENDING`, `ON_WHATSAPP`, `NOT_ON_WHATSAPP`, `INVALID_NUMBER`, `ERROR` or `CANCELLED`.
     pub number_status: String,
     /// `VALID_CONFIRMED` (on WhatsApp), `INVALID` (not on WhatsApp), `INVALID_NUMBER`, `ERROR`.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -111,13 +111,74 @@ pub struct PollReply {
     pub completed: i32,
     /// Ended in error.
     pub failed: i32,
-    /// `total_numbers - completed - failed`.
+    /// Cancelled before they were checked.
+    pub cancelled: i32,
+    /// `total_numbers - completed - failed - cancelled`.
     pub pending: i32,
     pub credits_charged: i64,
     pub credits_refunded: i64,
     pub created_at: DateTime<Utc>,
     pub completed_at: Option<DateTime<Utc>>,
     pub results: Vec<ResultJson>,
+}
+
+/// A batch's counters, as listed.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct BatchJson {
+    pub batch_id: String,
+    /// `processing` or `completed`.
+    pub status: String,
+    pub total_numbers: i32,
+    pub completed: i32,
+    pub failed: i32,
+    pub cancelled: i32,
+    pub pending: i32,
+    pub credits_charged: i64,
+    pub credits_refunded: i64,
+    pub request_id: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub completed_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ListReply {
+    pub batches: Vec<BatchJson>,
+    /// Pass as `page_token` for the next page; absent on the last page.
+    pub next_page_token: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct CancelReply {
+    pub batch: BatchJson,
+    pub cancelled_numbers: i64,
+    pub credits_refunded: i64,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct ListQuery {
+    pub api_key: Option<String>,
+    /// At most 200; default 50.
+    pub page_size: Option<i32>,
+    pub page_token: Option<String>,
+    /// `processing` or `completed`.
+    pub status: Option<String>,
+}
+
+fn batch_json(batch: &BatchRow) -> BatchJson {
+    BatchJson {
+        batch_id: batch.id.to_string(),
+        status: status_word(batch),
+        total_numbers: batch.total_numbers,
+        completed: batch.completed,
+        failed: batch.failed,
+        cancelled: batch.cancelled,
+        pending: batch.total_numbers - batch.completed - batch.failed - batch.cancelled,
+        credits_charged: batch.credits_charged,
+        credits_refunded: batch.credits_refunded,
+        request_id: batch.request_id.clone(),
+        created_at: batch.created_at,
+        completed_at: batch.completed_at,
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -159,6 +220,7 @@ fn number_status_word(state: NumberState) -> &'static str {
         NumberState::NotOnWhatsApp => "NOT_ON_WHATSAPP",
         NumberState::InvalidNumber => "INVALID_NUMBER",
         NumberState::Error => "ERROR",
+        NumberState::Cancelled => "CANCELLED",
     }
 }
 
@@ -194,6 +256,7 @@ pub fn result_json(row: &ResultRow) -> ResultJson {
             NumberState::OnWhatsApp => "VALID_CONFIRMED",
             NumberState::NotOnWhatsApp => "INVALID",
             NumberState::InvalidNumber => "INVALID_NUMBER",
+            NumberState::Cancelled => "CANCELLED",
             _ => "ERROR",
         }
         .into(),
@@ -370,7 +433,8 @@ async fn poll(
         total_numbers: batch.total_numbers,
         completed: counts.completed,
         failed: counts.failed,
-        pending: batch.total_numbers - counts.completed - counts.failed,
+        cancelled: counts.cancelled,
+        pending: counts.pending(batch.total_numbers),
         credits_charged: batch.credits_charged,
         credits_refunded: batch.credits_refunded,
         created_at: batch.created_at,
@@ -406,6 +470,68 @@ async fn balance(
     }))
 }
 
+/// The account's batches, newest first.
+#[utoipa::path(get, path = "/api/v1/wavalidation/batches", params(ListQuery),
+    responses((status = 200, body = ListReply), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+async fn list(
+    State(ops): Shared,
+    headers: HeaderMap,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<ListReply>, ApiError> {
+    let account_id = ops
+        .authenticate(KeySources::from_headers(
+            &headers,
+            q.api_key.as_deref().unwrap_or(""),
+        ))
+        .await?;
+    let completed = match q.status.as_deref() {
+        None | Some("") => None,
+        Some("completed") => Some(true),
+        Some("processing") => Some(false),
+        Some(other) => {
+            return Err(ApiError::bad_field(
+                "status",
+                format!("unknown status {other:?}: use processing or completed"),
+            ));
+        }
+    };
+    let (rows, next) = ops
+        .list(
+            account_id,
+            q.page_size.unwrap_or(0),
+            q.page_token.as_deref().unwrap_or(""),
+            completed,
+        )
+        .await?;
+    Ok(Json(ListReply {
+        batches: rows.iter().map(batch_json).collect(),
+        next_page_token: (!next.is_empty()).then_some(next),
+    }))
+}
+
+/// Stops a batch; numbers not yet checked are cancelled and refunded once.
+#[utoipa::path(post, path = "/api/v1/wavalidation/batch/{batch_id}/cancel", params(("batch_id" = String, Path), KeyQuery),
+    responses((status = 200, body = CancelReply), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn cancel(
+    State(ops): Shared,
+    headers: HeaderMap,
+    Path(batch_id): Path<String>,
+    Query(q): Query<KeyQuery>,
+) -> Result<Json<CancelReply>, ApiError> {
+    let account_id = ops
+        .authenticate(KeySources::from_headers(
+            &headers,
+            q.api_key.as_deref().unwrap_or(""),
+        ))
+        .await?;
+    let (batch, cancelled) = ops.cancel(account_id, &batch_id).await?;
+    Ok(Json(CancelReply {
+        batch: batch_json(&batch),
+        cancelled_numbers: cancelled,
+        credits_refunded: cancelled,
+    }))
+}
+
 /// Server-Sent Events: one `result` event per number (the NumberResult as proto3 JSON
 /// field names in snake_case), then one `completed` event, then the stream ends.
 #[utoipa::path(get, path = "/api/v1/wavalidation/batch/{batch_id}/events", params(("batch_id" = String, Path), KeyQuery),
@@ -430,7 +556,7 @@ async fn events(
             }
             Ok(pb::WatchBatchResponse { event: Some(WatchEvent::Completed(c)) }) => Event::default()
                 .event("completed")
-                .json_data(serde_json::json!({"total_numbers": c.total_numbers, "completed": c.completed, "failed": c.failed})),
+                .json_data(serde_json::json!({"total_numbers": c.total_numbers, "completed": c.completed, "failed": c.failed, "cancelled": c.cancelled})),
             Ok(pb::WatchBatchResponse { event: None }) => Ok(Event::default().comment("")),
             Err(status) => Event::default().event("error").json_data(serde_json::json!({"error": status.message()})),
         };
@@ -495,6 +621,8 @@ pub fn router(ops: Arc<Ops>) -> Router {
         .route("/api/v1/wavalidation/batch", post(submit))
         .route("/api/v1/wavalidation/batch/{batch_id}", get(poll))
         .route("/api/v1/wavalidation/batch/{batch_id}/events", get(events))
+        .route("/api/v1/wavalidation/batch/{batch_id}/cancel", post(cancel))
+        .route("/api/v1/wavalidation/batches", get(list))
         .route("/api/v1/balance", get(balance))
         .route("/openapi.json", get(openapi))
         .fallback(not_found)

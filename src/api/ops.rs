@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
@@ -20,6 +21,22 @@ use crate::store::Store;
 use crate::store::batches::{BatchRow, NewBatch, ResultRow};
 
 const MAX_REQUEST_ID_CHARS: usize = 256;
+const DEFAULT_PAGE_SIZE: i32 = 50;
+const MAX_PAGE_SIZE: i32 = 200;
+
+/// Opaque to clients: the last row's position, hex-encoded.
+fn encode_page_token(created_at: DateTime<Utc>, id: Uuid) -> String {
+    hex::encode(format!("{}/{id}", created_at.timestamp_micros()))
+}
+
+fn decode_page_token(token: &str) -> Option<(DateTime<Utc>, Uuid)> {
+    let text = String::from_utf8(hex::decode(token).ok()?).ok()?;
+    let (micros, id) = text.split_once('/')?;
+    Some((
+        DateTime::from_timestamp_micros(micros.parse().ok()?)?,
+        Uuid::parse_str(id).ok()?,
+    ))
+}
 /// Events buffered per watch stream; a slower client holds the sender back instead of growing memory.
 const WATCH_BUFFER: usize = 128;
 
@@ -192,7 +209,83 @@ impl Ops {
         Ok(rx)
     }
 
+    /// A page of the account's batches, newest first, and the token for the next page.
+    pub async fn list(
+        &self,
+        account_id: Uuid,
+        page_size: i32,
+        page_token: &str,
+        completed: Option<bool>,
+    ) -> Result<(Vec<BatchRow>, String), ApiError> {
+        let size = match page_size {
+            0 => DEFAULT_PAGE_SIZE,
+            n if n < 0 => {
+                return Err(ApiError::bad_field(
+                    "page_size",
+                    "page_size must not be negative",
+                ));
+            }
+            n => n.min(MAX_PAGE_SIZE),
+        };
+        let after = if page_token.is_empty() {
+            None
+        } else {
+            Some(decode_page_token(page_token).ok_or_else(|| {
+                ApiError::bad_field("page_token", "page_token is not one this API returned")
+            })?)
+        };
+        // One extra row tells whether another page exists.
+        let mut rows = self
+            .store
+            .list_batches(account_id, completed, after, size as i64 + 1)
+            .await?;
+        let next = if rows.len() > size as usize {
+            rows.truncate(size as usize);
+            rows.last()
+                .map(|b| encode_page_token(b.created_at, b.id))
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok((rows, next))
+    }
+
+    /// Cancels the batch's unchecked numbers; returns the batch and how many were cancelled.
+    pub async fn cancel(
+        &self,
+        account_id: Uuid,
+        batch_id: &str,
+    ) -> Result<(BatchRow, i64), ApiError> {
+        let batch_id = parse_id(batch_id)?;
+        let (batch, cancelled) = self
+            .store
+            .cancel_batch(account_id, batch_id)
+            .await?
+            .ok_or(ApiError::NotFound)?;
+        if cancelled > 0 {
+            tracing::info!(%batch_id, cancelled, "batch cancelled");
+        }
+        Ok((batch, cancelled))
+    }
+
     pub async fn balance(&self, account_id: Uuid) -> Result<i64, ApiError> {
         Ok(self.store.balance(account_id).await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn page_tokens_round_trip_and_reject_garbage() {
+        let at = DateTime::from_timestamp_micros(1_780_000_000_123_456).unwrap();
+        let id = Uuid::new_v4();
+        assert_eq!(
+            decode_page_token(&encode_page_token(at, id)),
+            Some((at, id))
+        );
+        assert_eq!(decode_page_token("zz"), None);
+        assert_eq!(decode_page_token(&hex::encode("x/y")), None);
     }
 }

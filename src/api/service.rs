@@ -5,7 +5,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::auth::KeySources;
-use super::convert::{Counts, batch_status, number_result, timestamp};
+use super::convert::{Counts, batch_status, batch_summary, number_result, timestamp};
 use super::ops::{Ops, SubmitInput};
 use crate::pb::{self, wa_validation_service_server::WaValidationService};
 
@@ -66,7 +66,8 @@ impl WaValidationService for Service {
             total_numbers: batch.total_numbers,
             completed: counts.completed,
             failed: counts.failed,
-            pending: batch.total_numbers - counts.completed - counts.failed,
+            cancelled: counts.cancelled,
+            pending: counts.pending(batch.total_numbers),
             results: rows.iter().map(number_result).collect(),
             created_at: Some(timestamp(batch.created_at)),
             completed_at: batch.completed_at.map(timestamp),
@@ -101,5 +102,46 @@ impl WaValidationService for Service {
             .await?;
         let credits = self.ops.balance(account_id).await?;
         Ok(Response::new(pb::GetBalanceResponse { credits }))
+    }
+
+    async fn list_batches(
+        &self,
+        request: Request<pb::ListBatchesRequest>,
+    ) -> Result<Response<pb::ListBatchesResponse>, Status> {
+        let (metadata, _, req) = request.into_parts();
+        let account_id = self
+            .ops
+            .authenticate(KeySources::from_metadata(&metadata, &req.api_key))
+            .await?;
+        let completed = match pb::BatchStatus::try_from(req.status) {
+            Ok(pb::BatchStatus::Completed) => Some(true),
+            Ok(pb::BatchStatus::Processing) => Some(false),
+            _ => None,
+        };
+        let (batches, next_page_token) = self
+            .ops
+            .list(account_id, req.page_size, &req.page_token, completed)
+            .await?;
+        Ok(Response::new(pb::ListBatchesResponse {
+            batches: batches.iter().map(batch_summary).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn cancel_batch(
+        &self,
+        request: Request<pb::CancelBatchRequest>,
+    ) -> Result<Response<pb::CancelBatchResponse>, Status> {
+        let (metadata, _, req) = request.into_parts();
+        let account_id = self
+            .ops
+            .authenticate(KeySources::from_metadata(&metadata, &req.api_key))
+            .await?;
+        let (batch, cancelled) = self.ops.cancel(account_id, &req.batch_id).await?;
+        Ok(Response::new(pb::CancelBatchResponse {
+            batch: Some(batch_summary(&batch)),
+            cancelled_numbers: cancelled as i32,
+            credits_refunded: cancelled,
+        }))
     }
 }

@@ -6,7 +6,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
-use super::convert::number_result;
+use super::convert::{Counts, number_result};
 use crate::error::ApiError;
 use crate::events::EventHub;
 use crate::pb::{self, watch_batch_response::Event};
@@ -19,8 +19,7 @@ type Sink = mpsc::Sender<Result<pb::WatchBatchResponse, Status>>;
 struct Progress {
     sent: Vec<bool>,
     remaining: usize,
-    completed: i32,
-    failed: i32,
+    counts: Counts,
 }
 
 impl Progress {
@@ -28,8 +27,7 @@ impl Progress {
         Progress {
             sent: vec![false; total.max(0) as usize],
             remaining: total.max(0) as usize,
-            completed: 0,
-            failed: 0,
+            counts: Counts::default(),
         }
     }
 
@@ -52,11 +50,7 @@ impl Progress {
             }
             *slot = true;
             self.remaining -= 1;
-            if row.state().is_definite() {
-                self.completed += 1;
-            } else {
-                self.failed += 1;
-            }
+            self.counts.add(row.state());
         }
         true
     }
@@ -112,8 +106,9 @@ pub async fn stream_batch(
     }
     let done = pb::BatchCompleted {
         total_numbers: batch.total_numbers,
-        completed: progress.completed,
-        failed: progress.failed,
+        completed: progress.counts.completed,
+        failed: progress.counts.failed,
+        cancelled: progress.counts.cancelled,
     };
     let _ = sink
         .send(Ok(pb::WatchBatchResponse {

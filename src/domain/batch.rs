@@ -17,6 +17,7 @@ pub enum NumberState {
     NotOnWhatsApp = 3,
     InvalidNumber = 4,
     Error = 5,
+    Cancelled = 6,
 }
 
 impl NumberState {
@@ -26,6 +27,7 @@ impl NumberState {
             3 => NumberState::NotOnWhatsApp,
             4 => NumberState::InvalidNumber,
             5 => NumberState::Error,
+            6 => NumberState::Cancelled,
             _ => NumberState::Pending,
         }
     }
@@ -37,6 +39,7 @@ impl NumberState {
             NumberState::NotOnWhatsApp => pb::NumberStatus::NotOnWhatsapp,
             NumberState::InvalidNumber => pb::NumberStatus::InvalidNumber,
             NumberState::Error => pb::NumberStatus::Error,
+            NumberState::Cancelled => pb::NumberStatus::Cancelled,
         }
     }
 

@@ -40,6 +40,8 @@ pub struct BatchRow {
     pub completed_at: Option<DateTime<Utc>>,
     pub credits_charged: i64,
     pub credits_refunded: i64,
+    pub cancelled: i32,
+    pub request_id: Option<String>,
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -66,7 +68,7 @@ impl ResultRow {
 // Macros rather than consts so queries stay `&'static str` (sqlx refuses runtime-built SQL).
 macro_rules! batch_columns {
     () => {
-        "id, total_numbers, completed, failed, created_at, completed_at, credits_charged, credits_refunded"
+        "id, total_numbers, completed, failed, cancelled, created_at, completed_at, credits_charged, credits_refunded, request_id"
     };
 }
 macro_rules! result_columns {
@@ -272,6 +274,122 @@ impl Store {
         .await?;
         tx.commit().await?;
         Ok(Some((batch, rows)))
+    }
+
+    /// The account's batches, newest first, strictly after `after` (created_at, id) when given.
+    pub async fn list_batches(
+        &self,
+        account_id: Uuid,
+        completed: Option<bool>,
+        after: Option<(DateTime<Utc>, Uuid)>,
+        limit: i64,
+    ) -> Result<Vec<BatchRow>, sqlx::Error> {
+        sqlx::query_as(concat!(
+            "SELECT ",
+            batch_columns!(),
+            " FROM batches
+             WHERE account_id = $1
+               AND ($2::bool IS NULL OR (completed_at IS NOT NULL) = $2)
+               AND ($3::timestamptz IS NULL OR (created_at, id) < ($3, $4))
+             ORDER BY created_at DESC, id DESC
+             LIMIT $5"
+        ))
+        .bind(account_id)
+        .bind(completed)
+        .bind(after.map(|a| a.0))
+        .bind(after.map(|a| a.1))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+    }
+
+    /// Cancels what is still queued or being checked: those numbers end as
+    /// cancelled and are refunded in the same transaction, once (a number leaves
+    /// the pending state only once, and late worker writes are ignored).
+    /// Returns the batch after the change and how many numbers were cancelled.
+    pub async fn cancel_batch(
+        &self,
+        account_id: Uuid,
+        batch_id: Uuid,
+    ) -> Result<Option<(BatchRow, i64)>, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        // Batch, then account: the order workers lock them in.
+        let found: Option<(Uuid,)> =
+            sqlx::query_as("SELECT id FROM batches WHERE id = $1 AND account_id = $2 FOR UPDATE")
+                .bind(batch_id)
+                .bind(account_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if found.is_none() {
+            return Ok(None);
+        }
+        sqlx::query("SELECT 1 FROM accounts WHERE id = $1 FOR NO KEY UPDATE")
+            .bind(account_id)
+            .execute(&mut *tx)
+            .await?;
+        let (cancelled, idxs): (i64, Option<String>) = sqlx::query_as(
+            "WITH u AS (
+                UPDATE batch_numbers
+                SET state = 6, lease_token = NULL, lease_until = NULL, checked_at = now(),
+                    error = 'cancelled before it was checked'
+                WHERE batch_id = $1 AND state = 1
+                RETURNING idx)
+             SELECT count(*), string_agg(idx::text, ',' ORDER BY idx) FROM u",
+        )
+        .bind(batch_id)
+        .fetch_one(&mut *tx)
+        .await?;
+        if cancelled > 0 {
+            let balance: i64 = sqlx::query_scalar(
+                "UPDATE accounts SET credits = credits + $2 WHERE id = $1 RETURNING credits",
+            )
+            .bind(account_id)
+            .bind(cancelled)
+            .fetch_one(&mut *tx)
+            .await?;
+            sqlx::query(
+                "INSERT INTO credit_ledger (account_id, delta, reason, batch_id, balance_after)
+                 VALUES ($1, $2, 'refund_cancelled', $3, $4)",
+            )
+            .bind(account_id)
+            .bind(cancelled)
+            .bind(batch_id)
+            .bind(balance)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "UPDATE batches SET cancelled = cancelled + $2, credits_refunded = credits_refunded + $2,
+                        completed_at = coalesce(completed_at, now())
+                 WHERE id = $1",
+            )
+            .bind(batch_id)
+            .bind(cancelled as i32)
+            .execute(&mut *tx)
+            .await?;
+            // Watchers on every replica learn of the cancelled numbers like of any result.
+            for chunk in idxs
+                .unwrap_or_default()
+                .split(',')
+                .collect::<Vec<_>>()
+                .chunks(1000)
+            {
+                sqlx::query("SELECT pg_notify($1, $2)")
+                    .bind(super::RESULTS_CHANNEL)
+                    .bind(format!("{batch_id} {}", chunk.join(",")))
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        let batch: BatchRow = sqlx::query_as(concat!(
+            "SELECT ",
+            batch_columns!(),
+            " FROM batches WHERE id = $1"
+        ))
+        .bind(batch_id)
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Some((batch, cancelled)))
     }
 
     /// Finished results of a batch (all of them, or only the given indexes), in index order.

@@ -176,7 +176,8 @@ impl Store {
                         failed = batches.failed + agg.failed,
                         credits_refunded = batches.credits_refunded + agg.failed,
                         completed_at = CASE
-                            WHEN batches.completed + agg.done + batches.failed + agg.failed = batches.total_numbers
+                            WHEN batches.completed + agg.done + batches.failed + agg.failed + batches.cancelled
+                                 = batches.total_numbers
                             THEN now() ELSE batches.completed_at END
                     FROM agg WHERE batches.id = agg.batch_id
                     RETURNING batches.id, batches.account_id, agg.failed::bigint AS refund),

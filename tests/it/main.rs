@@ -2,6 +2,7 @@
 mod helpers;
 
 mod http_api;
+mod list_cancel;
 
 mod auth;
 mod credits;
