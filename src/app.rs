@@ -21,6 +21,7 @@ use crate::events::EventHub;
 use crate::health;
 use crate::pb::wa_validation_service_server::WaValidationServiceServer;
 use crate::store::Store;
+use crate::webhooks::{WebhookConfig, Webhooks};
 use crate::worker::{WorkerConfig, Workers};
 
 /// A running server; `shutdown` begins a graceful stop, `wait` ends it.
@@ -151,6 +152,19 @@ pub async fn start(args: ServeArgs, database_url: &str) -> anyhow::Result<Server
     let (reporter, health_service) = tonic_health::server::health_reporter();
     let health_task = tokio::spawn(health::run(store.clone(), reporter, shutdown.clone()));
 
+    // Webhooks go out from processes that run workers, like the rest of the background work.
+    let webhooks_task = if args.role == Role::Api {
+        None
+    } else {
+        let config = WebhookConfig {
+            allow_private: args.webhook_allow_private,
+            retry_base: Duration::from_millis(args.webhook_retry_base_ms),
+            poll: Duration::from_millis(args.webhook_poll_ms.max(10)),
+        };
+        Some(tokio::spawn(
+            Webhooks::new(store.clone(), config)?.run(shutdown.clone()),
+        ))
+    };
     let workers_task = checker.map(|checker| {
         let config = WorkerConfig {
             concurrency: args.workers,
@@ -181,6 +195,7 @@ pub async fn start(args: ServeArgs, database_url: &str) -> anyhow::Result<Server
             hub.clone(),
             shutdown.clone(),
             cache,
+            args.webhook_allow_private,
         ));
         grpc = grpc.add_service(WaValidationServiceServer::new(Service::new(ops.clone())));
         json = crate::api::http::router(ops);
@@ -197,6 +212,9 @@ pub async fn start(args: ServeArgs, database_url: &str) -> anyhow::Result<Server
         task_shutdown.cancel();
         if let Some(workers) = workers_task {
             workers.await?;
+        }
+        if let Some(webhooks) = webhooks_task {
+            webhooks.await?;
         }
         health_task.await?;
         hub_task.await?;

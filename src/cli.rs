@@ -173,6 +173,16 @@ pub struct ServeArgs {
     /// How long a checked answer is reused for the same number, e.g. 7d, 12h, 0s to disable.
     #[arg(long, env = "WAV_CACHE_TTL", default_value = "7d", value_parser = humantime::parse_duration)]
     pub cache_ttl: std::time::Duration,
+    /// Let callback URLs reach loopback and private addresses (off: only public hosts).
+    #[arg(long, env = "WAV_WEBHOOK_ALLOW_PRIVATE", action = clap::ArgAction::SetTrue,
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub webhook_allow_private: bool,
+    /// First webhook retry delay (ms); doubles per attempt up to an hour, for up to 24 hours.
+    #[arg(long, env = "WAV_WEBHOOK_RETRY_BASE_MS", default_value_t = 5_000)]
+    pub webhook_retry_base_ms: u64,
+    /// How often the webhook outbox is read when idle (ms).
+    #[arg(long, env = "WAV_WEBHOOK_POLL_MS", default_value_t = 1_000)]
+    pub webhook_poll_ms: u64,
     /// Largest number of database connections in this process's pool.
     #[arg(long, env = "WAV_DB_MAX_CONNECTIONS", default_value_t = 16)]
     pub db_max_connections: u32,
@@ -196,6 +206,14 @@ pub enum AccountCommand {
         /// Opening balance.
         #[arg(long, env = "WAV_CREDITS", default_value_t = 0)]
         credits: i64,
+    },
+    /// Show the account's webhook signing secret (or rotate it first with --rotate).
+    WebhookSecret {
+        #[arg(long, env = "WAV_ACCOUNT_ID")]
+        account_id: Uuid,
+        /// Replace the secret; deliveries from now on are signed with the new one.
+        #[arg(long)]
+        rotate: bool,
     },
     /// Add credits to an account.
     Credit {

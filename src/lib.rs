@@ -9,6 +9,7 @@ pub mod events;
 pub mod health;
 pub mod server;
 pub mod store;
+pub mod webhooks;
 pub mod worker;
 
 /// Generated from `proto/wavalidation/v1/wavalidation.proto`.

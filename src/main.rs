@@ -61,6 +61,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", json!({"account_id": account_id, "credits": balance}));
             Ok(())
         }
+        Command::Account(AccountCommand::WebhookSecret { account_id, rotate }) => {
+            let store = connected(&url).await?;
+            let secret = store
+                .webhook_secret(account_id, rotate)
+                .await?
+                .with_context(|| format!("no account {account_id}"))?;
+            println!(
+                "{}",
+                json!({"account_id": account_id, "webhook_secret": secret})
+            );
+            Ok(())
+        }
         Command::Key(KeyCommand::Create { account_id }) => {
             let store = connected(&url).await?;
             let key = store

@@ -41,6 +41,9 @@ pub struct SubmitBody {
     /// Check upstream even when a recent answer is cached.
     #[serde(default)]
     pub force_check: bool,
+    /// http(s) URL that gets a signed JSON summary when the batch completes.
+    #[serde(default)]
+    pub callback_url: String,
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -399,6 +402,7 @@ async fn submit(
                 request_id: &body.request_id,
                 default_region: &body.default_region,
                 force_check: body.force_check,
+                callback_url: &body.callback_url,
             },
         )
         .await?;

@@ -14,6 +14,7 @@ use super::auth::{KeySources, authenticate};
 use super::watch;
 use crate::domain::batch::{parse_batch_id, request_fingerprint};
 use crate::domain::phone::{MAX_BATCH_ENTRIES, MAX_ENTRY_CHARS, Parsed, Region, dedup_entries};
+use crate::domain::webhook::{check_callback_target, parse_callback_url};
 use crate::error::ApiError;
 use crate::events::EventHub;
 use crate::pb;
@@ -55,6 +56,7 @@ pub struct SubmitInput<'a> {
     pub request_id: &'a str,
     pub default_region: &'a str,
     pub force_check: bool,
+    pub callback_url: &'a str,
 }
 
 pub type WatchEvents = mpsc::Receiver<Result<pb::WatchBatchResponse, Status>>;
@@ -64,6 +66,8 @@ pub struct Ops {
     hub: Arc<EventHub>,
     shutdown: CancellationToken,
     cache: CachePolicy,
+    /// Lets callback URLs point at loopback and private addresses (tests, private deployments).
+    allow_private_callbacks: bool,
 }
 
 fn parse_region(text: &str) -> Result<Option<Region>, ApiError> {
@@ -118,12 +122,14 @@ impl Ops {
         hub: Arc<EventHub>,
         shutdown: CancellationToken,
         cache: CachePolicy,
+        allow_private_callbacks: bool,
     ) -> Ops {
         Ops {
             store,
             hub,
             shutdown,
             cache,
+            allow_private_callbacks,
         }
     }
 
@@ -144,6 +150,14 @@ impl Ops {
                 "request_id",
                 format!("request_id is longer than {MAX_REQUEST_ID_CHARS} characters"),
             ));
+        }
+        let callback_url = input.callback_url.trim();
+        if !callback_url.is_empty() {
+            let url = parse_callback_url(callback_url)
+                .map_err(|e| ApiError::bad_field("callback_url", e))?;
+            check_callback_target(&url, self.allow_private_callbacks)
+                .await
+                .map_err(|e| ApiError::bad_field("callback_url", e))?;
         }
         let entries = dedup_entries(input.phone_numbers, region);
         let cached = if input.force_check {
@@ -169,9 +183,11 @@ impl Ops {
                     input.phone_numbers,
                     input.default_region,
                     input.force_check,
+                    callback_url,
                 ),
                 entries: &entries,
                 cached: &cached,
+                callback_url: (!callback_url.is_empty()).then_some(callback_url),
             })
             .await?;
         tracing::info!(batch_id = %batch.id, %account_id, total = batch.total_numbers, "batch submitted");

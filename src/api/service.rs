@@ -39,6 +39,7 @@ impl WaValidationService for Service {
                     request_id: &req.request_id,
                     default_region: &req.default_region,
                     force_check: req.force_check,
+                    callback_url: &req.callback_url,
                 },
             )
             .await?;

@@ -54,10 +54,17 @@ impl NumberState {
 
 /// Fingerprint of what was submitted, so a retry with the same `request_id`
 /// can be told apart from a different request reusing it.
-pub fn request_fingerprint(numbers: &[String], default_region: &str, force_check: bool) -> Vec<u8> {
+pub fn request_fingerprint(
+    numbers: &[String],
+    default_region: &str,
+    force_check: bool,
+    callback_url: &str,
+) -> Vec<u8> {
     let mut h = Sha256::new();
     h.update(default_region.trim().to_ascii_uppercase().as_bytes());
     h.update([force_check as u8]);
+    h.update((callback_url.len() as u64).to_le_bytes());
+    h.update(callback_url.as_bytes());
     for n in numbers {
         // Length-prefixed so ["ab","c"] and ["a","bc"] differ.
         h.update((n.len() as u64).to_le_bytes());
@@ -72,16 +79,16 @@ mod tests {
 
     #[test]
     fn fingerprint_tells_lists_apart() {
-        let a = request_fingerprint(&["ab".into(), "c".into()], "us", false);
-        let b = request_fingerprint(&["a".into(), "bc".into()], "us", false);
+        let a = request_fingerprint(&["ab".into(), "c".into()], "us", false, "");
+        let b = request_fingerprint(&["a".into(), "bc".into()], "us", false, "");
         assert_ne!(a, b);
         assert_eq!(
             a,
-            request_fingerprint(&["ab".into(), "c".into()], "US", false)
+            request_fingerprint(&["ab".into(), "c".into()], "US", false, "")
         );
         assert_ne!(
             a,
-            request_fingerprint(&["ab".into(), "c".into()], "US", true)
+            request_fingerprint(&["ab".into(), "c".into()], "US", true, "")
         );
     }
 

@@ -2,3 +2,4 @@
 pub mod api_key;
 pub mod batch;
 pub mod phone;
+pub mod webhook;

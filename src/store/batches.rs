@@ -18,6 +18,7 @@ pub struct NewBatch<'a> {
     pub entries: &'a [Entry],
     /// Answers from the result cache, by E.164; these numbers are done at once.
     pub cached: &'a HashMap<String, CachedAnswer>,
+    pub callback_url: Option<&'a str>,
 }
 
 /// A live check's answer kept for reuse.
@@ -121,8 +122,8 @@ impl Store {
         // Inserted first, so a concurrent twin waits on the unique key and then sees this batch.
         let batch: Option<BatchRow> = sqlx::query_as(concat!(
             "INSERT INTO batches (id, account_id, request_id, request_hash, total_numbers, completed, completed_at,
-                                  credits_charged, credits_refunded)
-             VALUES ($1, $2, $3, $4, $5, $6, CASE WHEN $6 = $5 THEN now() END, $5, $7)
+                                  credits_charged, credits_refunded, callback_url)
+             VALUES ($1, $2, $3, $4, $5, $6, CASE WHEN $6 = $5 THEN now() END, $5, $7, $8)
              ON CONFLICT (account_id, request_id) DO NOTHING
              RETURNING ",
             batch_columns!()
@@ -134,6 +135,7 @@ impl Store {
         .bind(total as i32)
         .bind((invalid + cached) as i32)
         .bind(invalid)
+        .bind(new.callback_url)
         .fetch_optional(&mut *tx)
         .await?;
         let Some(batch) = batch else {

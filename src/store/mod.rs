@@ -7,6 +7,7 @@ use sqlx::postgres::PgPoolOptions;
 pub mod accounts;
 pub mod batches;
 pub mod queue;
+pub mod webhooks;
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 

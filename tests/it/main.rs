@@ -13,4 +13,5 @@ mod processes;
 mod python_client;
 mod submit_poll;
 mod watch;
+mod webhooks;
 mod workers;

@@ -1,0 +1,251 @@
+//! Completion webhooks: signed, retried, never lost across a crash, never sent after a 2xx.
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use serde_json::Value;
+use tonic::Code;
+
+use crate::helpers::*;
+use wavalidate::domain::webhook::sign;
+use wavalidate::pb;
+
+/// A receiver that fails its first `fail_first` deliveries with 500.
+struct Receiver {
+    addr: SocketAddr,
+    got: Arc<Mutex<Vec<(HeaderMap, String, u16)>>>,
+    fail_first: Arc<Mutex<usize>>,
+}
+
+async fn receiver(fail_first: usize) -> Receiver {
+    let got: Arc<Mutex<Vec<(HeaderMap, String, u16)>>> = Arc::default();
+    let fail = Arc::new(Mutex::new(fail_first));
+    let (g, f) = (got.clone(), fail.clone());
+    let app = axum::Router::new().route(
+        "/hook",
+        post(move |headers: HeaderMap, body: String| {
+            let (g, f) = (g.clone(), f.clone());
+            async move {
+                let mut left = f.lock().unwrap();
+                let code = if *left > 0 {
+                    *left -= 1;
+                    StatusCode::INTERNAL_SERVER_ERROR
+                } else {
+                    StatusCode::OK
+                };
+                g.lock().unwrap().push((headers, body, code.as_u16()));
+                code
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    Receiver {
+        addr,
+        got,
+        fail_first: fail,
+    }
+}
+
+impl Receiver {
+    fn url(&self) -> String {
+        format!("http://{}/hook", self.addr)
+    }
+    fn successes(&self) -> usize {
+        self.got
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r.2 == 200)
+            .count()
+    }
+}
+
+const FAST: [&str; 5] = [
+    "--webhook-allow-private",
+    "--webhook-retry-base-ms",
+    "50",
+    "--webhook-poll-ms",
+    "50",
+];
+
+fn with_callback(key: &str, numbers: Vec<String>, url: &str) -> pb::SubmitBatchRequest {
+    pb::SubmitBatchRequest {
+        api_key: key.into(),
+        phone_numbers: numbers,
+        callback_url: url.into(),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn a_signed_summary_is_retried_until_delivered_then_never_again() {
+    let hook = receiver(2).await;
+    let app = spawn_app_with(&FAST).await;
+    let (account, key) = app.account(100).await;
+    let mut client = app.client().await;
+    let mut numbers = us_numbers(0, 5);
+    numbers.push("junk".into());
+    let sub = client
+        .submit_batch(with_callback(&key, numbers, &hook.url()))
+        .await
+        .unwrap()
+        .into_inner();
+    wait_until("a delivery the receiver accepts", || async {
+        hook.successes() == 1
+    })
+    .await;
+
+    let got = hook.got.lock().unwrap().clone();
+    assert_eq!(got.len(), 3, "two failures, then one success");
+    let secret = app
+        .store
+        .webhook_secret(account, false)
+        .await
+        .unwrap()
+        .unwrap();
+    for (headers, body, _) in &got {
+        assert_eq!(
+            headers["x-wavalidate-signature"].to_str().unwrap(),
+            sign(&secret, body.as_bytes())
+        );
+        assert_eq!(headers["content-type"], "application/json");
+    }
+    let summary: Value = serde_json::from_str(&got[2].1).unwrap();
+    assert_eq!(summary["batch_id"], sub.batch_id.as_str());
+    assert_eq!(summary["status"], "completed");
+    assert_eq!(summary["total_numbers"], 6);
+    assert_eq!(summary["completed"], 6);
+    assert_eq!(summary["credits_charged"], 6);
+    assert_eq!(summary["credits_refunded"], 1);
+    let (attempts, delivered): (i32, bool) =
+        sqlx::query_as("SELECT attempts, delivered_at IS NOT NULL FROM webhook_deliveries")
+            .fetch_one(app.store.pool())
+            .await
+            .unwrap();
+    assert_eq!(
+        (attempts, delivered),
+        (3, true),
+        "marked delivered, so it is never claimed again"
+    );
+}
+
+#[tokio::test]
+async fn a_pending_delivery_survives_a_crash_and_goes_out_once_after_restart() {
+    let hook = receiver(usize::MAX).await;
+    let (url, store) = fresh_database().await;
+    let api = spawn_app_on(
+        url.clone(),
+        store.clone(),
+        &["--role", "api", "--webhook-allow-private"],
+    )
+    .await;
+    let (_, key) = api.account(100).await;
+    let mut first = spawn_process(
+        &url,
+        &["--role", "worker"],
+        &[
+            ("WAV_WEBHOOK_ALLOW_PRIVATE", "1"),
+            ("WAV_WEBHOOK_RETRY_BASE_MS", "50"),
+            ("WAV_WEBHOOK_POLL_MS", "50"),
+        ],
+    )
+    .await;
+    let mut client = api.client().await;
+    client
+        .submit_batch(with_callback(&key, us_numbers(0, 3), &hook.url()))
+        .await
+        .unwrap();
+    wait_until("a failed delivery attempt", || async {
+        hook.got.lock().unwrap().len() >= 1
+    })
+    .await;
+    first.kill9().await;
+
+    *hook.fail_first.lock().unwrap() = 0;
+    let _second = spawn_process(
+        &url,
+        &["--role", "worker"],
+        &[
+            ("WAV_WEBHOOK_ALLOW_PRIVATE", "1"),
+            ("WAV_WEBHOOK_RETRY_BASE_MS", "50"),
+            ("WAV_WEBHOOK_POLL_MS", "50"),
+        ],
+    )
+    .await;
+    wait_until("the delivery after the restart", || async {
+        hook.successes() == 1
+    })
+    .await;
+    wait_until("the outbox to record it", || async {
+        sqlx::query_scalar::<_, bool>("SELECT delivered_at IS NOT NULL FROM webhook_deliveries")
+            .fetch_one(store.pool())
+            .await
+            .unwrap()
+    })
+    .await;
+    assert_eq!(hook.successes(), 1);
+}
+
+#[tokio::test]
+async fn private_callback_urls_are_refused_by_default_and_cost_nothing() {
+    let app = spawn_app().await;
+    let (account, key) = app.account(10).await;
+    let mut client = app.client().await;
+    for url in [
+        "http://127.0.0.1:9/hook",
+        "http://localhost/hook",
+        "http://169.254.169.254/latest",
+        "ftp://example.com/x",
+    ] {
+        let err = client
+            .submit_batch(with_callback(&key, us_numbers(0, 2), url))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{url}");
+        assert!(
+            err.message().contains("callback_url") || err.message().contains("address"),
+            "{}",
+            err.message()
+        );
+    }
+    assert_eq!(app.store.balance(account).await.unwrap(), 10);
+}
+
+#[tokio::test]
+async fn the_webhook_secret_command_shows_and_rotates() {
+    let (url, store) = fresh_database().await;
+    let (account, _) = store.create_account("hooks", 0).await.unwrap();
+    let run = |rotate: bool| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_wavalidate"));
+        cmd.args([
+            "account",
+            "webhook-secret",
+            "--account-id",
+            &account.to_string(),
+        ])
+        .env("DATABASE_URL", &url);
+        if rotate {
+            cmd.arg("--rotate");
+        }
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["webhook_secret"].as_str().unwrap().to_string()
+    };
+    let shown = run(false);
+    assert_eq!(shown.len(), 64);
+    assert_eq!(run(false), shown);
+    let rotated = run(true);
+    assert_ne!(rotated, shown);
+    assert_eq!(
+        store.webhook_secret(account, false).await.unwrap().unwrap(),
+        rotated
+    );
+}
