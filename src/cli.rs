@@ -36,6 +36,73 @@ pub enum Command {
     /// Link a WhatsApp account for the whatsapp-web checker.
     #[command(subcommand)]
     Whatsapp(WhatsappCommand),
+    /// Client: submit a file of numbers (split into batches of 1,000), optionally watch and save results.
+    Submit(SubmitArgs),
+    /// Client: a batch's progress and results, as JSON.
+    Poll {
+        #[command(flatten)]
+        conn: ClientArgs,
+        batch_id: String,
+    },
+    /// Client: stream a batch's results as they are written.
+    Watch {
+        #[command(flatten)]
+        conn: ClientArgs,
+        batch_id: String,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = OutputFormat::Jsonl)]
+        format: OutputFormat,
+    },
+    /// Client: the account's credits.
+    Balance {
+        #[command(flatten)]
+        conn: ClientArgs,
+    },
+}
+
+/// Where the client commands find the server.
+#[derive(Debug, Clone, Args)]
+pub struct ClientArgs {
+    /// Server address.
+    #[arg(long, env = "WAV_SERVER", default_value = "http://127.0.0.1:50051")]
+    pub server: String,
+    /// API key.
+    #[arg(long, env = "WAV_API_KEY", hide_env_values = true)]
+    pub api_key: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    Csv,
+    Jsonl,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct SubmitArgs {
+    #[command(flatten)]
+    pub conn: ClientArgs,
+    /// One number per line, or a CSV file with --column; `-` reads standard input.
+    pub file: String,
+    /// CSV column holding the numbers: its header name, or its 1-based position.
+    #[arg(long, env = "WAV_COLUMN")]
+    pub column: Option<String>,
+    /// Region for numbers written without +, e.g. US.
+    #[arg(long, env = "WAV_DEFAULT_REGION", default_value = "")]
+    pub default_region: String,
+    /// Idempotency prefix: batch i is sent with request_id PREFIX-i, so re-running is free.
+    #[arg(long, env = "WAV_REQUEST_ID")]
+    pub request_id: Option<String>,
+    /// Check upstream even when a cached answer exists.
+    #[arg(long)]
+    pub force_check: bool,
+    /// Wait for the results, with a progress bar, and write them out.
+    #[arg(long)]
+    pub watch: bool,
+    /// Results file (with --watch); standard output when absent.
+    #[arg(long, short)]
+    pub output: Option<String>,
+    #[arg(long, value_enum, default_value_t = OutputFormat::Csv)]
+    pub format: OutputFormat,
 }
 
 #[derive(Debug, Subcommand)]

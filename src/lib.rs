@@ -3,6 +3,7 @@ pub mod api;
 pub mod app;
 pub mod checker;
 pub mod cli;
+pub mod client;
 pub mod domain;
 pub mod error;
 pub mod events;

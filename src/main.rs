@@ -6,6 +6,7 @@ use serde_json::json;
 use tracing_subscriber::EnvFilter;
 
 use wavalidate::cli::{AccountCommand, Cli, Command, KeyCommand, WhatsappCommand};
+use wavalidate::client;
 use wavalidate::domain::api_key::ApiKey;
 use wavalidate::store::Store;
 
@@ -29,14 +30,30 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    if let Command::Whatsapp(WhatsappCommand::Link { phone, session_db }) = &cli.command {
-        return link_whatsapp(phone, session_db).await;
+    // Commands that need no database.
+    match cli.command {
+        Command::Whatsapp(WhatsappCommand::Link { phone, session_db }) => {
+            return link_whatsapp(&phone, &session_db).await;
+        }
+        Command::Submit(args) => return client::submit(args).await,
+        Command::Poll { conn, batch_id } => return client::poll(conn, batch_id).await,
+        Command::Watch {
+            conn,
+            batch_id,
+            format,
+        } => return client::watch(conn, batch_id, format).await,
+        Command::Balance { conn } => return client::balance(conn).await,
+        _ => {}
     }
     let url = cli
         .database_url
         .context("no database: set DATABASE_URL or pass --database-url")?;
     match cli.command {
-        Command::Whatsapp(_) => unreachable!("handled above"),
+        Command::Whatsapp(_)
+        | Command::Submit(_)
+        | Command::Poll { .. }
+        | Command::Watch { .. }
+        | Command::Balance { .. } => unreachable!("handled above"),
         Command::Serve(args) => serve(*args, &url).await,
         Command::Migrate => {
             Store::connect_migrated(&url).await?;

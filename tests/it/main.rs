@@ -5,6 +5,7 @@ mod http_api;
 mod list_cancel;
 
 mod auth;
+mod cli_client;
 mod credits;
 mod fakes;
 mod gateways;
