@@ -27,6 +27,7 @@ use crate::worker::{WorkerConfig, Workers};
 /// A running server; `shutdown` begins a graceful stop, `wait` ends it.
 pub struct Server {
     pub addr: SocketAddr,
+    hub: Arc<EventHub>,
     shutdown: CancellationToken,
     task: JoinHandle<anyhow::Result<()>>,
 }
@@ -34,6 +35,11 @@ pub struct Server {
 impl Server {
     pub fn shutdown(&self) {
         self.shutdown.cancel();
+    }
+
+    /// Watch streams open in this process.
+    pub fn active_watches(&self) -> usize {
+        self.hub.watchers()
     }
 
     pub async fn wait(self) -> anyhow::Result<()> {
@@ -152,6 +158,14 @@ pub async fn start(args: ServeArgs, database_url: &str) -> anyhow::Result<Server
     let (reporter, health_service) = tonic_health::server::health_reporter();
     let health_task = tokio::spawn(health::run(store.clone(), reporter, shutdown.clone()));
 
+    let retention_task = (args.role != Role::Api).then(|| {
+        tokio::spawn(crate::retention::run(
+            store.clone(),
+            args.retention,
+            args.retention_every.max(Duration::from_millis(100)),
+            shutdown.clone(),
+        ))
+    });
     // Webhooks go out from processes that run workers, like the rest of the background work.
     let webhooks_task = if args.role == Role::Api {
         None
@@ -196,6 +210,7 @@ pub async fn start(args: ServeArgs, database_url: &str) -> anyhow::Result<Server
             shutdown.clone(),
             cache,
             args.webhook_allow_private,
+            Duration::from_secs(args.watch_stall_secs.max(1)),
         ));
         grpc = grpc.add_service(WaValidationServiceServer::new(Service::new(ops.clone())));
         json = crate::api::http::router(ops);
@@ -216,6 +231,9 @@ pub async fn start(args: ServeArgs, database_url: &str) -> anyhow::Result<Server
         if let Some(webhooks) = webhooks_task {
             webhooks.await?;
         }
+        if let Some(retention) = retention_task {
+            retention.await?;
+        }
         health_task.await?;
         hub_task.await?;
         store.pool().close().await;
@@ -223,6 +241,7 @@ pub async fn start(args: ServeArgs, database_url: &str) -> anyhow::Result<Server
     });
     Ok(Server {
         addr,
+        hub,
         shutdown,
         task,
     })

@@ -250,12 +250,21 @@ pub struct ServeArgs {
     /// How often the webhook outbox is read when idle (ms).
     #[arg(long, env = "WAV_WEBHOOK_POLL_MS", default_value_t = 1_000)]
     pub webhook_poll_ms: u64,
+    /// Finished batches (and their numbers) are deleted this long after completion; the ledger is kept.
+    #[arg(long, env = "WAV_RETENTION", default_value = "30d", value_parser = humantime::parse_duration)]
+    pub retention: std::time::Duration,
+    /// How often retention runs.
+    #[arg(long, env = "WAV_RETENTION_EVERY", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub retention_every: std::time::Duration,
     /// Largest number of database connections in this process's pool.
     #[arg(long, env = "WAV_DB_MAX_CONNECTIONS", default_value_t = 16)]
     pub db_max_connections: u32,
     /// How often watched batches are re-read in case a notification was missed (ms).
     #[arg(long, env = "WAV_WATCH_BACKSTOP_MS", default_value_t = 2000)]
     pub watch_backstop_ms: u64,
+    /// Seconds a watch waits for a client that stopped reading before closing its stream.
+    #[arg(long, env = "WAV_WATCH_STALL_SECS", default_value_t = 30)]
+    pub watch_stall_secs: u64,
     /// How often an idle worker looks for work without a wake-up (ms).
     #[arg(long, env = "WAV_IDLE_POLL_MS", default_value_t = 1000)]
     pub idle_poll_ms: u64,

@@ -70,6 +70,16 @@ impl EventHub {
         }
     }
 
+    /// Watch streams open in this process.
+    pub fn watchers(&self) -> usize {
+        self.batches
+            .lock()
+            .expect("hub lock")
+            .values()
+            .map(|tx| tx.receiver_count())
+            .sum()
+    }
+
     fn is_watched(&self, batch_id: &Uuid) -> bool {
         self.batches
             .lock()

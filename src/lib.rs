@@ -8,6 +8,7 @@ pub mod domain;
 pub mod error;
 pub mod events;
 pub mod health;
+pub mod retention;
 pub mod server;
 pub mod store;
 pub mod webhooks;

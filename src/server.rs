@@ -21,7 +21,9 @@ pub async fn serve(listener: TcpListener, router: Router, shutdown: Cancellation
         .http2()
         .timer(TokioTimer::new())
         .keep_alive_interval(Some(Duration::from_secs(30)))
-        .keep_alive_timeout(Duration::from_secs(10));
+        .keep_alive_timeout(Duration::from_secs(10))
+        // What one stream may queue for a client that is not reading: bounds memory per stream.
+        .max_send_buf_size(64 * 1024);
     let graceful = GracefulShutdown::new();
     loop {
         let (stream, _peer) = tokio::select! {

@@ -14,7 +14,6 @@ use chrono::{DateTime, Utc};
 use futures::Stream;
 use serde::{Deserialize, Serialize};
 use tokio_stream::StreamExt;
-use tokio_stream::wrappers::ReceiverStream;
 use utoipa::{IntoParams, OpenApi, ToSchema};
 
 use super::auth::KeySources;
@@ -553,7 +552,7 @@ async fn events(
         ))
         .await?;
     let watch = ops.watch(account_id, &batch_id).await?;
-    let stream = ReceiverStream::new(watch).map(|item| {
+    let stream = watch.map(|item| {
         let event = match item {
             Ok(pb::WatchBatchResponse { event: Some(WatchEvent::Result(r)) }) => {
                 Event::default().event("result").json_data(sse_result(&r))

@@ -2,22 +2,21 @@
 //! both parse their wire format, then call these.
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tonic::Status;
 use uuid::Uuid;
 
 use super::auth::{KeySources, authenticate};
-use super::watch;
+use super::watch::{self, WatchStream};
 use crate::domain::batch::{parse_batch_id, request_fingerprint};
 use crate::domain::phone::{MAX_BATCH_ENTRIES, MAX_ENTRY_CHARS, Parsed, Region, dedup_entries};
 use crate::domain::webhook::{check_callback_target, parse_callback_url};
 use crate::error::ApiError;
 use crate::events::EventHub;
-use crate::pb;
 use crate::store::Store;
 use crate::store::batches::{BatchRow, NewBatch, ResultRow};
 
@@ -59,8 +58,6 @@ pub struct SubmitInput<'a> {
     pub callback_url: &'a str,
 }
 
-pub type WatchEvents = mpsc::Receiver<Result<pb::WatchBatchResponse, Status>>;
-
 pub struct Ops {
     store: Store,
     hub: Arc<EventHub>,
@@ -68,6 +65,8 @@ pub struct Ops {
     cache: CachePolicy,
     /// Lets callback URLs point at loopback and private addresses (tests, private deployments).
     allow_private_callbacks: bool,
+    /// How long a watch waits for a client that stopped reading.
+    watch_stall: Duration,
 }
 
 fn parse_region(text: &str) -> Result<Option<Region>, ApiError> {
@@ -123,6 +122,7 @@ impl Ops {
         shutdown: CancellationToken,
         cache: CachePolicy,
         allow_private_callbacks: bool,
+        watch_stall: Duration,
     ) -> Ops {
         Ops {
             store,
@@ -130,6 +130,7 @@ impl Ops {
             shutdown,
             cache,
             allow_private_callbacks,
+            watch_stall,
         }
     }
 
@@ -207,7 +208,7 @@ impl Ops {
     }
 
     /// Starts streaming a batch's results; the receiver ends after the completed event.
-    pub async fn watch(&self, account_id: Uuid, batch_id: &str) -> Result<WatchEvents, ApiError> {
+    pub async fn watch(&self, account_id: Uuid, batch_id: &str) -> Result<WatchStream, ApiError> {
         let batch_id = parse_id(batch_id)?;
         let batch = self
             .store
@@ -215,14 +216,17 @@ impl Ops {
             .await?
             .ok_or(ApiError::NotFound)?;
         let (tx, rx) = mpsc::channel(WATCH_BUFFER);
+        let stalled = Arc::new(AtomicBool::new(false));
         tokio::spawn(watch::stream_batch(
             self.store.clone(),
             self.hub.clone(),
             batch,
             tx,
             self.shutdown.clone(),
+            self.watch_stall,
+            stalled.clone(),
         ));
-        Ok(rx)
+        Ok(watch::client_stream(rx, stalled, self.watch_stall))
     }
 
     /// A page of the account's batches, newest first, and the token for the next page.

@@ -1,12 +1,12 @@
 //! `wavalidation.v1.WaValidationService`: read the request, delegate to `Ops`, shape the reply.
 use std::sync::Arc;
 
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::auth::KeySources;
 use super::convert::{Counts, batch_status, batch_summary, number_result, timestamp};
 use super::ops::{Ops, SubmitInput};
+use super::watch::WatchStream;
 use crate::pb::{self, wa_validation_service_server::WaValidationService};
 
 pub struct Service {
@@ -77,7 +77,7 @@ impl WaValidationService for Service {
         }))
     }
 
-    type WatchBatchStream = ReceiverStream<Result<pb::WatchBatchResponse, Status>>;
+    type WatchBatchStream = WatchStream;
 
     async fn watch_batch(
         &self,
@@ -89,7 +89,7 @@ impl WaValidationService for Service {
             .authenticate(KeySources::from_metadata(&metadata, &req.api_key))
             .await?;
         let events = self.ops.watch(account_id, &req.batch_id).await?;
-        Ok(Response::new(ReceiverStream::new(events)))
+        Ok(Response::new(events))
     }
 
     async fn get_balance(

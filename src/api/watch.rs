@@ -1,8 +1,14 @@
 //! One WatchBatch stream: replay what is finished, then follow the hub.
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
 
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
@@ -14,6 +20,9 @@ use crate::store::Store;
 use crate::store::batches::{BatchRow, ResultRow};
 
 type Sink = mpsc::Sender<Result<pb::WatchBatchResponse, Status>>;
+
+/// How long the final UNAVAILABLE of a shutdown may wait for room.
+const SHUTDOWN_SEND: Duration = Duration::from_secs(1);
 
 /// What this stream has already sent, so each number goes out once.
 struct Progress {
@@ -31,8 +40,13 @@ impl Progress {
         }
     }
 
-    /// Sends the rows not sent yet; false when the client has gone.
-    async fn send_new(&mut self, rows: &[ResultRow], sink: &Sink) -> bool {
+    /// Sends the rows not sent yet.
+    async fn send_new(
+        &mut self,
+        rows: &[ResultRow],
+        sink: &Sink,
+        stall: Duration,
+    ) -> Result<(), End> {
         for row in rows {
             let Some(slot) = self.sent.get_mut(row.idx as usize) else {
                 continue;
@@ -41,20 +55,63 @@ impl Progress {
                 continue;
             }
             let event = Event::Result(number_result(row));
-            if sink
-                .send(Ok(pb::WatchBatchResponse { event: Some(event) }))
-                .await
-                .is_err()
-            {
-                return false;
-            }
+            deliver(
+                sink,
+                Ok(pb::WatchBatchResponse { event: Some(event) }),
+                stall,
+            )
+            .await?;
             *slot = true;
             self.remaining -= 1;
             self.counts.add(row.state());
         }
-        true
+        Ok(())
     }
 }
+
+/// Why a stream ended before its completed event.
+#[derive(Debug)]
+enum End {
+    /// The client went away.
+    Gone,
+    /// The client stopped reading for longer than the stall limit.
+    Stalled,
+}
+
+/// Sends one event, waiting at most `stall` for the client to make room:
+/// a reader that stopped must not hold a task and a subscription forever.
+async fn deliver(
+    sink: &Sink,
+    item: Result<pb::WatchBatchResponse, Status>,
+    stall: Duration,
+) -> Result<(), End> {
+    match tokio::time::timeout(stall, sink.send(item)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(End::Gone),
+        Err(_) => Err(End::Stalled),
+    }
+}
+
+/// The event stream handed to the client: what the watch task sends, then, if
+/// the task gave up on a stalled reader, a RESOURCE_EXHAUSTED status.
+pub fn client_stream(
+    rx: mpsc::Receiver<Result<pb::WatchBatchResponse, Status>>,
+    stalled: Arc<AtomicBool>,
+    stall: Duration,
+) -> WatchStream {
+    let tail = futures::stream::once(async move {
+        stalled.load(Ordering::SeqCst).then(|| {
+            Err(Status::resource_exhausted(format!(
+                "the stream was closed because the client read nothing for {}s; watch again to resume",
+                stall.as_secs()
+            )))
+        })
+    })
+    .filter_map(|item| async move { item });
+    Box::pin(ReceiverStream::new(rx).chain(tail))
+}
+
+pub type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchBatchResponse, Status>> + Send>>;
 
 pub async fn stream_batch(
     store: Store,
@@ -62,27 +119,38 @@ pub async fn stream_batch(
     batch: BatchRow,
     sink: Sink,
     shutdown: CancellationToken,
+    stall: Duration,
+    stalled: Arc<AtomicBool>,
 ) {
+    if let Err(End::Stalled) = follow(&store, &hub, &batch, &sink, &shutdown, stall).await {
+        tracing::info!(batch_id = %batch.id, "watch closed: the client stopped reading");
+        stalled.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Replays, follows and completes one batch; Err when the client went away or stalled.
+async fn follow(
+    store: &Store,
+    hub: &Arc<EventHub>,
+    batch: &BatchRow,
+    sink: &Sink,
+    shutdown: &CancellationToken,
+    stall: Duration,
+) -> Result<(), End> {
     let mut progress = Progress::new(batch.total_numbers);
     // Subscribed before the replay, so a result written in between still arrives.
     let mut subscription = hub.subscribe(batch.id);
     let replay = match store.finished_results(batch.id, None).await {
         Ok(rows) => rows,
-        Err(err) => {
-            let _ = sink.send(Err(ApiError::from(err).into())).await;
-            return;
-        }
+        Err(err) => return deliver(sink, Err(ApiError::from(err).into()), stall).await,
     };
-    if !progress.send_new(&replay, &sink).await {
-        return;
-    }
+    progress.send_new(&replay, sink, stall).await?;
     while progress.remaining > 0 {
         let rows = tokio::select! {
-            _ = sink.closed() => return,
+            _ = sink.closed() => return Err(End::Gone),
             // Open streams would hold a graceful shutdown forever; end them so clients reconnect elsewhere.
             _ = shutdown.cancelled() => {
-                let _ = sink.send(Err(Status::unavailable("server shutting down; watch again"))).await;
-                return;
+                return deliver(sink, Err(Status::unavailable("server shutting down; watch again")), SHUTDOWN_SEND).await;
             }
             update = subscription.updates.recv() => match update {
                 Ok(rows) => rows,
@@ -95,14 +163,11 @@ pub async fn stream_batch(
                     }
                 },
                 Err(RecvError::Closed) => {
-                    let _ = sink.send(Err(Status::unavailable("server shutting down; watch again"))).await;
-                    return;
+                    return deliver(sink, Err(Status::unavailable("server shutting down; watch again")), SHUTDOWN_SEND).await;
                 }
             },
         };
-        if !progress.send_new(&rows, &sink).await {
-            return;
-        }
+        progress.send_new(&rows, sink, stall).await?;
     }
     let done = pb::BatchCompleted {
         total_numbers: batch.total_numbers,
@@ -110,9 +175,12 @@ pub async fn stream_batch(
         failed: progress.counts.failed,
         cancelled: progress.counts.cancelled,
     };
-    let _ = sink
-        .send(Ok(pb::WatchBatchResponse {
+    deliver(
+        sink,
+        Ok(pb::WatchBatchResponse {
             event: Some(Event::Completed(done)),
-        }))
-        .await;
+        }),
+        stall,
+    )
+    .await
 }

@@ -394,6 +394,23 @@ impl Store {
         Ok(Some((batch, cancelled)))
     }
 
+    /// Deletes up to `limit` batches that completed more than `age` ago (numbers and
+    /// deliveries go with them; the ledger stays). Small statements that skip
+    /// locked rows, so pruning never blocks workers. Returns how many were deleted.
+    pub async fn prune_batches(&self, age: Duration, limit: i64) -> Result<u64, sqlx::Error> {
+        let done = sqlx::query(
+            "DELETE FROM batches WHERE id IN (
+                SELECT id FROM batches
+                WHERE completed_at < now() - make_interval(secs => $1)
+                ORDER BY completed_at LIMIT $2 FOR UPDATE SKIP LOCKED)",
+        )
+        .bind(age.as_secs_f64())
+        .bind(limit)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
     /// Finished results of a batch (all of them, or only the given indexes), in index order.
     pub async fn finished_results(
         &self,

@@ -83,6 +83,11 @@ pub async fn spawn_app_on(url: String, store: Store, extra: &[&str]) -> TestApp 
 }
 
 impl TestApp {
+    /// Watch streams open in this server.
+    pub fn active_watches(&self) -> usize {
+        self.server.as_ref().map_or(0, |s| s.active_watches())
+    }
+
     pub async fn client(&self) -> Client {
         connect(self.addr).await
     }

@@ -12,6 +12,7 @@ mod gateways;
 mod grpcurl;
 mod processes;
 mod python_client;
+mod reliability;
 mod submit_poll;
 mod watch;
 mod webhooks;
