@@ -48,10 +48,15 @@ impl From<sqlx::Error> for ApiError {
             | sqlx::Error::Tls(_)
             | sqlx::Error::Protocol(_)
             | sqlx::Error::WorkerCrashed => ApiError::Unavailable(err),
+            // Shutting down, not accepting connections, out of connections, gone.
             sqlx::Error::Database(ref db)
-                if db
-                    .code()
-                    .is_some_and(|c| c.starts_with("57P") || c.starts_with("08")) =>
+                if db.code().is_some_and(|c| {
+                    c.starts_with("57P")
+                        || c.starts_with("08")
+                        || c == "53300"
+                        || c == "3D000"
+                        || (c == "55000" && db.message().contains("accepting connections"))
+                }) =>
             {
                 ApiError::Unavailable(err)
             }

@@ -21,6 +21,11 @@ pub type Client = WaValidationServiceClient<Channel>;
 
 pub const DEADLINE: Duration = Duration::from_secs(30);
 
+/// A connection URL to the server's maintenance database, for tests that act on a test database from outside.
+pub fn admin_url() -> String {
+    base_url()
+}
+
 fn base_url() -> String {
     std::env::var("DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())

@@ -155,3 +155,184 @@ async fn sigterm_hands_in_flight_numbers_back_and_exits_cleanly() {
     })
     .await;
 }
+
+/// charged - refunded must equal what the results justify: the numbers with a definite answer from a check.
+async fn assert_ledger_matches_results(
+    store: &wavalidate::store::Store,
+    account: uuid::Uuid,
+    opening: i64,
+) {
+    let (charged_net, answered): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT coalesce(sum(credits_charged - credits_refunded), 0)::bigint FROM batches WHERE account_id = $1),
+                (SELECT count(*) FROM batch_numbers n JOIN batches b ON b.id = n.batch_id
+                 WHERE b.account_id = $1 AND n.state IN (2, 3))",
+    )
+    .bind(account)
+    .fetch_one(store.pool())
+    .await
+    .unwrap();
+    assert_eq!(
+        charged_net, answered,
+        "charged - refunded = numbers answered"
+    );
+    assert_eq!(store.balance(account).await.unwrap(), opening - answered);
+    let ledger: i64 =
+        sqlx::query_scalar("SELECT sum(delta)::bigint FROM credit_ledger WHERE account_id = $1")
+            .bind(account)
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+    assert_eq!(
+        ledger,
+        opening - answered,
+        "the ledger explains the balance"
+    );
+}
+
+#[tokio::test]
+async fn killing_a_serving_replica_mid_batch_loses_nothing_and_charges_once() {
+    let (url, store) = fresh_database().await;
+    let slow = [
+        "--role",
+        "all",
+        "--workers",
+        "2",
+        "--sim-latency-ms",
+        "300",
+        "--lease-secs",
+        "2",
+    ];
+    let mut victim = spawn_process(&url, &slow, &[]).await;
+    let survivor = spawn_process(&url, &slow, &[]).await;
+    let (account, key) = store.create_account("crash", 5000).await.unwrap();
+    let key = key.expose().to_string();
+    let mut on_victim = connect(victim.addr).await;
+    let mut batches = Vec::new();
+    for b in 0..3 {
+        let mut numbers = us_numbers(b * 1000, 400);
+        numbers.push(format!("invalid-{b}"));
+        batches.push(submit(&mut on_victim, &key, &numbers).await.batch_id);
+    }
+    // Watchers on the survivor see everything, whoever does the work.
+    let on_survivor = connect(survivor.addr).await;
+    let watches: Vec<_> = batches
+        .iter()
+        .map(|id| {
+            let (mut c, k, id) = (on_survivor.clone(), key.clone(), id.clone());
+            tokio::spawn(async move { watch_all(&mut c, &k, &id).await })
+        })
+        .collect();
+    wait_until("work under way on both replicas", || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM batch_numbers WHERE state <> 1 AND state <> 4",
+        )
+        .fetch_one(store.pool())
+        .await
+        .unwrap()
+            >= 200
+    })
+    .await;
+    let killed_at = std::time::Instant::now();
+    victim.kill9().await;
+    let _restarted = spawn_process(&url, &slow, &[]).await;
+    for w in watches {
+        let (results, completed) = w.await.unwrap();
+        assert_each_index_once(&results, 401);
+        assert_eq!(completed.completed + completed.failed, 401);
+    }
+    eprintln!(
+        "after SIGKILL: every batch complete {:?} later",
+        killed_at.elapsed()
+    );
+    let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM batch_numbers WHERE state = 1")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(pending, 0);
+    assert_ledger_matches_results(&store, account, 5000).await;
+}
+
+#[tokio::test]
+async fn sigterm_under_load_ends_watchers_cleanly_and_loses_nothing() {
+    let (url, store) = fresh_database().await;
+    let args = [
+        "--role",
+        "all",
+        "--workers",
+        "2",
+        "--sim-latency-ms",
+        "300",
+        "--shutdown-grace-secs",
+        "5",
+    ];
+    let leaving = spawn_process(&url, &args, &[]).await;
+    let staying = spawn_process(&url, &args, &[]).await;
+    let (account, key) = store.create_account("drain", 5000).await.unwrap();
+    let key = key.expose().to_string();
+    let mut client = connect(leaving.addr).await;
+    let mut batches = Vec::new();
+    for b in 0..3 {
+        batches.push(
+            submit(&mut client, &key, &us_numbers(b * 1000, 300))
+                .await
+                .batch_id,
+        );
+    }
+    let mut streams = Vec::new();
+    for id in &batches {
+        let stream = client
+            .watch_batch(wavalidate::pb::WatchBatchRequest {
+                api_key: key.clone(),
+                batch_id: id.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        streams.push(stream);
+    }
+    wait_until("work under way", || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM batch_numbers WHERE state <> 1")
+            .fetch_one(store.pool())
+            .await
+            .unwrap()
+            >= 100
+    })
+    .await;
+    let mut leaving = leaving;
+    let sent = std::time::Instant::now();
+    leaving.signal(nix::sys::signal::Signal::SIGTERM);
+    for mut stream in streams {
+        let end = loop {
+            match tokio::time::timeout(DEADLINE, stream.message())
+                .await
+                .expect("the stream ends")
+            {
+                Ok(Some(_)) => continue,
+                Ok(None) => break None,
+                Err(status) => break Some(status.code()),
+            }
+        };
+        // A stream either finished its batch or was told to go elsewhere.
+        assert!(
+            matches!(end, None | Some(tonic::Code::Unavailable)),
+            "{end:?}"
+        );
+    }
+    let status = tokio::time::timeout(DEADLINE, leaving.child.wait())
+        .await
+        .expect("exits")
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    eprintln!(
+        "SIGTERM under load: exited {:?} after the signal",
+        sent.elapsed()
+    );
+
+    let mut other = connect(staying.addr).await;
+    for id in &batches {
+        let (results, completed) = watch_all(&mut other, &key, id).await;
+        assert_each_index_once(&results, 300);
+        assert_eq!(completed.completed, 300);
+    }
+    assert_ledger_matches_results(&store, account, 5000).await;
+}

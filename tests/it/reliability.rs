@@ -71,7 +71,8 @@ async fn a_watcher_that_stops_reading_is_closed_and_frees_its_resources() {
         .connect()
         .await
         .unwrap();
-    let mut client = wavalidate::pb::wa_validation_service_client::WaValidationServiceClient::new(channel);
+    let mut client =
+        wavalidate::pb::wa_validation_service_client::WaValidationServiceClient::new(channel);
     // 1,000 long invalid entries: done at once, and far more than the stream's buffers hold.
     let numbers: Vec<String> = (0..1000)
         .map(|i| format!("{}{i:04}", "x".repeat(240)))
@@ -136,4 +137,141 @@ async fn a_client_that_disconnects_mid_stream_frees_its_watch() {
         app.active_watches() == 0
     })
     .await;
+}
+
+async fn health(addr: std::net::SocketAddr) -> Option<i32> {
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .ok()?
+        .connect()
+        .await
+        .ok()?;
+    let mut client = HealthClient::new(channel);
+    let resp = tokio::time::timeout(
+        Duration::from_secs(5),
+        client.check(HealthCheckRequest {
+            service: String::new(),
+        }),
+    )
+    .await
+    .ok()?
+    .ok()?;
+    Some(resp.into_inner().status)
+}
+
+const SERVING: i32 = tonic_health::pb::health_check_response::ServingStatus::Serving as i32;
+const NOT_SERVING: i32 = tonic_health::pb::health_check_response::ServingStatus::NotServing as i32;
+
+fn spawn_watch(
+    client: &Client,
+    key: &str,
+    batch_id: &str,
+) -> tokio::task::JoinHandle<(Vec<pb::NumberResult>, pb::BatchCompleted)> {
+    let (mut c, k, id) = (client.clone(), key.to_string(), batch_id.to_string());
+    tokio::spawn(async move { watch_all(&mut c, &k, &id).await })
+}
+
+#[tokio::test]
+async fn watchers_miss_nothing_when_the_listening_connection_is_killed() {
+    // A long backstop: only the reconnect and its re-read can make up for lost notifications.
+    let app = spawn_app_with(&[
+        "--sim-latency-ms",
+        "150",
+        "--workers",
+        "1",
+        "--watch-backstop-ms",
+        "600000",
+    ])
+    .await;
+    let (_, key) = app.account(1000).await;
+    let mut client = app.client().await;
+    let sub = submit(&mut client, &key, &us_numbers(0, 600)).await;
+    let watch = spawn_watch(&client, &key, &sub.batch_id);
+    wait_until("some progress", || {
+        let mut c = client.clone();
+        let (k, id) = (key.clone(), sub.batch_id.clone());
+        async move { poll(&mut c, &k, &id).await.completed >= 100 }
+    })
+    .await;
+    let killed: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+         WHERE datname = current_database() AND query ILIKE '%LISTEN%' AND pid <> pg_backend_pid()) t",
+    )
+    .fetch_one(app.store.pool())
+    .await
+    .unwrap();
+    assert!(
+        killed >= 1,
+        "the listener's backend was found and terminated"
+    );
+    let (results, completed) = watch.await.unwrap();
+    assert_each_index_once(&results, 600);
+    assert_eq!(completed.completed, 600);
+}
+
+#[tokio::test]
+async fn a_database_outage_turns_health_off_fails_fast_and_loses_nothing() {
+    let app = spawn_app_with(&["--sim-latency-ms", "100", "--workers", "1"]).await;
+    let (_, key) = app.account(1000).await;
+    let mut client = app.client().await;
+    let sub = submit(&mut client, &key, &us_numbers(0, 500)).await;
+    let watch = spawn_watch(&client, &key, &sub.batch_id);
+    assert_eq!(health(app.addr).await, Some(SERVING));
+    let db: String = sqlx::query_scalar("SELECT current_database()")
+        .fetch_one(app.store.pool())
+        .await
+        .unwrap();
+
+    // The outage: no new connections, and every existing one cut.
+    let admin = sqlx::PgPool::connect(&admin_url()).await.unwrap();
+    let set_allowed = |allowed: bool| {
+        let (admin, db) = (admin.clone(), db.clone());
+        async move {
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "ALTER DATABASE \"{db}\" ALLOW_CONNECTIONS {allowed}"
+            )))
+            .execute(&admin)
+            .await
+            .unwrap();
+            if !allowed {
+                sqlx::query(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1",
+                )
+                .bind(&db)
+                .execute(&admin)
+                .await
+                .unwrap();
+            }
+        }
+    };
+    let outage = std::time::Instant::now();
+    set_allowed(false).await;
+    wait_until("health to report NOT_SERVING", || async {
+        health(app.addr).await == Some(NOT_SERVING)
+    })
+    .await;
+    let started = std::time::Instant::now();
+    let err = client
+        .get_balance(pb::GetBalanceRequest {
+            api_key: key.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "fails fast, does not hang: {:?}",
+        started.elapsed()
+    );
+
+    set_allowed(true).await;
+    wait_until("health to report SERVING again", || async {
+        health(app.addr).await == Some(SERVING)
+    })
+    .await;
+    let recovered = outage.elapsed();
+    let (results, completed) = watch.await.unwrap();
+    assert_each_index_once(&results, 500);
+    assert_eq!(completed.completed, 500);
+    eprintln!("database outage: serving again {recovered:?} after it began");
 }
