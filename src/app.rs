@@ -8,7 +8,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
 
-use crate::api::ops::{CachePolicy, Ops};
+use crate::api::ops::{CachePolicy, Ops, OpsConfig};
 use crate::api::service::Service;
 use crate::checker::evolution::{Evolution, EvolutionConfig};
 use crate::checker::paced::{Paced, PacingConfig};
@@ -204,15 +204,32 @@ pub async fn start(args: ServeArgs, database_url: &str) -> anyhow::Result<Server
             backend: args.checker.name(),
             ttl: args.cache_ttl,
         };
+        let config = OpsConfig {
+            cache,
+            allow_private_callbacks: args.webhook_allow_private,
+            watch_stall: Duration::from_secs(args.watch_stall_secs.max(1)),
+            key_rate_per_sec: args.key_rate_per_sec,
+        };
         let ops = Arc::new(Ops::new(
             store.clone(),
             hub.clone(),
             shutdown.clone(),
-            cache,
-            args.webhook_allow_private,
-            Duration::from_secs(args.watch_stall_secs.max(1)),
+            config,
         ));
-        grpc = grpc.add_service(WaValidationServiceServer::new(Service::new(ops.clone())));
+        let tidy = (ops.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            let (ops, shutdown) = tidy;
+            while !shutdown.is_cancelled() {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(60)) => ops.forget_idle_keys(),
+                    _ = shutdown.cancelled() => {}
+                }
+            }
+        });
+        grpc = grpc.add_service(
+            WaValidationServiceServer::new(Service::new(ops.clone()))
+                .max_decoding_message_size(crate::api::http::MAX_BODY_BYTES),
+        );
         json = crate::api::http::router(ops);
     }
     // gRPC paths are routed to tonic, everything else to the JSON API.

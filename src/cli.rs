@@ -262,6 +262,9 @@ pub struct ServeArgs {
     /// How often watched batches are re-read in case a notification was missed (ms).
     #[arg(long, env = "WAV_WATCH_BACKSTOP_MS", default_value_t = 2000)]
     pub watch_backstop_ms: u64,
+    /// Requests per second per API key, bursts of twice that; beyond it RESOURCE_EXHAUSTED / HTTP 429. 0: no limit.
+    #[arg(long, env = "WAV_KEY_RATE_PER_SEC", default_value_t = 50)]
+    pub key_rate_per_sec: u32,
     /// Seconds a watch waits for a client that stopped reading before closing its stream.
     #[arg(long, env = "WAV_WATCH_STALL_SECS", default_value_t = 30)]
     pub watch_stall_secs: u64,

@@ -23,6 +23,10 @@ pub enum ApiError {
     IdempotencyKeyReused(String),
     #[error("batch not found")]
     NotFound,
+    #[error("too many requests for this API key; retry in {}s", retry_after.as_secs().max(1))]
+    RateLimited { retry_after: std::time::Duration },
+    #[error("{0}")]
+    TooLarge(String),
     #[error("the database is unavailable; retry shortly")]
     Unavailable(#[source] sqlx::Error),
     #[error("internal error")]
@@ -106,6 +110,12 @@ impl From<ApiError> for Status {
                 ),
             ),
             ApiError::NotFound => Status::not_found(message),
+            ApiError::RateLimited { retry_after } => {
+                let mut details = ErrorDetails::with_retry_info(Some(retry_after));
+                details.set_error_info("RATE_LIMITED", DOMAIN, HashMap::new());
+                Status::with_error_details(Code::ResourceExhausted, message, details)
+            }
+            ApiError::TooLarge(_) => Status::resource_exhausted(message),
             ApiError::Unavailable(source) => {
                 tracing::warn!(error = %source, "database unavailable");
                 Status::unavailable(message)

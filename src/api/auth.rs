@@ -69,10 +69,9 @@ pub fn presented_key(sources: KeySources<'_>) -> Result<ApiKey, ApiError> {
     ))
 }
 
-pub async fn authenticate(store: &Store, sources: KeySources<'_>) -> Result<Uuid, ApiError> {
-    let key = presented_key(sources)?;
+pub async fn authenticate(store: &Store, key: &ApiKey) -> Result<Uuid, ApiError> {
     store
-        .account_for_key(&key)
+        .account_for_key(key)
         .await?
         .ok_or(ApiError::Unauthenticated("Invalid API key."))
 }

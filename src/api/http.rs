@@ -343,6 +343,25 @@ impl IntoResponse for ApiError {
                     ..Default::default()
                 },
             ),
+            ApiError::RateLimited { retry_after } => {
+                let body = ErrorBody {
+                    error: message,
+                    reason: Some("RATE_LIMITED".into()),
+                    ..Default::default()
+                };
+                let mut resp = (StatusCode::TOO_MANY_REQUESTS, Json(body)).into_response();
+                let secs = retry_after.as_secs().max(1).to_string();
+                resp.headers_mut()
+                    .insert("retry-after", secs.parse().expect("digits"));
+                return resp;
+            }
+            ApiError::TooLarge(m) => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                ErrorBody {
+                    error: m,
+                    ..Default::default()
+                },
+            ),
             ApiError::NotFound => (
                 StatusCode::NOT_FOUND,
                 ErrorBody {
@@ -374,9 +393,16 @@ impl IntoResponse for ApiError {
 /// A malformed body is the client's mistake: 400 with what the parser said, never a 500.
 fn json_body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
     body.map(|Json(b)| b).map_err(|rejection| {
-        ApiError::InvalidArgument(format!("invalid JSON body: {}", rejection.body_text()))
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::TooLarge(format!("request body larger than {MAX_BODY_BYTES} bytes"))
+        } else {
+            ApiError::InvalidArgument(format!("invalid JSON body: {}", rejection.body_text()))
+        }
     })
 }
+
+/// Largest request accepted: 1,000 entries of 256 characters fit with room to spare.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 
 type Shared = State<Arc<Ops>>;
 
@@ -629,6 +655,7 @@ pub fn router(ops: Arc<Ops>) -> Router {
         .route("/api/v1/balance", get(balance))
         .route("/openapi.json", get(openapi))
         .fallback(not_found)
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(ops)
 }
 

@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::auth::{KeySources, authenticate};
+use super::auth::{KeySources, authenticate, presented_key};
 use super::watch::{self, WatchStream};
 use crate::domain::batch::{parse_batch_id, request_fingerprint};
 use crate::domain::phone::{MAX_BATCH_ENTRIES, MAX_ENTRY_CHARS, Parsed, Region, dedup_entries};
@@ -58,15 +58,28 @@ pub struct SubmitInput<'a> {
     pub callback_url: &'a str,
 }
 
+/// The API's settings.
+#[derive(Debug, Clone)]
+pub struct OpsConfig {
+    pub cache: CachePolicy,
+    /// Lets callback URLs point at loopback and private addresses (tests, private deployments).
+    pub allow_private_callbacks: bool,
+    /// How long a watch waits for a client that stopped reading.
+    pub watch_stall: Duration,
+    /// Requests per second per API key (bursts of twice that); 0 turns the limit off.
+    pub key_rate_per_sec: u32,
+}
+
+type KeyLimiter = governor::DefaultKeyedRateLimiter<Vec<u8>>;
+
 pub struct Ops {
     store: Store,
     hub: Arc<EventHub>,
     shutdown: CancellationToken,
     cache: CachePolicy,
-    /// Lets callback URLs point at loopback and private addresses (tests, private deployments).
     allow_private_callbacks: bool,
-    /// How long a watch waits for a client that stopped reading.
     watch_stall: Duration,
+    limiter: Option<KeyLimiter>,
 }
 
 fn parse_region(text: &str) -> Result<Option<Region>, ApiError> {
@@ -103,6 +116,13 @@ fn check_entries(numbers: &[String]) -> Result<(), ApiError> {
         n if n > MAX_BATCH_ENTRIES => return Err(ApiError::BatchTooLarge { submitted: n }),
         _ => {}
     }
+    // PostgreSQL text cannot hold NUL; say so instead of failing inside the database.
+    if let Some(i) = numbers.iter().position(|n| n.contains('\0')) {
+        return Err(ApiError::bad_field(
+            format!("phone_numbers[{i}]"),
+            format!("entry {i} contains a NUL character"),
+        ));
+    }
     if let Some(i) = numbers
         .iter()
         .position(|n| n.chars().count() > MAX_ENTRY_CHARS)
@@ -120,22 +140,43 @@ impl Ops {
         store: Store,
         hub: Arc<EventHub>,
         shutdown: CancellationToken,
-        cache: CachePolicy,
-        allow_private_callbacks: bool,
-        watch_stall: Duration,
+        config: OpsConfig,
     ) -> Ops {
+        let limiter = std::num::NonZeroU32::new(config.key_rate_per_sec).map(|rate| {
+            let burst = rate.saturating_mul(std::num::NonZeroU32::new(2).expect("2"));
+            governor::RateLimiter::keyed(governor::Quota::per_second(rate).allow_burst(burst))
+        });
         Ops {
             store,
             hub,
             shutdown,
-            cache,
-            allow_private_callbacks,
-            watch_stall,
+            cache: config.cache,
+            allow_private_callbacks: config.allow_private_callbacks,
+            watch_stall: config.watch_stall,
+            limiter,
         }
     }
 
+    /// The account behind the presented key, within the key's request rate.
     pub async fn authenticate(&self, keys: KeySources<'_>) -> Result<Uuid, ApiError> {
-        authenticate(&self.store, keys).await
+        let key = presented_key(keys)?;
+        let account = authenticate(&self.store, &key).await?;
+        if let Some(limiter) = &self.limiter
+            && let Err(not_until) = limiter.check_key(&key.hash())
+        {
+            use governor::clock::{Clock, DefaultClock};
+            let retry_after = not_until.wait_time_from(DefaultClock::default().now());
+            return Err(ApiError::RateLimited { retry_after });
+        }
+        Ok(account)
+    }
+
+    /// Forgets idle keys' rate state, so the limiter's memory follows active keys only.
+    pub fn forget_idle_keys(&self) {
+        if let Some(limiter) = &self.limiter {
+            limiter.retain_recent();
+            limiter.shrink_to_fit();
+        }
     }
 
     pub async fn submit(
@@ -146,6 +187,12 @@ impl Ops {
         check_entries(input.phone_numbers)?;
         let region = parse_region(input.default_region)?;
         let request_id = input.request_id.trim();
+        if request_id.contains('\0') {
+            return Err(ApiError::bad_field(
+                "request_id",
+                "request_id contains a NUL character",
+            ));
+        }
         if request_id.chars().count() > MAX_REQUEST_ID_CHARS {
             return Err(ApiError::bad_field(
                 "request_id",

@@ -389,4 +389,33 @@ mod tests {
         let indexes: Vec<i32> = entries.iter().map(|e| e.index).collect();
         assert_eq!(indexes, [0, 1, 2, 3]);
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+
+        /// Whatever people paste, parsing answers and never panics.
+        #[test]
+        fn parsing_never_panics(text in "\\PC{0,64}", region in proptest::option::of("[A-Za-z]{2}")) {
+            let region = region.as_deref().and_then(Region::parse);
+            let _ = parse_number(&text, region);
+        }
+
+        /// Phone-shaped input (digits, separators, letters, other scripts' digits) never panics either,
+        /// and a valid answer is always E.164.
+        #[test]
+        fn phone_shaped_input_never_panics(text in "[+]?[0-9０-９٠-٩ ()./x-]{0,40}[A-Za-z]{0,4}") {
+            if let Parsed::Valid(v) = parse_number(&text, Region::parse("US")) {
+                proptest::prop_assert!(v.e164.starts_with('+'));
+                proptest::prop_assert!(v.e164[1..].bytes().all(|b| b.is_ascii_digit()));
+            }
+        }
+
+        /// Arbitrary bytes never panic the request decoders.
+        #[test]
+        fn request_decoding_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512)) {
+            use prost::Message;
+            let _ = crate::pb::SubmitBatchRequest::decode(bytes.as_slice());
+            let _ = serde_json::from_slice::<crate::api::http::SubmitBody>(&bytes);
+        }
+    }
 }

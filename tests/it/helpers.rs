@@ -47,6 +47,9 @@ pub fn serve_args(extra: &[&str]) -> ServeArgs {
         "127.0.0.1:0",
         "--idle-poll-ms",
         "100",
+        // Tests poll in tight loops: the per-key rate limit is off unless a test turns it on.
+        "--key-rate-per-sec",
+        "0",
     ];
     argv.extend_from_slice(extra);
     match Cli::try_parse_from(argv).expect("serve args").command {
@@ -244,14 +247,24 @@ pub fn assert_each_index_once(results: &[pb::NumberResult], total: i32) {
 pub struct ServerProcess {
     pub child: Child,
     pub addr: SocketAddr,
+    /// Where its stderr (the logs) goes.
+    pub log: std::path::PathBuf,
 }
 
 pub async fn spawn_process(url: &str, extra: &[&str], env: &[(&str, &str)]) -> ServerProcess {
     let log_dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
-    let log = std::fs::File::create(log_dir.join(format!("server-{}.log", Uuid::new_v4())))
-        .expect("log file");
+    let log_path = log_dir.join(format!("server-{}.log", Uuid::new_v4()));
+    let log = std::fs::File::create(&log_path).expect("log file");
     let mut child = Command::new(env!("CARGO_BIN_EXE_wavalidate"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--idle-poll-ms", "100"])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--idle-poll-ms",
+            "100",
+            "--key-rate-per-sec",
+            "0",
+        ])
         .args(extra)
         .env("DATABASE_URL", url)
         .envs(env.iter().copied())
@@ -271,7 +284,11 @@ pub async fn spawn_process(url: &str, extra: &[&str], env: &[(&str, &str)]) -> S
         .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
         .parse()
         .expect("address");
-    ServerProcess { child, addr }
+    ServerProcess {
+        child,
+        addr,
+        log: log_path,
+    }
 }
 
 impl ServerProcess {
