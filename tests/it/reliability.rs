@@ -321,7 +321,7 @@ async fn hostile_requests_get_clear_errors_and_change_nothing() {
     let (account, key) = app.account(100).await;
     let mut client = app.client().await;
     let cases: Vec<(Vec<String>, &str)> = vec![
-        (vec!["+1415\0555".into()], "phone_numbers[0]"),
+        (vec!["+1415\u{0}555".into()], "phone_numbers[0]"),
         (
             vec!["+14155552671".into(), "9".repeat(10_000)],
             "phone_numbers[1]",
