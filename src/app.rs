@@ -234,8 +234,14 @@ pub async fn start(args: ServeArgs, database_url: &str) -> anyhow::Result<Server
     }
     // gRPC paths are routed to tonic, everything else to the JSON API.
     let router = grpc.prepare().into_axum_router().fallback_service(json);
-    let server = crate::server::serve(listener, router, shutdown.clone());
-    tracing::info!(%addr, role = ?args.role, "wavalidate serving gRPC and JSON");
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(crate::server::tls_acceptor(cert, key)?),
+        (None, None) => None,
+        _ => anyhow::bail!("TLS needs both WAV_TLS_CERT and WAV_TLS_KEY"),
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let server = crate::server::serve(listener, router, tls, shutdown.clone());
+    tracing::info!(%addr, scheme, role = ?args.role, "wavalidate serving gRPC and JSON");
 
     let task_shutdown = shutdown.clone();
     let task = tokio::spawn(async move {

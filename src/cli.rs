@@ -250,6 +250,12 @@ pub struct ServeArgs {
     /// How often the webhook outbox is read when idle (ms).
     #[arg(long, env = "WAV_WEBHOOK_POLL_MS", default_value_t = 1_000)]
     pub webhook_poll_ms: u64,
+    /// PEM certificate chain: serve TLS (with --tls-key) instead of plaintext.
+    #[arg(long, env = "WAV_TLS_CERT")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, env = "WAV_TLS_KEY")]
+    pub tls_key: Option<std::path::PathBuf>,
     /// Finished batches (and their numbers) are deleted this long after completion; the ledger is kept.
     #[arg(long, env = "WAV_RETENTION", default_value = "30d", value_parser = humantime::parse_duration)]
     pub retention: std::time::Duration,

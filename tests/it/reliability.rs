@@ -486,3 +486,70 @@ async fn api_keys_never_appear_in_the_logs() {
         "a wrong key appears in the logs"
     );
 }
+
+#[tokio::test]
+async fn tls_serves_grpc_and_json_with_a_given_certificate() {
+    let certified =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+            .unwrap();
+    let dir =
+        std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(uuid::Uuid::new_v4().to_string());
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key_file) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, certified.cert.pem()).unwrap();
+    std::fs::write(&key_file, certified.signing_key.serialize_pem()).unwrap();
+    let app = spawn_app_with(&[
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key_file.to_str().unwrap(),
+    ])
+    .await;
+    let (_, key) = app.account(7).await;
+    let port = app.addr.port();
+
+    let https = reqwest::Client::builder()
+        .add_root_certificate(
+            reqwest::Certificate::from_pem(certified.cert.pem().as_bytes()).unwrap(),
+        )
+        .build()
+        .unwrap();
+    let balance: serde_json::Value = https
+        .get(format!(
+            "https://localhost:{port}/api/v1/balance?api_key={key}"
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(balance["balance"], 7);
+    // Plaintext is not served on a TLS port.
+    assert!(
+        reqwest::get(format!(
+            "http://127.0.0.1:{port}/api/v1/balance?api_key={key}"
+        ))
+        .await
+        .is_err()
+    );
+
+    let out = tokio::process::Command::new("grpcurl")
+        .args([
+            "-cacert",
+            cert.to_str().unwrap(),
+            "-servername",
+            "localhost",
+            &format!("127.0.0.1:{port}"),
+            "grpc.health.v1.Health/Check",
+        ])
+        .output()
+        .await
+        .expect("grpcurl");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("SERVING"));
+}
