@@ -139,6 +139,7 @@ async fn migrate(store: &Store, url: &str, shutdown: &CancellationToken) -> anyh
 
 pub async fn start(args: ServeArgs, database_url: &str) -> anyhow::Result<Server> {
     let shutdown = CancellationToken::new();
+    crate::metrics::handle();
     let store = Store::connect_lazy(database_url, args.db_max_connections)?;
     announce_checker(&args);
     // Built before anything starts, so a missing gateway URL or key fails the start with a clear error.
@@ -232,6 +233,7 @@ pub async fn start(args: ServeArgs, database_url: &str) -> anyhow::Result<Server
         );
         json = crate::api::http::router(ops);
     }
+    let json = json.merge(crate::metrics::router(store.clone(), hub.clone()));
     // gRPC paths are routed to tonic, everything else to the JSON API.
     let router = grpc.prepare().into_axum_router().fallback_service(json);
     let tls = match (&args.tls_cert, &args.tls_key) {

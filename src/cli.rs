@@ -53,6 +53,8 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = OutputFormat::Jsonl)]
         format: OutputFormat,
     },
+    /// Measure submit latency, ingest and end-to-end throughput and delivery latency, beside the PostgreSQL floor.
+    Bench(BenchArgs),
     /// Client: the account's credits.
     Balance {
         #[command(flatten)]
@@ -75,6 +77,43 @@ pub struct ClientArgs {
 pub enum OutputFormat {
     Csv,
     Jsonl,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// Drive this running server instead of starting one in-process on a fresh database.
+    #[arg(long, env = "WAV_BENCH_SERVER")]
+    pub server: Option<String>,
+    /// API key for --server (its account needs credits).
+    #[arg(long, env = "WAV_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Sequential 1,000-number submits timed one by one.
+    #[arg(long, default_value_t = 30)]
+    pub submits: usize,
+    /// 1,000-number batches sent by concurrent submitters for the ingest figure.
+    #[arg(long, default_value_t = 40)]
+    pub ingest_batches: usize,
+    /// 1,000-number batches submitted and watched for the end-to-end figure.
+    #[arg(long, default_value_t = 20)]
+    pub batches: usize,
+    /// Concurrent submitters.
+    #[arg(long, default_value_t = 4)]
+    pub submitters: usize,
+    /// WatchBatch streams held during the end-to-end phase, spread over its batches.
+    #[arg(long, default_value_t = 1000)]
+    pub watchers: usize,
+    /// Worker loops of the in-process server.
+    #[arg(long, default_value_t = 4)]
+    pub workers: usize,
+    /// Queue this many numbers first (another account), then measure end to end again.
+    #[arg(long, default_value_t = 0)]
+    pub backlog: i64,
+    /// ../shared/bench/pg_floor.sh by default.
+    #[arg(long)]
+    pub floor_script: Option<std::path::PathBuf>,
+    /// Seconds per phase of the floor measurement.
+    #[arg(long, default_value_t = 5)]
+    pub floor_seconds: u64,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -1,6 +1,7 @@
 //! wavalidate: batch WhatsApp number validation over gRPC, backed by PostgreSQL.
 pub mod api;
 pub mod app;
+pub mod bench;
 pub mod checker;
 pub mod cli;
 pub mod client;
@@ -8,6 +9,7 @@ pub mod domain;
 pub mod error;
 pub mod events;
 pub mod health;
+pub mod metrics;
 pub mod retention;
 pub mod server;
 pub mod store;

@@ -12,13 +12,17 @@ use wavalidate::store::Store;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| EnvFilter::new("info,sqlx::postgres::notice=warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,sqlx::postgres::notice=warn"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    // WAV_LOG_FORMAT=json: one JSON object per line, for log pipelines.
+    if std::env::var("WAV_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json")) {
+        logs.json().init();
+    } else {
+        logs.init();
+    }
     match run(Cli::parse()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
@@ -43,6 +47,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             format,
         } => return client::watch(conn, batch_id, format).await,
         Command::Balance { conn } => return client::balance(conn).await,
+        Command::Bench(args) => return wavalidate::bench::run(args, cli.database_url).await,
         _ => {}
     }
     let url = cli
@@ -53,7 +58,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         | Command::Submit(_)
         | Command::Poll { .. }
         | Command::Watch { .. }
-        | Command::Balance { .. } => unreachable!("handled above"),
+        | Command::Balance { .. }
+        | Command::Bench(_) => unreachable!("handled above"),
         Command::Serve(args) => serve(*args, &url).await,
         Command::Migrate => {
             Store::connect_migrated(&url).await?;

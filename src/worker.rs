@@ -100,6 +100,7 @@ impl Workers {
         }
     }
 
+    #[tracing::instrument(name = "chunk", skip_all, fields(numbers = claimed.len()))]
     async fn process(&self, token: Uuid, claimed: Vec<Claimed>, shutdown: &CancellationToken) {
         let max = self.config.max_attempts;
         // Numbers whose earlier workers all died before answering: stop trying.
@@ -166,6 +167,7 @@ impl Workers {
                 }
             }
         }
+        record_outcomes(&answers, retries.len(), deferred.len());
         self.write(token, &answers, &retries).await;
         if !deferred.is_empty()
             && let Err(err) = self.store.defer(token, &deferred, defer_for).await
@@ -228,6 +230,26 @@ impl Workers {
             }
         }
     }
+}
+
+fn record_outcomes(answers: &[Answer], retries: usize, deferred: usize) {
+    let mut on = 0u64;
+    let mut not = 0u64;
+    let mut errors = 0u64;
+    for a in answers {
+        match a.state {
+            NumberState::OnWhatsApp => on += 1,
+            NumberState::NotOnWhatsApp => not += 1,
+            _ => errors += 1,
+        }
+    }
+    metrics::counter!("wav_numbers_checked_total", "outcome" => "on_whatsapp").increment(on);
+    metrics::counter!("wav_numbers_checked_total", "outcome" => "not_on_whatsapp").increment(not);
+    metrics::counter!("wav_numbers_checked_total", "outcome" => "error").increment(errors);
+    metrics::counter!("wav_numbers_checked_total", "outcome" => "retry").increment(retries as u64);
+    metrics::counter!("wav_numbers_checked_total", "outcome" => "deferred")
+        .increment(deferred as u64);
+    metrics::counter!("wav_credits_refunded_total", "reason" => "error").increment(errors);
 }
 
 fn error_answer(c: &Claimed, reason: String) -> Answer {

@@ -17,10 +17,22 @@ use crate::domain::phone::{MAX_BATCH_ENTRIES, MAX_ENTRY_CHARS, Parsed, Region, d
 use crate::domain::webhook::{check_callback_target, parse_callback_url};
 use crate::error::ApiError;
 use crate::events::EventHub;
+use crate::metrics::observe;
 use crate::store::Store;
 use crate::store::batches::{BatchRow, NewBatch, ResultRow};
 
 const MAX_REQUEST_ID_CHARS: usize = 256;
+
+async fn timed<T>(
+    op: &'static str,
+    work: impl std::future::Future<Output = Result<T, ApiError>>,
+) -> Result<T, ApiError> {
+    use tracing::Instrument;
+    let started = std::time::Instant::now();
+    let result = work.instrument(tracing::info_span!("request", op)).await;
+    observe(op, started, &result);
+    result
+}
 const DEFAULT_PAGE_SIZE: i32 = 50;
 const MAX_PAGE_SIZE: i32 = 200;
 
@@ -158,7 +170,7 @@ impl Ops {
     }
 
     /// The account behind the presented key, within the key's request rate.
-    pub async fn authenticate(&self, keys: KeySources<'_>) -> Result<Uuid, ApiError> {
+    async fn authenticate_inner(&self, keys: KeySources<'_>) -> Result<Uuid, ApiError> {
         let key = presented_key(keys)?;
         let account = authenticate(&self.store, &key).await?;
         if let Some(limiter) = &self.limiter
@@ -179,7 +191,7 @@ impl Ops {
         }
     }
 
-    pub async fn submit(
+    async fn submit_inner(
         &self,
         account_id: Uuid,
         input: SubmitInput<'_>,
@@ -239,10 +251,15 @@ impl Ops {
             })
             .await?;
         tracing::info!(batch_id = %batch.id, %account_id, total = batch.total_numbers, "batch submitted");
+        metrics::counter!("wav_numbers_submitted_total").increment(batch.total_numbers as u64);
+        metrics::counter!("wav_cache_hits_total").increment(cached.len() as u64);
+        metrics::counter!("wav_credits_charged_total").increment(batch.credits_charged as u64);
+        metrics::counter!("wav_credits_refunded_total", "reason" => "invalid")
+            .increment(batch.credits_refunded as u64);
         Ok(batch)
     }
 
-    pub async fn poll(
+    async fn poll_inner(
         &self,
         account_id: Uuid,
         batch_id: &str,
@@ -255,7 +272,7 @@ impl Ops {
     }
 
     /// Starts streaming a batch's results; the receiver ends after the completed event.
-    pub async fn watch(&self, account_id: Uuid, batch_id: &str) -> Result<WatchStream, ApiError> {
+    async fn watch_inner(&self, account_id: Uuid, batch_id: &str) -> Result<WatchStream, ApiError> {
         let batch_id = parse_id(batch_id)?;
         let batch = self
             .store
@@ -277,7 +294,7 @@ impl Ops {
     }
 
     /// A page of the account's batches, newest first, and the token for the next page.
-    pub async fn list(
+    async fn list_inner(
         &self,
         account_id: Uuid,
         page_size: i32,
@@ -318,7 +335,7 @@ impl Ops {
     }
 
     /// Cancels the batch's unchecked numbers; returns the batch and how many were cancelled.
-    pub async fn cancel(
+    async fn cancel_inner(
         &self,
         account_id: Uuid,
         batch_id: &str,
@@ -331,12 +348,70 @@ impl Ops {
             .ok_or(ApiError::NotFound)?;
         if cancelled > 0 {
             tracing::info!(%batch_id, cancelled, "batch cancelled");
+            metrics::counter!("wav_credits_refunded_total", "reason" => "cancelled")
+                .increment(cancelled as u64);
         }
         Ok((batch, cancelled))
     }
 
-    pub async fn balance(&self, account_id: Uuid) -> Result<i64, ApiError> {
+    async fn balance_inner(&self, account_id: Uuid) -> Result<i64, ApiError> {
         Ok(self.store.balance(account_id).await?)
+    }
+
+    // The API's operations, each counted and timed by outcome (see crate::metrics).
+
+    /// The account behind the presented key, within the key's request rate.
+    pub async fn authenticate(&self, keys: KeySources<'_>) -> Result<Uuid, ApiError> {
+        timed("authenticate", self.authenticate_inner(keys)).await
+    }
+
+    pub async fn submit(
+        &self,
+        account_id: Uuid,
+        input: SubmitInput<'_>,
+    ) -> Result<BatchRow, ApiError> {
+        timed("submit", self.submit_inner(account_id, input)).await
+    }
+
+    pub async fn poll(
+        &self,
+        account_id: Uuid,
+        batch_id: &str,
+    ) -> Result<(BatchRow, Vec<ResultRow>), ApiError> {
+        timed("poll", self.poll_inner(account_id, batch_id)).await
+    }
+
+    /// Starts streaming a batch's results; the stream ends after the completed event.
+    pub async fn watch(&self, account_id: Uuid, batch_id: &str) -> Result<WatchStream, ApiError> {
+        timed("watch", self.watch_inner(account_id, batch_id)).await
+    }
+
+    pub async fn balance(&self, account_id: Uuid) -> Result<i64, ApiError> {
+        timed("balance", self.balance_inner(account_id)).await
+    }
+
+    /// A page of the account's batches, newest first, and the token for the next page.
+    pub async fn list(
+        &self,
+        account_id: Uuid,
+        page_size: i32,
+        page_token: &str,
+        completed: Option<bool>,
+    ) -> Result<(Vec<BatchRow>, String), ApiError> {
+        timed(
+            "list",
+            self.list_inner(account_id, page_size, page_token, completed),
+        )
+        .await
+    }
+
+    /// Cancels the batch's unchecked numbers; returns the batch and how many were cancelled.
+    pub async fn cancel(
+        &self,
+        account_id: Uuid,
+        batch_id: &str,
+    ) -> Result<(BatchRow, i64), ApiError> {
+        timed("cancel", self.cancel_inner(account_id, batch_id)).await
     }
 }
 

@@ -232,7 +232,18 @@ impl Checker for Paced {
             let cells = NonZeroU32::new(n.clamp(1, self.burst) as u32).expect("non-zero");
             let _ = limiter.until_n_ready(cells).await;
         }
+        let started = Instant::now();
         let result = self.backend.check(e164).await;
+        let backend = self.backend.name();
+        metrics::histogram!("wav_upstream_call_seconds", "backend" => backend)
+            .record(started.elapsed().as_secs_f64());
+        let label = match &result.error {
+            None => "ok",
+            Some(CallError::RateLimited { .. }) => "rate_limited",
+            Some(CallError::Failed(_)) => "failed",
+        };
+        metrics::counter!("wav_upstream_calls_total", "backend" => backend, "result" => label)
+            .increment(1);
         let mut outcomes = result.outcomes;
         outcomes.truncate(n);
         let unanswered = n - outcomes.len();

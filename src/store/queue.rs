@@ -274,6 +274,16 @@ impl Store {
         .await?;
         Ok(())
     }
+
+    /// Numbers waiting to be checked, and how long the oldest has waited (seconds).
+    pub async fn queue_stats(&self) -> Result<(i64, f64), sqlx::Error> {
+        sqlx::query_as(
+            "SELECT count(*), coalesce(extract(epoch FROM now() - min(b.created_at))::float8, 0)
+             FROM batch_numbers n JOIN batches b ON b.id = n.batch_id WHERE n.state = 1",
+        )
+        .fetch_one(&self.pool)
+        .await
+    }
 }
 
 /// What one checker call produced, for `Store::complete`.

@@ -3,6 +3,7 @@ mod helpers;
 
 mod http_api;
 mod list_cancel;
+mod observability;
 
 mod auth;
 mod cli_client;

@@ -1,0 +1,327 @@
+//! `wavalidate bench`: end-to-end figures for a server (its own, in-process, or
+//! a running one), beside the raw PostgreSQL floor measured in the same run.
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Parser;
+use serde_json::{Value, json};
+use tonic::transport::Channel;
+
+use crate::cli::{BenchArgs, Cli, Command};
+use crate::pb::{
+    self, wa_validation_service_client::WaValidationServiceClient, watch_batch_response::Event,
+};
+use crate::store::{Store, url_with_database};
+
+type Client = WaValidationServiceClient<Channel>;
+
+/// 1,000 distinct valid numbers for batch `b` of this run.
+fn numbers(b: usize) -> Vec<String> {
+    (0..1000)
+        .map(|i| format!("+1201{:03}{i:04}", 200 + b % 800))
+        .collect()
+}
+
+fn pct(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let v = sorted[((sorted.len() - 1) as f64 * p).round() as usize];
+    (v * 10.0).round() / 10.0
+}
+
+async fn submit(client: &mut Client, key: &str, b: usize) -> anyhow::Result<String> {
+    Ok(client
+        .submit_batch(pb::SubmitBatchRequest {
+            api_key: key.to_string(),
+            phone_numbers: numbers(b),
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .batch_id)
+}
+
+/// Watches a batch to its end; records delivery latency (commit to receipt) of results written after `since`.
+async fn watch(
+    mut client: Client,
+    key: String,
+    id: String,
+    since: chrono::DateTime<chrono::Utc>,
+    lat: Arc<Mutex<Vec<f64>>>,
+) -> anyhow::Result<Instant> {
+    let mut stream = client
+        .watch_batch(pb::WatchBatchRequest {
+            api_key: key,
+            batch_id: id,
+        })
+        .await?
+        .into_inner();
+    let mut mine = Vec::new();
+    while let Some(msg) = stream.message().await? {
+        if let Some(Event::Result(r)) = msg.event
+            && let Some(t) = r.checked_at
+            && let Some(at) = chrono::DateTime::from_timestamp(t.seconds, t.nanos as u32)
+            && at >= since
+        {
+            mine.push((chrono::Utc::now() - at).num_microseconds().unwrap_or(0) as f64 / 1000.0);
+        }
+    }
+    lat.lock().expect("latencies").extend(mine);
+    Ok(Instant::now())
+}
+
+/// Submits `batches` batches with `watchers` streams spread over them; numbers per second from the
+/// first submit to the last completed event, and delivery latencies.
+async fn end_to_end(
+    client: &Client,
+    key: &str,
+    first: usize,
+    batches: usize,
+    watchers: usize,
+    submitters: usize,
+) -> anyhow::Result<(f64, Vec<f64>)> {
+    let since = chrono::Utc::now();
+    let start = Instant::now();
+    let lat = Arc::new(Mutex::new(Vec::new()));
+    let ids = Arc::new(Mutex::new(Vec::new()));
+    let mut tasks = Vec::new();
+    for s in 0..submitters.max(1) {
+        let (mut c, k, ids) = (client.clone(), key.to_string(), ids.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut b = s;
+            while b < batches {
+                let id = submit(&mut c, &k, first + b).await?;
+                ids.lock().expect("ids").push(id);
+                b += submitters.max(1);
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let ids = ids.lock().expect("ids").clone();
+    let mut watches = Vec::new();
+    for w in 0..watchers.max(ids.len()) {
+        let id = ids[w % ids.len()].clone();
+        watches.push(tokio::spawn(watch(
+            client.clone(),
+            key.to_string(),
+            id,
+            since,
+            lat.clone(),
+        )));
+    }
+    let mut last = start;
+    for w in watches {
+        last = last.max(w.await??);
+    }
+    let per_s = (batches * 1000) as f64 / (last - start).as_secs_f64();
+    let mut lat = lat.lock().expect("latencies").clone();
+    lat.sort_by(f64::total_cmp);
+    Ok((per_s, lat))
+}
+
+fn peak_rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb: f64 = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some((kb / 1024.0).round())
+}
+
+fn floor_script(given: Option<PathBuf>) -> Option<PathBuf> {
+    given.or_else(|| {
+        ["../shared/bench/pg_floor.sh", "shared/bench/pg_floor.sh"]
+            .iter()
+            .map(PathBuf::from)
+            .find(|p| p.exists())
+    })
+}
+
+async fn pg_floor(script: &PathBuf, url: &str, seconds: u64) -> anyhow::Result<Value> {
+    let out = tokio::process::Command::new("bash")
+        .arg(script)
+        .arg(url)
+        .arg(seconds.to_string())
+        .output()
+        .await
+        .with_context(|| format!("cannot run {}", script.display()))?;
+    anyhow::ensure!(
+        out.status.success(),
+        "pg_floor failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    Ok(serde_json::from_str(text.lines().last().unwrap_or("{}"))?)
+}
+
+pub async fn run(args: BenchArgs, database_url: Option<String>) -> anyhow::Result<()> {
+    let base = database_url
+        .context("bench needs DATABASE_URL (for its own server and for the PostgreSQL floor)")?;
+    let mut own = None;
+    let (addr, key) = match &args.server {
+        Some(server) => (
+            server.clone(),
+            args.api_key.clone().context("--server needs --api-key")?,
+        ),
+        None => {
+            let url = url_with_database(
+                &base,
+                &format!("wavbench_{}", uuid::Uuid::new_v4().simple()),
+            );
+            let store = Store::connect_migrated(&url).await?;
+            let workers = args.workers.to_string();
+            let Command::Serve(serve) = Cli::try_parse_from([
+                "wavalidate",
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--workers",
+                &workers,
+                "--key-rate-per-sec",
+                "0",
+                "--watch-stall-secs",
+                "120",
+            ])?
+            .command
+            else {
+                unreachable!("serve parses as serve")
+            };
+            let server = crate::app::start(*serve, &url).await?;
+            let (_, key) = store.create_account("bench", i64::MAX / 2).await?;
+            let addr = format!("http://{}", server.addr);
+            own = Some((server, store, url));
+            (addr, key.expose().to_string())
+        }
+    };
+    let addr = if addr.contains("://") {
+        addr
+    } else {
+        format!("http://{addr}")
+    };
+    let mut client = WaValidationServiceClient::connect(addr.clone()).await?;
+    eprintln!(
+        "bench: {} against {addr}",
+        if own.is_some() {
+            "own in-process server"
+        } else {
+            "running server"
+        }
+    );
+
+    // Submit latency, one at a time.
+    let mut submit_ms = Vec::new();
+    for b in 0..args.submits {
+        let start = Instant::now();
+        submit(&mut client, &key, b).await?;
+        submit_ms.push(start.elapsed().as_secs_f64() * 1e3);
+    }
+    submit_ms.sort_by(f64::total_cmp);
+
+    // Ingest throughput with concurrent submitters (the workers drain meanwhile).
+    let first = args.submits;
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for s in 0..args.submitters {
+        let (mut c, k) = (client.clone(), key.clone());
+        let (n, per) = (args.ingest_batches, args.submitters);
+        tasks.push(tokio::spawn(async move {
+            let mut b = s;
+            while b < n {
+                submit(&mut c, &k, first + b).await?;
+                b += per;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let ingest = (args.ingest_batches * 1000) as f64 / start.elapsed().as_secs_f64();
+    // Let the queue drain before measuring end to end.
+    if let Some((_, store, _)) = &own {
+        while sqlx::query_scalar::<_, i64>("SELECT count(*) FROM batch_numbers WHERE state = 1")
+            .fetch_one(store.pool())
+            .await?
+            > 0
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    let next = first + args.ingest_batches;
+    let (e2e, lat) = end_to_end(
+        &client,
+        &key,
+        next,
+        args.batches,
+        args.watchers,
+        args.submitters,
+    )
+    .await?;
+    let rss = own.as_ref().and_then(|_| peak_rss_mb());
+
+    let mut backlog = Value::Null;
+    if args.backlog > 0 {
+        let (_, store, _) = own
+            .as_ref()
+            .context("--backlog needs the bench's own server")?;
+        let (other, _) = store.create_account("backlog", 0).await?;
+        store.enqueue_backlog(other, args.backlog).await?;
+        let (with_backlog, _) = end_to_end(
+            &client,
+            &key,
+            next + args.batches,
+            args.batches,
+            args.watchers,
+            args.submitters,
+        )
+        .await?;
+        backlog = json!({"backlog_numbers": args.backlog, "e2e_numbers_per_s": with_backlog.round(),
+                         "backlog_ratio": (with_backlog / e2e * 100.0).round() / 100.0});
+    }
+
+    let floor = match floor_script(args.floor_script.clone()) {
+        Some(script) => pg_floor(&script, &base, args.floor_seconds)
+            .await
+            .unwrap_or_else(|e| json!({"error": e.to_string()})),
+        None => json!({"error": "pg_floor.sh not found: pass --floor-script"}),
+    };
+    let ratio = |ours: f64, field: &str| {
+        floor[field]
+            .as_f64()
+            .map(|f| (ours / f * 100.0).round() / 100.0)
+    };
+    let report = json!({
+        "submit_p50_ms": pct(&submit_ms, 0.5),
+        "submit_p99_ms": pct(&submit_ms, 0.99),
+        "ingest_numbers_per_s": ingest.round(),
+        "e2e_numbers_per_s": e2e.round(),
+        "delivery_p50_ms": pct(&lat, 0.5),
+        "delivery_p99_ms": pct(&lat, 0.99),
+        "watchers": args.watchers,
+        "server_rss_mb": rss,
+        "floor": floor,
+        "ingest_ratio": ratio(ingest, "ingest_rows_per_s"),
+        "e2e_ratio": ratio(e2e, "pipeline_rows_per_s"),
+        "backlog": backlog,
+        "settings": {"submits": args.submits, "ingest_batches": args.ingest_batches, "batches": args.batches,
+                     "submitters": args.submitters, "workers": args.workers, "checker": "simulated, latency 0",
+                     "server": if own.is_some() { "in-process (rss includes the bench client)" } else { "external" },
+                     "floor_seconds": args.floor_seconds},
+    });
+    if let Some((server, _, _)) = own {
+        server.shutdown();
+        let _ = tokio::time::timeout(Duration::from_secs(30), server.wait()).await;
+    }
+    println!("{report}");
+    Ok(())
+}

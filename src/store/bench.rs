@@ -1,0 +1,41 @@
+//! Statements only the benchmark uses: a synthetic backlog, queued at SQL speed.
+use uuid::Uuid;
+
+use super::Store;
+
+impl Store {
+    /// Queues `n` valid numbers for `account_id` in batches of 1,000, charging nothing:
+    /// load for `wavalidate bench --backlog`, not a way to submit work.
+    pub async fn enqueue_backlog(&self, account_id: Uuid, n: i64) -> Result<(), sqlx::Error> {
+        let batches = (n + 999) / 1000;
+        for b in 0..batches {
+            let size = (n - b * 1000).min(1000) as i32;
+            let id = Uuid::new_v4();
+            let mut tx = self.pool.begin().await?;
+            sqlx::query(
+                "INSERT INTO batches (id, account_id, request_hash, total_numbers, credits_charged)
+                 VALUES ($1, $2, '\\x00', $3, 0)",
+            )
+            .bind(id)
+            .bind(account_id)
+            .bind(size)
+            .execute(&mut *tx)
+            .await?;
+            // Numbers +1 202 2xx xxxx, distinct per batch and index.
+            sqlx::query(
+                "INSERT INTO batch_numbers (batch_id, idx, input, e164, region, state, fair_key)
+                 SELECT $1, g, n, n, 'US', 1, $3 + g
+                 FROM generate_series(0, $2 - 1) g,
+                      LATERAL (SELECT '+1202' || lpad(((($4::bigint * 1000 + g) % 7999999) + 2000000)::text, 7, '0') AS n) x",
+            )
+            .bind(id)
+            .bind(size)
+            .bind(b * 1000)
+            .bind(b)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+        }
+        Ok(())
+    }
+}
