@@ -201,9 +201,14 @@ pub async fn start(args: ServeArgs, database_url: &str) -> anyhow::Result<Server
         .add_service(reflection().build_v1alpha()?);
     let mut json = axum::Router::new();
     if args.role != Role::Worker {
+        // Simulated answers are never cached (see Backend::cacheable), so there is nothing to look up.
         let cache = CachePolicy {
             backend: args.checker.name(),
-            ttl: args.cache_ttl,
+            ttl: if args.checker == CheckerKind::Simulated {
+                Duration::ZERO
+            } else {
+                args.cache_ttl
+            },
         };
         let config = OpsConfig {
             cache,

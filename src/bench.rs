@@ -77,6 +77,7 @@ async fn watch(
 /// first submit to the last completed event, and delivery latencies.
 async fn end_to_end(
     client: &Client,
+    addr: &str,
     key: &str,
     first: usize,
     batches: usize,
@@ -104,11 +105,17 @@ async fn end_to_end(
         t.await??;
     }
     let ids = ids.lock().expect("ids").clone();
+    // Watchers come from many clients: one HTTP/2 connection per 50 streams, not one for all.
+    let mut connections = Vec::new();
+    for _ in 0..watchers.max(ids.len()).div_ceil(50) {
+        connections.push(WaValidationServiceClient::connect(addr.to_string()).await?);
+    }
     let mut watches = Vec::new();
     for w in 0..watchers.max(ids.len()) {
         let id = ids[w % ids.len()].clone();
+        let conn = connections[w / 50].clone();
         watches.push(tokio::spawn(watch(
-            client.clone(),
+            conn,
             key.to_string(),
             id,
             since,
@@ -260,6 +267,7 @@ pub async fn run(args: BenchArgs, database_url: Option<String>) -> anyhow::Resul
     let next = first + args.ingest_batches;
     let (e2e, lat) = end_to_end(
         &client,
+        &addr,
         &key,
         next,
         args.batches,
@@ -278,6 +286,7 @@ pub async fn run(args: BenchArgs, database_url: Option<String>) -> anyhow::Resul
         store.enqueue_backlog(other, args.backlog).await?;
         let (with_backlog, _) = end_to_end(
             &client,
+            &addr,
             &key,
             next + args.batches,
             args.batches,

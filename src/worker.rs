@@ -220,7 +220,8 @@ impl Workers {
         };
         let mut delay = Duration::from_millis(100);
         for attempt in 1..=5 {
-            match self.store.complete(token, self.checker.name(), &work).await {
+            let cache_as = self.checker.cacheable().then(|| self.checker.name());
+            match self.store.complete(token, cache_as, &work).await {
                 Ok(_) => return,
                 Err(err) => {
                     tracing::warn!(attempt, error = %err, "writing results failed");

@@ -220,7 +220,7 @@ impl Ops {
                 .map_err(|e| ApiError::bad_field("callback_url", e))?;
         }
         let entries = dedup_entries(input.phone_numbers, region);
-        let cached = if input.force_check {
+        let cached = if input.force_check || self.cache.ttl.is_zero() {
             HashMap::new()
         } else {
             let valid: Vec<&str> = entries

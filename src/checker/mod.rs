@@ -77,6 +77,10 @@ pub trait Backend: Send + Sync + 'static {
     /// Most numbers one `check` call may carry.
     fn max_batch(&self) -> usize;
     async fn check(&self, e164: &[String]) -> CallResult;
+    /// Whether answers are worth keeping in the result cache (an upstream call saved).
+    fn cacheable(&self) -> bool {
+        true
+    }
 }
 
 #[async_trait]
@@ -89,6 +93,10 @@ pub trait Checker: Send + Sync + 'static {
     /// open circuit, daily cap reached): workers leave numbers queued meanwhile.
     fn paused_for(&self) -> Option<Duration> {
         None
+    }
+    /// Whether answers are worth keeping in the result cache.
+    fn cacheable(&self) -> bool {
+        true
     }
 }
 

@@ -182,6 +182,10 @@ impl Checker for Paced {
         self.burst
     }
 
+    fn cacheable(&self) -> bool {
+        self.backend.cacheable()
+    }
+
     fn paused_for(&self) -> Option<Duration> {
         let now = Instant::now();
         let s = self.state();

@@ -46,6 +46,10 @@ impl Checker for Variants {
         self.inner.paused_for()
     }
 
+    fn cacheable(&self) -> bool {
+        self.inner.cacheable()
+    }
+
     async fn check(&self, e164: &[String]) -> Vec<Outcome> {
         let mut outcomes = self.inner.check(e164).await;
         // (position in e164, alternate form)

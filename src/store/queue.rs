@@ -119,10 +119,11 @@ impl Store {
     /// Every write is guarded by the lease token, so a worker whose lease was
     /// taken over cannot overwrite, double-count or double-refund a number.
     /// Returns how many answers were written.
+    /// `cache_as`: the backend whose cache gets the answers, or None to cache nothing.
     pub async fn complete(
         &self,
         token: Uuid,
-        backend: &str,
+        cache_as: Option<&str>,
         work: &Completion<'_>,
     ) -> Result<u64, sqlx::Error> {
         let (answers, retries) = (work.answers, work.retries);
@@ -160,7 +161,7 @@ impl Store {
                  cache AS (
                     INSERT INTO number_cache (backend, e164, on_whatsapp, wa_id, is_business, checked_at)
                     SELECT DISTINCT ON (e164) $9, e164, state = 2, wa_id, is_business, checked_at
-                    FROM u WHERE state IN (2, 3)
+                    FROM u WHERE state IN (2, 3) AND $9::text IS NOT NULL
                     ON CONFLICT (backend, e164) DO UPDATE
                     SET on_whatsapp = excluded.on_whatsapp, wa_id = excluded.wa_id,
                         is_business = excluded.is_business, checked_at = excluded.checked_at),
@@ -202,7 +203,7 @@ impl Store {
             .bind(answers.iter().map(|a| a.error.as_deref()).collect::<Vec<_>>())
             .bind(token)
             .bind(RESULTS_CHANNEL)
-            .bind(backend)
+            .bind(cache_as)
             .fetch_all(&mut *tx)
             .await?;
             written = written_rows.iter().map(|r| r.0 as u64).sum();

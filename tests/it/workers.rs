@@ -164,13 +164,13 @@ async fn a_stale_or_repeated_write_neither_overwrites_nor_refunds_twice() {
         backoff_max: Duration::from_millis(10),
     };
     assert_eq!(
-        store.complete(stale, "simulated", &work).await.unwrap(),
+        store.complete(stale, None, &work).await.unwrap(),
         0,
         "the stale worker writes nothing"
     );
-    assert_eq!(store.complete(fresh, "simulated", &work).await.unwrap(), 1);
+    assert_eq!(store.complete(fresh, None, &work).await.unwrap(), 1);
     assert_eq!(
-        store.complete(fresh, "simulated", &work).await.unwrap(),
+        store.complete(fresh, None, &work).await.unwrap(),
         0,
         "a repeated write changes nothing"
     );
