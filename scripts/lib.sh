@@ -77,6 +77,8 @@ ensure_database() {
 # when the machine does not have them; exports WAV_TEST_PYTHON.
 ensure_test_tools() {
   local venv=$ROOT/target/tools
+  # One reliability test restarts a PostgreSQL of its own: it needs the server binaries.
+  pg_bin >/dev/null || install_postgres
   if [ -z "${WAV_FORCE_TOOLS_VENV:-}" ] && command -v grpcurl >/dev/null \
      && python3 -c 'import grpc, grpc_tools, grpc_status' 2>/dev/null; then
     export WAV_TEST_PYTHON=python3

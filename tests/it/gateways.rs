@@ -77,8 +77,7 @@ async fn waha_answers_become_results_and_invalid_numbers_are_never_sent() {
         "junk",
     ]
     .map(String::from);
-    let sub = submit(&mut client, &key, &numbers).await;
-    let done = wait_completed(&mut client, &key, &sub.batch_id).await;
+    let done = submit_and_wait(&mut client, &key, &numbers).await;
     assert_eq!(statuses(&done), [ON, ON, NOT, INVALID]);
     assert_eq!(done.results[0].wa_id, "14155552671");
     assert!(!done.results[0].from_cache);
@@ -216,8 +215,7 @@ async fn evolution_checks_many_numbers_per_call_and_survives_empty_and_partial_a
     let (_, key) = app.account(100).await;
     let mut client = app.client().await;
     let numbers = ["+14155552671", "+442079460958", "+919876543210"].map(String::from);
-    let sub = submit(&mut client, &key, &numbers).await;
-    let done = wait_completed(&mut client, &key, &sub.batch_id).await;
+    let done = submit_and_wait(&mut client, &key, &numbers).await;
     assert_eq!(
         statuses(&done),
         [ON, ON, NOT],
@@ -442,8 +440,7 @@ async fn country_variants_find_the_form_whatsapp_registered() {
         "+1 415 555 2671",
     ]
     .map(String::from);
-    let sub = submit(&mut client, &key, &numbers).await;
-    let done = wait_completed(&mut client, &key, &sub.batch_id).await;
+    let done = submit_and_wait(&mut client, &key, &numbers).await;
     assert_eq!(statuses(&done), [ON, ON, NOT, NOT]);
     let r = &done.results;
     assert_eq!(

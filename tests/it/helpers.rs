@@ -38,19 +38,22 @@ pub async fn fresh_database() -> (String, Store) {
     (url, store)
 }
 
+/// What every test server runs with: a free port, quick idle polling, and no per-key
+/// rate limit (tests poll in tight loops; the rate-limit test turns it on).
+const TEST_SERVE_ARGS: [&str; 7] = [
+    "serve",
+    "--listen",
+    "127.0.0.1:0",
+    "--idle-poll-ms",
+    "100",
+    "--key-rate-per-sec",
+    "0",
+];
+
 /// Server settings as `wavalidate serve` parses them, on a free port.
 pub fn serve_args(extra: &[&str]) -> ServeArgs {
-    let mut argv = vec![
-        "wavalidate",
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--idle-poll-ms",
-        "100",
-        // Tests poll in tight loops: the per-key rate limit is off unless a test turns it on.
-        "--key-rate-per-sec",
-        "0",
-    ];
+    let mut argv = vec!["wavalidate"];
+    argv.extend_from_slice(&TEST_SERVE_ARGS);
     argv.extend_from_slice(extra);
     match Cli::try_parse_from(argv).expect("serve args").command {
         CliCommand::Serve(args) => *args,
@@ -178,6 +181,16 @@ pub async fn poll(client: &mut Client, key: &str, batch_id: &str) -> pb::PollBat
         .into_inner()
 }
 
+/// Submits and waits until the batch completes; returns the final poll.
+pub async fn submit_and_wait(
+    client: &mut Client,
+    key: &str,
+    numbers: &[String],
+) -> pb::PollBatchResponse {
+    let sub = submit(client, key, numbers).await;
+    wait_completed(client, key, &sub.batch_id).await
+}
+
 pub async fn wait_completed(
     client: &mut Client,
     key: &str,
@@ -198,20 +211,29 @@ pub async fn wait_completed(
     }
 }
 
-/// Collects a whole WatchBatch stream: the results in arrival order and the completed event.
-pub async fn watch_all(
+/// Opens a WatchBatch stream.
+pub async fn open_watch(
     client: &mut Client,
     key: &str,
     batch_id: &str,
-) -> (Vec<pb::NumberResult>, pb::BatchCompleted) {
-    let mut stream = client
+) -> tonic::Streaming<pb::WatchBatchResponse> {
+    client
         .watch_batch(pb::WatchBatchRequest {
             api_key: key.to_string(),
             batch_id: batch_id.to_string(),
         })
         .await
         .expect("watch")
-        .into_inner();
+        .into_inner()
+}
+
+/// Collects a whole WatchBatch stream: the results in arrival order and the completed event.
+pub async fn watch_all(
+    client: &mut Client,
+    key: &str,
+    batch_id: &str,
+) -> (Vec<pb::NumberResult>, pb::BatchCompleted) {
+    let mut stream = open_watch(client, key, batch_id).await;
     let mut results = Vec::new();
     let mut completed = None;
     while let Some(msg) = tokio::time::timeout(DEADLINE, stream.message())
@@ -256,15 +278,7 @@ pub async fn spawn_process(url: &str, extra: &[&str], env: &[(&str, &str)]) -> S
     let log_path = log_dir.join(format!("server-{}.log", Uuid::new_v4()));
     let log = std::fs::File::create(&log_path).expect("log file");
     let mut child = Command::new(env!("CARGO_BIN_EXE_wavalidate"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--idle-poll-ms",
-            "100",
-            "--key-rate-per-sec",
-            "0",
-        ])
+        .args(TEST_SERVE_ARGS)
         .args(extra)
         .env("DATABASE_URL", url)
         .envs(env.iter().copied())

@@ -37,14 +37,7 @@ async fn metrics_move_with_requests_work_and_watchers() {
             api_key: "wav_nope".into(),
         })
         .await;
-    let mut watch = client
-        .watch_batch(pb::WatchBatchRequest {
-            api_key: key.clone(),
-            batch_id: sub.batch_id.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut watch = open_watch(&mut client, &key, &sub.batch_id).await;
     watch.message().await.unwrap();
     wait_until("the watch to be counted", || async {
         app.active_watches() == 1

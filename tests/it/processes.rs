@@ -280,14 +280,7 @@ async fn sigterm_under_load_ends_watchers_cleanly_and_loses_nothing() {
     }
     let mut streams = Vec::new();
     for id in &batches {
-        let stream = client
-            .watch_batch(wavalidate::pb::WatchBatchRequest {
-                api_key: key.clone(),
-                batch_id: id.clone(),
-            })
-            .await
-            .unwrap()
-            .into_inner();
+        let stream = open_watch(&mut client, &key, id).await;
         streams.push(stream);
     }
     wait_until("work under way", || async {

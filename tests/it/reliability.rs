@@ -78,14 +78,7 @@ async fn a_watcher_that_stops_reading_is_closed_and_frees_its_resources() {
         .map(|i| format!("{}{i:04}", "x".repeat(240)))
         .collect();
     let sub = submit(&mut client, &key, &numbers).await;
-    let mut stream = client
-        .watch_batch(pb::WatchBatchRequest {
-            api_key: key.clone(),
-            batch_id: sub.batch_id.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = open_watch(&mut client, &key, &sub.batch_id).await;
     wait_until("the watch to start", || async { app.active_watches() == 1 }).await;
     wait_until("the stalled watch to be closed", || async {
         app.active_watches() == 0
@@ -114,14 +107,7 @@ async fn a_client_that_disconnects_mid_stream_frees_its_watch() {
     let mut client = app.client().await;
     let sub = submit(&mut client, &key, &["+14155552671".into(), "junk".into()]).await;
     let mut watcher = app.client().await;
-    let mut stream = watcher
-        .watch_batch(pb::WatchBatchRequest {
-            api_key: key.clone(),
-            batch_id: sub.batch_id.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = open_watch(&mut watcher, &key, &sub.batch_id).await;
     stream
         .message()
         .await
@@ -363,8 +349,7 @@ async fn hostile_requests_get_clear_errors_and_change_nothing() {
         "☎️📞".into(),
         "\u{202e}1762555514+".into(),
     ];
-    let sub = submit(&mut client, &key, &odd).await;
-    let p = wait_completed(&mut client, &key, &sub.batch_id).await;
+    let p = submit_and_wait(&mut client, &key, &odd).await;
     assert_eq!(p.results.len(), 3);
     // An oversized message is refused by the size limit, and the server carries on.
     let huge = vec!["x".repeat(200); 10_000];
@@ -552,4 +537,199 @@ async fn tls_serves_grpc_and_json_with_a_given_certificate() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("SERVING"));
+}
+
+/// A PostgreSQL server of the test's own, so the test can restart it without
+/// disturbing the one every other test uses.
+struct PrivatePostgres {
+    dir: std::path::PathBuf,
+    bin: std::path::PathBuf,
+    port: u16,
+}
+
+impl PrivatePostgres {
+    fn run(&self, tool: &str, args: &[&str]) -> std::process::Output {
+        let exe = self.bin.join(tool);
+        // initdb and postgres refuse to run as root.
+        let mut cmd = if nix::unistd::Uid::effective().is_root() {
+            let mut c = std::process::Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(&exe);
+            c
+        } else {
+            std::process::Command::new(&exe)
+        };
+        let out = cmd.args(args).output().expect("run a PostgreSQL tool");
+        assert!(
+            out.status.success(),
+            "{tool} {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    fn start_new() -> PrivatePostgres {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .expect(
+                "PostgreSQL server binaries in /usr/lib/postgresql (scripts/test installs them)",
+            )
+            .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+            .filter(|p| p.join("initdb").exists())
+            .max()
+            .expect("an initdb");
+        let dir = std::env::temp_dir().join(format!("wavpg-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        if nix::unistd::Uid::effective().is_root() {
+            let out = std::process::Command::new("chown")
+                .args(["postgres:", dir.to_str().unwrap()])
+                .output()
+                .unwrap();
+            assert!(out.status.success());
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let pg = PrivatePostgres { dir, bin, port };
+        pg.run(
+            "initdb",
+            &[
+                "-D",
+                pg.dir.to_str().unwrap(),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+            ],
+        );
+        pg.start();
+        pg
+    }
+
+    fn start(&self) {
+        let opts = format!(
+            "-p {} -c listen_addresses=127.0.0.1 -k {}",
+            self.port,
+            self.dir.display()
+        );
+        let log = self.dir.join("server.log");
+        self.run(
+            "pg_ctl",
+            &[
+                "-D",
+                self.dir.to_str().unwrap(),
+                "-l",
+                log.to_str().unwrap(),
+                "-o",
+                &opts,
+                "-w",
+                "start",
+            ],
+        );
+    }
+
+    fn stop(&self) {
+        self.run(
+            "pg_ctl",
+            &["-D", self.dir.to_str().unwrap(), "-m", "fast", "-w", "stop"],
+        );
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/wavalidate", self.port)
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new(self.bin.join("pg_ctl"))
+            .args(["-D", self.dir.to_str().unwrap(), "-m", "immediate", "stop"])
+            .output();
+        if nix::unistd::Uid::effective().is_root() {
+            let _ = std::process::Command::new("runuser")
+                .args(["-u", "postgres", "--"])
+                .arg(self.bin.join("pg_ctl"))
+                .args(["-D", self.dir.to_str().unwrap(), "-m", "immediate", "stop"])
+                .output();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[tokio::test]
+async fn a_real_postgres_restart_mid_batch_loses_nothing() {
+    let pg = tokio::task::spawn_blocking(PrivatePostgres::start_new)
+        .await
+        .unwrap();
+    let url = pg.url();
+    let store = wavalidate::store::Store::connect_migrated(&url)
+        .await
+        .unwrap();
+    let app = spawn_app_on(
+        url,
+        store.clone(),
+        &["--sim-latency-ms", "100", "--workers", "1"],
+    )
+    .await;
+    let (account, key) = app.account(1000).await;
+    let mut client = app.client().await;
+    let sub = submit(&mut client, &key, &us_numbers(0, 400)).await;
+    let watch = spawn_watch(&client, &key, &sub.batch_id);
+    wait_until("some progress", || {
+        let mut c = client.clone();
+        let (k, id) = (key.clone(), sub.batch_id.clone());
+        async move { poll(&mut c, &k, &id).await.completed >= 100 }
+    })
+    .await;
+
+    let pg = tokio::task::spawn_blocking(move || {
+        pg.stop();
+        pg
+    })
+    .await
+    .unwrap();
+    wait_until("health to report NOT_SERVING", || async {
+        health(app.addr).await == Some(NOT_SERVING)
+    })
+    .await;
+    let started = std::time::Instant::now();
+    let err = client
+        .get_balance(pb::GetBalanceRequest {
+            api_key: key.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "fails fast: {:?}",
+        started.elapsed()
+    );
+
+    let restarted = std::time::Instant::now();
+    let pg = tokio::task::spawn_blocking(move || {
+        pg.start();
+        pg
+    })
+    .await
+    .unwrap();
+    wait_until("health to report SERVING again", || async {
+        health(app.addr).await == Some(SERVING)
+    })
+    .await;
+    eprintln!(
+        "postgres restart: SERVING {:?} after PostgreSQL was back",
+        restarted.elapsed()
+    );
+    let (results, completed) = watch.await.unwrap();
+    assert_each_index_once(&results, 400);
+    assert_eq!(completed.completed, 400);
+    assert_eq!(
+        store.balance(account).await.unwrap(),
+        600,
+        "charged once, nothing refunded"
+    );
+    drop(app);
+    drop(pg);
 }

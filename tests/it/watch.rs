@@ -9,14 +9,7 @@ async fn watch_streams_each_result_once_as_it_is_written_then_completes() {
     let mut client = app.client().await;
     let sub = submit(&mut client, &key, &us_numbers(0, 300)).await;
 
-    let mut stream = client
-        .watch_batch(pb::WatchBatchRequest {
-            api_key: key.clone(),
-            batch_id: sub.batch_id.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = open_watch(&mut client, &key, &sub.batch_id).await;
     let first = stream.message().await.unwrap().expect("a first event");
     // The first result arrives while most of the batch is still being checked.
     let progress = poll(&mut client, &key, &sub.batch_id).await;

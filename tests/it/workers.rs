@@ -18,8 +18,7 @@ async fn checker_errors_end_as_errors_never_as_not_on_whatsapp() {
     let mut client = app.client().await;
     let mut numbers = us_numbers(0, 10);
     numbers.push("nonsense".into());
-    let sub = submit(&mut client, &key, &numbers).await;
-    let done = wait_completed(&mut client, &key, &sub.batch_id).await;
+    let done = submit_and_wait(&mut client, &key, &numbers).await;
     assert_eq!((done.completed, done.failed, done.pending), (1, 10, 0));
     for r in &done.results[..10] {
         assert_eq!(r.status, NumberStatus::Error as i32, "{r:?}");
