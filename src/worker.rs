@@ -121,9 +121,13 @@ impl Workers {
 
         if !to_check.is_empty() {
             let numbers: Vec<String> = to_check.iter().map(|c| c.e164.clone()).collect();
-            let Some(outcomes) = self.check_under_lease(token, &numbers, shutdown).await else {
+            let held: Vec<(Uuid, i32)> = to_check.iter().map(|c| (c.batch_id, c.idx)).collect();
+            let Some(outcomes) = self
+                .check_under_lease(token, &held, &numbers, shutdown)
+                .await
+            else {
                 // Shut down mid-check: hand the numbers back for another process.
-                if let Err(err) = self.store.release(token).await {
+                if let Err(err) = self.store.release(token, &held).await {
                     tracing::warn!(error = %err, "could not release numbers; their lease will expire");
                 }
                 return;
@@ -180,6 +184,7 @@ impl Workers {
     async fn check_under_lease(
         &self,
         token: Uuid,
+        held: &[(Uuid, i32)],
         numbers: &[String],
         shutdown: &CancellationToken,
     ) -> Option<Vec<Outcome>> {
@@ -197,7 +202,7 @@ impl Workers {
                 outcomes = &mut check => return Some(outcomes),
                 _ = &mut grace => return None,
                 _ = renew.tick() => {
-                    if let Err(err) = self.store.renew_lease(token, self.config.lease).await {
+                    if let Err(err) = self.store.renew_lease(token, held, self.config.lease).await {
                         tracing::warn!(error = %err, "could not renew lease");
                     }
                 }

@@ -63,12 +63,22 @@ impl Store {
         Ok((token, rows))
     }
 
-    /// Extends the lease of every number still held under `token`.
-    pub async fn renew_lease(&self, token: Uuid, lease: Duration) -> Result<u64, sqlx::Error> {
+    /// Extends the lease of the given numbers while they are still held under `token`.
+    /// Rows are found by primary key, so no index on the token is needed (one less
+    /// index to maintain on every claim and every result write).
+    pub async fn renew_lease(
+        &self,
+        token: Uuid,
+        items: &[(Uuid, i32)],
+        lease: Duration,
+    ) -> Result<u64, sqlx::Error> {
         let done = sqlx::query(
-            "UPDATE batch_numbers SET lease_until = now() + make_interval(secs => $2)
-             WHERE lease_token = $1 AND state = 1",
+            "UPDATE batch_numbers n SET lease_until = now() + make_interval(secs => $4)
+             FROM unnest($1::uuid[], $2::int[]) AS r(batch_id, idx)
+             WHERE n.batch_id = r.batch_id AND n.idx = r.idx AND n.lease_token = $3 AND n.state = 1",
         )
+        .bind(items.iter().map(|i| i.0).collect::<Vec<_>>())
+        .bind(items.iter().map(|i| i.1).collect::<Vec<_>>())
         .bind(token)
         .bind(lease.as_secs_f64())
         .execute(&self.pool)
@@ -77,11 +87,14 @@ impl Store {
     }
 
     /// Hands numbers back untouched (shutdown): the attempt did not happen.
-    pub async fn release(&self, token: Uuid) -> Result<u64, sqlx::Error> {
+    pub async fn release(&self, token: Uuid, items: &[(Uuid, i32)]) -> Result<u64, sqlx::Error> {
         let done = sqlx::query(
-            "UPDATE batch_numbers SET lease_token = NULL, lease_until = NULL, attempts = attempts - 1
-             WHERE lease_token = $1 AND state = 1",
+            "UPDATE batch_numbers n SET lease_token = NULL, lease_until = NULL, attempts = n.attempts - 1
+             FROM unnest($1::uuid[], $2::int[]) AS r(batch_id, idx)
+             WHERE n.batch_id = r.batch_id AND n.idx = r.idx AND n.lease_token = $3 AND n.state = 1",
         )
+        .bind(items.iter().map(|i| i.0).collect::<Vec<_>>())
+        .bind(items.iter().map(|i| i.1).collect::<Vec<_>>())
         .bind(token)
         .execute(&self.pool)
         .await?;
