@@ -145,6 +145,27 @@ async fn health(addr: std::net::SocketAddr) -> Option<i32> {
     Some(resp.into_inner().status)
 }
 
+/// While the database is away: health says NOT_SERVING, and requests fail fast with UNAVAILABLE instead of hanging.
+async fn assert_down_and_failing_fast(app: &TestApp, client: &mut Client, key: &str) {
+    wait_until("health to report NOT_SERVING", || async {
+        health(app.addr).await == Some(NOT_SERVING)
+    })
+    .await;
+    let started = std::time::Instant::now();
+    let err = client
+        .get_balance(pb::GetBalanceRequest {
+            api_key: key.to_string(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "fails fast, does not hang: {:?}",
+        started.elapsed()
+    );
+}
+
 const SERVING: i32 = tonic_health::pb::health_check_response::ServingStatus::Serving as i32;
 const NOT_SERVING: i32 = tonic_health::pb::health_check_response::ServingStatus::NotServing as i32;
 
@@ -232,23 +253,7 @@ async fn a_database_outage_turns_health_off_fails_fast_and_loses_nothing() {
     };
     let outage = std::time::Instant::now();
     set_allowed(false).await;
-    wait_until("health to report NOT_SERVING", || async {
-        health(app.addr).await == Some(NOT_SERVING)
-    })
-    .await;
-    let started = std::time::Instant::now();
-    let err = client
-        .get_balance(pb::GetBalanceRequest {
-            api_key: key.clone(),
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
-    assert!(
-        started.elapsed() < Duration::from_secs(10),
-        "fails fast, does not hang: {:?}",
-        started.elapsed()
-    );
+    assert_down_and_failing_fast(&app, &mut client, &key).await;
 
     set_allowed(true).await;
     wait_until("health to report SERVING again", || async {
@@ -689,23 +694,7 @@ async fn a_real_postgres_restart_mid_batch_loses_nothing() {
     })
     .await
     .unwrap();
-    wait_until("health to report NOT_SERVING", || async {
-        health(app.addr).await == Some(NOT_SERVING)
-    })
-    .await;
-    let started = std::time::Instant::now();
-    let err = client
-        .get_balance(pb::GetBalanceRequest {
-            api_key: key.clone(),
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
-    assert!(
-        started.elapsed() < Duration::from_secs(10),
-        "fails fast: {:?}",
-        started.elapsed()
-    );
+    assert_down_and_failing_fast(&app, &mut client, &key).await;
 
     let restarted = std::time::Instant::now();
     let pg = tokio::task::spawn_blocking(move || {
