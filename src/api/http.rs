@@ -103,34 +103,22 @@ pub struct ResultJson {
     pub normalization_note: Option<String>,
 }
 
+/// A batch's counters and every result so far, in submission order.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct PollReply {
-    pub batch_id: String,
-    /// `processing` or `completed`.
-    pub status: String,
-    pub total_numbers: i32,
-    /// Definite answers: on WhatsApp, not on WhatsApp, invalid.
-    pub completed: i32,
-    /// Ended in error.
-    pub failed: i32,
-    /// Cancelled before they were checked.
-    pub cancelled: i32,
-    /// `total_numbers - completed - failed - cancelled`.
-    pub pending: i32,
-    pub credits_charged: i64,
-    pub credits_refunded: i64,
-    pub created_at: DateTime<Utc>,
-    pub completed_at: Option<DateTime<Utc>>,
+    #[serde(flatten)]
+    pub batch: BatchJson,
     pub results: Vec<ResultJson>,
 }
 
-/// A batch's counters, as listed.
+/// A batch's counters (they add up: `pending = total_numbers - completed - failed - cancelled`).
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct BatchJson {
     pub batch_id: String,
     /// `processing` or `completed`.
     pub status: String,
     pub total_numbers: i32,
+    /// Definite answers: on WhatsApp, not on WhatsApp, invalid.
     pub completed: i32,
     pub failed: i32,
     pub cancelled: i32,
@@ -456,18 +444,14 @@ async fn poll(
         .await?;
     let (batch, rows) = ops.poll(account_id, &batch_id).await?;
     let counts = Counts::of(rows.iter().map(|r| r.state()));
+    // Counters from the rows of the same snapshot, like the gRPC poll.
+    let mut summary = batch_json(&batch);
+    summary.completed = counts.completed;
+    summary.failed = counts.failed;
+    summary.cancelled = counts.cancelled;
+    summary.pending = counts.pending(batch.total_numbers);
     Ok(Json(PollReply {
-        batch_id: batch.id.to_string(),
-        status: status_word(&batch),
-        total_numbers: batch.total_numbers,
-        completed: counts.completed,
-        failed: counts.failed,
-        cancelled: counts.cancelled,
-        pending: counts.pending(batch.total_numbers),
-        credits_charged: batch.credits_charged,
-        credits_refunded: batch.credits_refunded,
-        created_at: batch.created_at,
-        completed_at: batch.completed_at,
+        batch: summary,
         results: rows.iter().map(result_json).collect(),
     }))
 }
