@@ -282,8 +282,8 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<()> {
             }
         }
         sink.finish()?;
-        let counted: Vec<String> = summarize(&submitted);
-        eprintln!("done: {}", counted.join(", "));
+        let unique: i64 = submitted.iter().map(|(_, r)| r.total_numbers as i64).sum();
+        eprintln!("done: {} batches, {unique} unique numbers", submitted.len());
     }
     match failures.len() {
         0 => Ok(()),
@@ -292,17 +292,6 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<()> {
             chunks.len()
         ),
     }
-}
-
-fn summarize(submitted: &[(usize, pb::SubmitBatchResponse)]) -> Vec<String> {
-    vec![format!(
-        "{} batches, {} unique numbers",
-        submitted.len(),
-        submitted
-            .iter()
-            .map(|(_, r)| r.total_numbers as i64)
-            .sum::<i64>()
-    )]
 }
 
 /// Every result of a batch, in index order: watched live, or polled when the stream breaks.

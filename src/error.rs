@@ -34,6 +34,17 @@ pub enum ApiError {
 }
 
 impl ApiError {
+    /// Logs what the caller is not told in detail (database down, internal errors); both APIs call this.
+    pub fn log(&self) {
+        match self {
+            ApiError::Unavailable(source) => {
+                tracing::warn!(error = %source, "database unavailable")
+            }
+            ApiError::Internal(source) => tracing::error!(error = ?source, "internal error"),
+            _ => {}
+        }
+    }
+
     pub fn bad_field(field: impl Into<String>, description: impl Into<String>) -> ApiError {
         ApiError::BadField {
             field: field.into(),
@@ -71,6 +82,7 @@ impl From<sqlx::Error> for ApiError {
 
 impl From<ApiError> for Status {
     fn from(err: ApiError) -> Status {
+        err.log();
         let message = err.to_string();
         match err {
             ApiError::Unauthenticated(_) => Status::unauthenticated(message),
@@ -116,14 +128,8 @@ impl From<ApiError> for Status {
                 Status::with_error_details(Code::ResourceExhausted, message, details)
             }
             ApiError::TooLarge(_) => Status::resource_exhausted(message),
-            ApiError::Unavailable(source) => {
-                tracing::warn!(error = %source, "database unavailable");
-                Status::unavailable(message)
-            }
-            ApiError::Internal(source) => {
-                tracing::error!(error = ?source, "internal error");
-                Status::internal(message)
-            }
+            ApiError::Unavailable(_) => Status::unavailable(message),
+            ApiError::Internal(_) => Status::internal(message),
         }
     }
 }

@@ -104,7 +104,7 @@ impl Workers {
     async fn process(&self, token: Uuid, claimed: Vec<Claimed>, shutdown: &CancellationToken) {
         let max = self.config.max_attempts;
         // Numbers whose earlier workers all died before answering: stop trying.
-        let (exhausted, to_check): (Vec<Claimed>, Vec<Claimed>) =
+        let (exhausted, mut to_check): (Vec<Claimed>, Vec<Claimed>) =
             claimed.into_iter().partition(|c| c.attempts > max);
         let mut answers: Vec<Answer> = exhausted
             .iter()
@@ -120,7 +120,11 @@ impl Workers {
         let mut defer_for = Duration::ZERO;
 
         if !to_check.is_empty() {
-            let numbers: Vec<String> = to_check.iter().map(|c| c.e164.clone()).collect();
+            // Moved, not cloned: the claimed rows need only their ids from here on.
+            let numbers: Vec<String> = to_check
+                .iter_mut()
+                .map(|c| std::mem::take(&mut c.e164))
+                .collect();
             let held: Vec<(Uuid, i32)> = to_check.iter().map(|c| (c.batch_id, c.idx)).collect();
             let Some(outcomes) = self
                 .check_under_lease(token, &held, &numbers, shutdown)

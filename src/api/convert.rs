@@ -80,7 +80,7 @@ pub fn batch_summary(batch: &BatchRow) -> pb::BatchSummary {
         total_numbers: batch.total_numbers,
         completed: batch.completed,
         failed: batch.failed,
-        pending: batch.total_numbers - batch.completed - batch.failed - batch.cancelled,
+        pending: batch.pending(),
         cancelled: batch.cancelled,
         created_at: Some(timestamp(batch.created_at)),
         completed_at: batch.completed_at.map(timestamp),

@@ -162,7 +162,7 @@ fn batch_json(batch: &BatchRow) -> BatchJson {
         completed: batch.completed,
         failed: batch.failed,
         cancelled: batch.cancelled,
-        pending: batch.total_numbers - batch.completed - batch.failed - batch.cancelled,
+        pending: batch.pending(),
         credits_charged: batch.credits_charged,
         credits_refunded: batch.credits_refunded,
         request_id: batch.request_id.clone(),
@@ -273,6 +273,7 @@ pub fn result_json(row: &ResultRow) -> ResultJson {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        self.log();
         let message = self.to_string();
         let (code, body) = match self {
             ApiError::Unauthenticated(m) => (
@@ -357,22 +358,20 @@ impl IntoResponse for ApiError {
                     ..Default::default()
                 },
             ),
-            err @ (ApiError::Unavailable(_) | ApiError::Internal(_)) => {
-                // Logged and mapped like the gRPC side, so both report the same way.
-                let status = tonic::Status::from(err);
-                let code = if status.code() == tonic::Code::Unavailable {
-                    StatusCode::SERVICE_UNAVAILABLE
-                } else {
-                    StatusCode::INTERNAL_SERVER_ERROR
-                };
-                (
-                    code,
-                    ErrorBody {
-                        error: status.message().to_string(),
-                        ..Default::default()
-                    },
-                )
-            }
+            ApiError::Unavailable(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorBody {
+                    error: message,
+                    ..Default::default()
+                },
+            ),
+            ApiError::Internal(_) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                ErrorBody {
+                    error: message,
+                    ..Default::default()
+                },
+            ),
         };
         (code, Json(body)).into_response()
     }

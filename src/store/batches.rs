@@ -60,6 +60,13 @@ pub struct ResultRow {
     pub normalization_note: Option<String>,
 }
 
+impl BatchRow {
+    /// Numbers without an answer yet; the counters always add up to the total.
+    pub fn pending(&self) -> i32 {
+        self.total_numbers - self.completed - self.failed - self.cancelled
+    }
+}
+
 impl ResultRow {
     pub fn state(&self) -> NumberState {
         NumberState::from_db(self.state)

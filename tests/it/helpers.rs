@@ -227,6 +227,15 @@ pub async fn open_watch(
         .into_inner()
 }
 
+/// Waits until at least `answered` numbers of the batch have a definite answer.
+pub async fn wait_for_progress(client: &Client, key: &str, batch_id: &str, answered: i32) {
+    wait_until("progress on the batch", || {
+        let mut c = client.clone();
+        async move { poll(&mut c, key, batch_id).await.completed >= answered }
+    })
+    .await;
+}
+
 /// Collects a whole WatchBatch stream: the results in arrival order and the completed event.
 pub async fn watch_all(
     client: &mut Client,

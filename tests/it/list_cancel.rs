@@ -119,12 +119,7 @@ async fn cancel_stops_unchecked_numbers_refunds_them_once_and_ends_watchers() {
     let mut watcher = app.client().await;
     let (k, id) = (key.clone(), sub.batch_id.clone());
     let watch = tokio::spawn(async move { watch_all(&mut watcher, &k, &id).await });
-    wait_until("the first checker call to finish", || {
-        let mut c = client.clone();
-        let (k, id) = (key.clone(), sub.batch_id.clone());
-        async move { poll(&mut c, &k, &id).await.completed >= 100 }
-    })
-    .await;
+    wait_for_progress(&client, &key, &sub.batch_id, 100).await;
 
     let cancel = pb::CancelBatchRequest {
         api_key: key.clone(),

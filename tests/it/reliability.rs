@@ -194,12 +194,7 @@ async fn watchers_miss_nothing_when_the_listening_connection_is_killed() {
     let mut client = app.client().await;
     let sub = submit(&mut client, &key, &us_numbers(0, 600)).await;
     let watch = spawn_watch(&client, &key, &sub.batch_id);
-    wait_until("some progress", || {
-        let mut c = client.clone();
-        let (k, id) = (key.clone(), sub.batch_id.clone());
-        async move { poll(&mut c, &k, &id).await.completed >= 100 }
-    })
-    .await;
+    wait_for_progress(&client, &key, &sub.batch_id, 100).await;
     let killed: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity
          WHERE datname = current_database() AND query ILIKE '%LISTEN%' AND pid <> pg_backend_pid()) t",
@@ -681,12 +676,7 @@ async fn a_real_postgres_restart_mid_batch_loses_nothing() {
     let mut client = app.client().await;
     let sub = submit(&mut client, &key, &us_numbers(0, 400)).await;
     let watch = spawn_watch(&client, &key, &sub.batch_id);
-    wait_until("some progress", || {
-        let mut c = client.clone();
-        let (k, id) = (key.clone(), sub.batch_id.clone());
-        async move { poll(&mut c, &k, &id).await.completed >= 100 }
-    })
-    .await;
+    wait_for_progress(&client, &key, &sub.batch_id, 100).await;
 
     let pg = tokio::task::spawn_blocking(move || {
         pg.stop();
