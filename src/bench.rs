@@ -44,12 +44,12 @@ async fn submit(client: &mut Client, key: &str, b: usize) -> anyhow::Result<Stri
         .batch_id)
 }
 
-/// Watches a batch to its end; records delivery latency (commit to receipt) of results written after `since`.
+/// Watches a batch to its end; records delivery latency (commit to receipt) of the
+/// results written after the stream opened (earlier ones arrive as its snapshot).
 async fn watch(
     mut client: Client,
     key: String,
     id: String,
-    since: chrono::DateTime<chrono::Utc>,
     lat: Arc<Mutex<Vec<f64>>>,
 ) -> anyhow::Result<Instant> {
     let mut stream = client
@@ -59,12 +59,14 @@ async fn watch(
         })
         .await?
         .into_inner();
+    // The server subscribes before it answers, so later results come as live events.
+    let opened = chrono::Utc::now();
     let mut mine = Vec::new();
     while let Some(msg) = stream.message().await? {
         if let Some(Event::Result(r)) = msg.event
             && let Some(t) = r.checked_at
             && let Some(at) = chrono::DateTime::from_timestamp(t.seconds, t.nanos as u32)
-            && at >= since
+            && at >= opened
         {
             mine.push((chrono::Utc::now() - at).num_microseconds().unwrap_or(0) as f64 / 1000.0);
         }
@@ -73,63 +75,81 @@ async fn watch(
     Ok(Instant::now())
 }
 
-/// Submits `batches` batches with `watchers` streams spread over them; numbers per second from the
-/// first submit to the last completed event, and delivery latencies.
+/// Where the end-to-end phase submits and where it watches (two replicas, or one).
+struct Targets<'a> {
+    submit: &'a Client,
+    watch_addr: &'a str,
+    key: &'a str,
+}
+
+/// Submits `batches` batches, each watched by its share of `watchers` streams as soon
+/// as it is accepted; numbers per second from the first submit to the last completed
+/// event, and delivery latencies.
 async fn end_to_end(
-    client: &Client,
-    addr: &str,
-    key: &str,
+    to: &Targets<'_>,
     first: usize,
     batches: usize,
     watchers: usize,
     submitters: usize,
 ) -> anyhow::Result<(f64, Vec<f64>)> {
-    let since = chrono::Utc::now();
-    let start = Instant::now();
+    let streams = watchers.max(batches);
+    // Watchers come from many clients: one HTTP/2 connection per 50 streams, not one for all.
+    let mut connections = Vec::new();
+    for _ in 0..streams.div_ceil(50) {
+        connections.push(WaValidationServiceClient::connect(to.watch_addr.to_string()).await?);
+    }
+    let connections = Arc::new(connections);
     let lat = Arc::new(Mutex::new(Vec::new()));
-    let ids = Arc::new(Mutex::new(Vec::new()));
+    let start = Instant::now();
     let mut tasks = Vec::new();
     for s in 0..submitters.max(1) {
-        let (mut c, k, ids) = (client.clone(), key.to_string(), ids.clone());
+        let (mut c, k) = (to.submit.clone(), to.key.to_string());
+        let (connections, lat) = (connections.clone(), lat.clone());
         tasks.push(tokio::spawn(async move {
+            let mut watches = Vec::new();
             let mut b = s;
             while b < batches {
                 let id = submit(&mut c, &k, first + b).await?;
-                ids.lock().expect("ids").push(id);
+                // Streams w with w % batches == b watch batch b.
+                for w in (b..streams).step_by(batches) {
+                    let conn = connections[w / 50].clone();
+                    watches.push(tokio::spawn(watch(
+                        conn,
+                        k.clone(),
+                        id.clone(),
+                        lat.clone(),
+                    )));
+                }
                 b += submitters.max(1);
             }
-            anyhow::Ok(())
+            let mut last = start;
+            for w in watches {
+                last = last.max(w.await??);
+            }
+            anyhow::Ok(last)
         }));
     }
-    for t in tasks {
-        t.await??;
-    }
-    let ids = ids.lock().expect("ids").clone();
-    // Watchers come from many clients: one HTTP/2 connection per 50 streams, not one for all.
-    let mut connections = Vec::new();
-    for _ in 0..watchers.max(ids.len()).div_ceil(50) {
-        connections.push(WaValidationServiceClient::connect(addr.to_string()).await?);
-    }
-    let mut watches = Vec::new();
-    for w in 0..watchers.max(ids.len()) {
-        let id = ids[w % ids.len()].clone();
-        let conn = connections[w / 50].clone();
-        watches.push(tokio::spawn(watch(
-            conn,
-            key.to_string(),
-            id,
-            since,
-            lat.clone(),
-        )));
-    }
     let mut last = start;
-    for w in watches {
-        last = last.max(w.await??);
+    for t in tasks {
+        last = last.max(t.await??);
     }
     let per_s = (batches * 1000) as f64 / (last - start).as_secs_f64();
     let mut lat = lat.lock().expect("latencies").clone();
     lat.sort_by(f64::total_cmp);
     Ok((per_s, lat))
+}
+
+/// Waits until nothing is queued.
+async fn drain(store: &Store) -> anyhow::Result<()> {
+    while sqlx::query_scalar::<_, bool>(
+        "SELECT EXISTS (SELECT 1 FROM batch_numbers WHERE state = 1)",
+    )
+    .fetch_one(store.pool())
+    .await?
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
 }
 
 fn peak_rss_mb() -> Option<f64> {
@@ -255,26 +275,22 @@ pub async fn run(args: BenchArgs, database_url: Option<String>) -> anyhow::Resul
     let ingest = (args.ingest_batches * 1000) as f64 / start.elapsed().as_secs_f64();
     // Let the queue drain before measuring end to end.
     if let Some((_, store, _)) = &own {
-        while sqlx::query_scalar::<_, i64>("SELECT count(*) FROM batch_numbers WHERE state = 1")
-            .fetch_one(store.pool())
-            .await?
-            > 0
-        {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        drain(store).await?;
     }
 
     let next = first + args.ingest_batches;
-    let (e2e, lat) = end_to_end(
-        &client,
-        &addr,
-        &key,
-        next,
-        args.batches,
-        args.watchers,
-        args.submitters,
-    )
-    .await?;
+    let watch_addr = match &args.watch_server {
+        Some(w) if !w.contains("://") => format!("http://{w}"),
+        Some(w) => w.clone(),
+        None => addr.clone(),
+    };
+    let targets = Targets {
+        submit: &client,
+        watch_addr: &watch_addr,
+        key: &key,
+    };
+    let (e2e, lat) =
+        end_to_end(&targets, next, args.batches, args.watchers, args.submitters).await?;
     let rss = own.as_ref().and_then(|_| peak_rss_mb());
 
     let mut backlog = Value::Null;
@@ -283,19 +299,47 @@ pub async fn run(args: BenchArgs, database_url: Option<String>) -> anyhow::Resul
             .as_ref()
             .context("--backlog needs the bench's own server")?;
         let (other, _) = store.create_account("backlog", 0).await?;
+        eprintln!("bench: queueing a backlog of {} numbers", args.backlog);
         store.enqueue_backlog(other, args.backlog).await?;
-        let (with_backlog, _) = end_to_end(
-            &client,
-            &addr,
-            &key,
+        // Fair queuing gives the measured batches only their share beside the backlog,
+        // so throughput here is every number finished in the window, the backlog's included.
+        let since = chrono::Utc::now();
+        let start = Instant::now();
+        end_to_end(
+            &targets,
             next + args.batches,
             args.batches,
             args.watchers,
             args.submitters,
         )
         .await?;
-        backlog = json!({"backlog_numbers": args.backlog, "e2e_numbers_per_s": with_backlog.round(),
-                         "backlog_ratio": (with_backlog / e2e * 100.0).round() / 100.0});
+        let window = start.elapsed().as_secs_f64();
+        let finished: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM batch_numbers WHERE state <> 1 AND checked_at >= $1",
+        )
+        .bind(since)
+        .fetch_one(store.pool())
+        .await?;
+        let with_backlog = finished as f64 / window;
+        // Work the backlog off, then measure again over the dead rows it leaves behind.
+        let start = Instant::now();
+        drain(store).await?;
+        let drain_per_s = args.backlog as f64 / start.elapsed().as_secs_f64();
+        let (after, _) = end_to_end(
+            &targets,
+            next + 2 * args.batches,
+            args.batches,
+            args.watchers,
+            args.submitters,
+        )
+        .await?;
+        let r = |x: f64| (x / e2e * 100.0).round() / 100.0;
+        backlog = json!({"backlog_numbers": args.backlog,
+                         "numbers_per_s_with_backlog": with_backlog.round(),
+                         "backlog_ratio": r(with_backlog),
+                         "drain_numbers_per_s": drain_per_s.round(),
+                         "e2e_numbers_per_s_after_drain": after.round(),
+                         "after_drain_ratio": r(after)});
     }
 
     let floor = match floor_script(args.floor_script.clone()) {
@@ -325,6 +369,7 @@ pub async fn run(args: BenchArgs, database_url: Option<String>) -> anyhow::Resul
         "settings": {"submits": args.submits, "ingest_batches": args.ingest_batches, "batches": args.batches,
                      "submitters": args.submitters, "workers": args.workers, "checker": "simulated, latency 0",
                      "server": if own.is_some() { "in-process (rss includes the bench client)" } else { "external" },
+                     "watch_server": if watch_addr == addr { "same" } else { watch_addr.as_str() },
                      "floor_seconds": args.floor_seconds},
     });
     if let Some((server, _, _)) = own {

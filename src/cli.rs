@@ -87,6 +87,9 @@ pub struct BenchArgs {
     /// API key for --server (its account needs credits).
     #[arg(long, env = "WAV_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
+    /// Open the watch streams on this server (another replica sharing the database); --server by default.
+    #[arg(long, env = "WAV_BENCH_WATCH_SERVER", requires = "server")]
+    pub watch_server: Option<String>,
     /// Sequential 1,000-number submits timed one by one.
     #[arg(long, default_value_t = 30)]
     pub submits: usize,
@@ -105,7 +108,7 @@ pub struct BenchArgs {
     /// Worker loops of the in-process server.
     #[arg(long, default_value_t = 4)]
     pub workers: usize,
-    /// Queue this many numbers first (another account), then measure end to end again.
+    /// Then queue this many numbers (another account), measure with them queued, work them off and measure again.
     #[arg(long, default_value_t = 0)]
     pub backlog: i64,
     /// ../shared/bench/pg_floor.sh by default.
@@ -221,9 +224,13 @@ pub struct ServeArgs {
     /// Longest retry delay in milliseconds.
     #[arg(long, env = "WAV_RETRY_MAX_MS", default_value_t = 60_000)]
     pub retry_max_ms: u64,
-    /// Simulated checker: latency of each call (a call covers up to 100 numbers).
+    /// Simulated checker: latency of each call (a call covers up to --sim-batch numbers).
     #[arg(long, env = "WAV_SIM_LATENCY_MS", default_value_t = 0)]
     pub sim_latency_ms: u64,
+    /// Simulated checker: numbers per call, so per worker claim. Large by default: with no
+    /// upstream limit, statement costs dominate and 500 rows a statement is where they flatten out.
+    #[arg(long, env = "WAV_SIM_BATCH", default_value_t = 500)]
+    pub sim_batch: usize,
     /// Simulated checker: chance (0..1) that a number's check fails with a retryable error.
     #[arg(long, env = "WAV_SIM_ERROR_RATE", default_value_t = 0.0)]
     pub sim_error_rate: f64,
