@@ -54,6 +54,7 @@ async fn build_checker(args: &ServeArgs, store: &Store) -> anyhow::Result<DynChe
         CheckerKind::Simulated => Box::new(Simulated::new(
             Duration::from_millis(args.sim_latency_ms),
             args.sim_error_rate,
+            args.sim_batch,
         )),
         CheckerKind::Waha => Box::new(Waha::new(WahaConfig {
             url: args.waha_url.as_deref(),

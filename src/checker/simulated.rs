@@ -15,13 +15,16 @@ use super::{Backend, CallResult, Outcome};
 pub struct Simulated {
     latency: Duration,
     error_rate: f64,
+    per_call: usize,
 }
 
 impl Simulated {
-    pub fn new(latency: Duration, error_rate: f64) -> Simulated {
+    /// `per_call`: numbers per checker call, so per claim.
+    pub fn new(latency: Duration, error_rate: f64, per_call: usize) -> Simulated {
         Simulated {
             latency,
             error_rate: error_rate.clamp(0.0, 1.0),
+            per_call: per_call.max(1),
         }
     }
 
@@ -47,7 +50,7 @@ impl Backend for Simulated {
     }
 
     fn max_batch(&self) -> usize {
-        100
+        self.per_call
     }
 
     /// Recomputing an answer costs nothing, so caching it would only cost writes.
@@ -93,7 +96,7 @@ mod tests {
 
     #[tokio::test]
     async fn error_rate_one_never_answers_not_on_whatsapp() {
-        let sim = Simulated::new(Duration::ZERO, 1.0);
+        let sim = Simulated::new(Duration::ZERO, 1.0, 100);
         let out = sim
             .check(&["+14155552671".into(), "+442079460958".into()])
             .await;

@@ -112,6 +112,10 @@ impl Store {
     /// Invalid entries are refunded in the same transaction: they cost nothing,
     /// but the balance must cover the whole batch up front.
     /// A repeated `request_id` returns the original batch and charges nothing.
+    ///
+    /// The account row is locked only by the final debit, just before commit,
+    /// so one account's concurrent submits overlap their inserts instead of
+    /// queueing behind each other's.
     pub async fn submit_batch(&self, new: NewBatch<'_>) -> Result<BatchRow, ApiError> {
         let total = new.entries.len() as i64;
         let mut invalid = 0i64;
@@ -124,88 +128,112 @@ impl Store {
             }
         }
         let queued = total - invalid - cached;
-        let mut tx = self.pool.begin().await?;
 
-        // Inserted first, so a concurrent twin waits on the unique key and then sees this batch.
-        let batch: Option<BatchRow> = sqlx::query_as(concat!(
-            "INSERT INTO batches (id, account_id, request_id, request_hash, total_numbers, completed, completed_at,
-                                  credits_charged, credits_refunded, callback_url)
-             VALUES ($1, $2, $3, $4, $5, $6, CASE WHEN $6 = $5 THEN now() END, $5, $7, $8)
-             ON CONFLICT (account_id, request_id) DO NOTHING
-             RETURNING ",
-            batch_columns!()
-        ))
-        .bind(Uuid::new_v4())
-        .bind(new.account_id)
-        .bind(new.request_id)
-        .bind(&new.fingerprint)
-        .bind(total as i32)
-        .bind((invalid + cached) as i32)
-        .bind(invalid)
-        .bind(new.callback_url)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(batch) = batch else {
-            tx.rollback().await?;
-            return self.existing_batch(&new).await;
-        };
-
-        // NO KEY UPDATE: the batch row's foreign key holds KEY SHARE on the account,
-        // which a plain FOR UPDATE would conflict with (and deadlock concurrent submits).
-        let (credits, fair_clock): (i64, i64) = sqlx::query_as(
-            "SELECT credits, fair_clock FROM accounts WHERE id = $1 FOR NO KEY UPDATE",
-        )
-        .bind(new.account_id)
-        .fetch_one(&mut *tx)
-        .await?;
-        if credits < total {
-            tx.rollback().await?;
-            return Err(ApiError::InsufficientCredits {
-                required: total,
-                available: credits,
-            });
-        }
         // Start-time fair queuing: the batch's numbers start at the later of the
         // queue's current virtual time and the end of this account's own queued work,
         // so an account with a long backlog is interleaved with, not ahead of, a newcomer.
-        let (balance, start): (i64, i64) = sqlx::query_as(
+        // Reserved in its own short statement (it also pre-checks the balance, so a batch
+        // that cannot be paid for costs no insert); the charge itself is checked again below.
+        let slots: Option<(i64,)> = sqlx::query_as(
             "WITH v AS (
-                SELECT greatest($3, coalesce(
-                    (SELECT min(fair_key) FROM batch_numbers WHERE state = 1),
-                    (SELECT max(fair_clock) FROM accounts), 0)) AS start)
-             UPDATE accounts SET credits = credits - $2 + $5, fair_clock = v.start + $4
-             FROM v WHERE id = $1
-             RETURNING credits, v.start",
+                SELECT coalesce((SELECT min(fair_key) FROM batch_numbers WHERE state = 1),
+                                (SELECT max(fair_clock) FROM accounts), 0) AS now)
+             UPDATE accounts SET fair_clock = greatest(fair_clock, v.now) + $3
+             FROM v WHERE id = $1 AND credits >= $2
+             RETURNING fair_clock - $3",
         )
         .bind(new.account_id)
         .bind(total)
-        .bind(fair_clock)
         .bind(queued)
-        .bind(invalid)
-        .fetch_one(&mut *tx)
+        .fetch_optional(&self.pool)
         .await?;
-        sqlx::query(
-            "INSERT INTO credit_ledger (account_id, delta, reason, batch_id, balance_after)
-             SELECT $1, -$2::bigint, 'batch_charge', $3, $4 - $5
-             UNION ALL
-             SELECT $1, $5, 'refund_invalid', $3, $4 WHERE $5 > 0",
+        let Some((start,)) = slots else {
+            // A retry of a batch accepted before the balance ran low is still that batch.
+            if new.request_id.is_some()
+                && let Ok(batch) = self.existing_batch(&new).await
+            {
+                return Ok(batch);
+            }
+            return Err(self.insufficient(new.account_id, total).await);
+        };
+        let slots = FairSlots {
+            account_id: new.account_id,
+            end: start + queued,
+            len: queued,
+        };
+
+        let mut tx = self.pool.begin().await?;
+        // The batch row goes first, so a concurrent twin waits on the unique key and then sees this batch.
+        let batch = match insert_batch(&mut tx, &new, total, invalid, cached, start).await? {
+            Some(batch) => batch,
+            None => {
+                tx.rollback().await?;
+                self.release_slots(&slots).await;
+                return self.existing_batch(&new).await;
+            }
+        };
+        let charged: Option<(i64,)> = sqlx::query_as(
+            "WITH d AS (
+                UPDATE accounts SET credits = credits - $2 + $4
+                WHERE id = $1 AND credits >= $2
+                RETURNING credits),
+             l AS (
+                INSERT INTO credit_ledger (account_id, delta, reason, batch_id, balance_after)
+                SELECT $1, -$2::bigint, 'batch_charge', $3, d.credits - $4 FROM d
+                UNION ALL
+                SELECT $1, $4, 'refund_invalid', $3, d.credits FROM d WHERE $4 > 0),
+             n AS (SELECT pg_notify($5, '') FROM d WHERE $6)
+             SELECT d.credits FROM d, (SELECT count(*) FROM n) AS notified",
         )
         .bind(new.account_id)
         .bind(total)
         .bind(batch.id)
-        .bind(balance)
         .bind(invalid)
-        .execute(&mut *tx)
+        .bind(QUEUED_CHANNEL)
+        .bind(queued > 0)
+        .fetch_optional(&mut *tx)
         .await?;
-        insert_numbers(&mut tx, batch.id, new.entries, new.cached, start).await?;
-        if queued > 0 {
-            sqlx::query("SELECT pg_notify($1, '')")
-                .bind(QUEUED_CHANNEL)
-                .execute(&mut *tx)
-                .await?;
+        if charged.is_none() {
+            // A concurrent submit spent the credits after the pre-check.
+            tx.rollback().await?;
+            self.release_slots(&slots).await;
+            return Err(self.insufficient(new.account_id, total).await);
         }
         tx.commit().await?;
         Ok(batch)
+    }
+
+    async fn insufficient(&self, account_id: Uuid, required: i64) -> ApiError {
+        match sqlx::query_scalar("SELECT credits FROM accounts WHERE id = $1")
+            .bind(account_id)
+            .fetch_one(&self.pool)
+            .await
+        {
+            Ok(available) => ApiError::InsufficientCredits {
+                required,
+                available,
+            },
+            Err(err) => err.into(),
+        }
+    }
+
+    /// Gives back a reservation that no batch used, if nothing was reserved after it;
+    /// otherwise the gap only delays this account's next batch a little.
+    async fn release_slots(&self, slots: &FairSlots) {
+        if slots.len == 0 {
+            return;
+        }
+        let released = sqlx::query(
+            "UPDATE accounts SET fair_clock = fair_clock - $3 WHERE id = $1 AND fair_clock = $2",
+        )
+        .bind(slots.account_id)
+        .bind(slots.end)
+        .bind(slots.len)
+        .execute(&self.pool)
+        .await;
+        if let Err(err) = released {
+            tracing::debug!(error = %err, "could not give back unused queue slots");
+        }
     }
 
     async fn existing_batch(&self, new: &NewBatch<'_>) -> Result<BatchRow, ApiError> {
@@ -405,17 +433,22 @@ impl Store {
     /// deliveries go with them; the ledger stays). Small statements that skip
     /// locked rows, so pruning never blocks workers. Returns how many were deleted.
     pub async fn prune_batches(&self, age: Duration, limit: i64) -> Result<u64, sqlx::Error> {
-        let done = sqlx::query(
-            "DELETE FROM batches WHERE id IN (
-                SELECT id FROM batches
-                WHERE completed_at < now() - make_interval(secs => $1)
-                ORDER BY completed_at LIMIT $2 FOR UPDATE SKIP LOCKED)",
+        // Numbers have no foreign key to their batch (it cost every insert): delete them here.
+        let done: i64 = sqlx::query_scalar(
+            "WITH gone AS (
+                DELETE FROM batches WHERE id IN (
+                    SELECT id FROM batches
+                    WHERE completed_at < now() - make_interval(secs => $1)
+                    ORDER BY completed_at LIMIT $2 FOR UPDATE SKIP LOCKED)
+                RETURNING id),
+             numbers AS (DELETE FROM batch_numbers WHERE batch_id IN (SELECT id FROM gone))
+             SELECT count(*) FROM gone",
         )
         .bind(age.as_secs_f64())
         .bind(limit)
-        .execute(&self.pool)
+        .fetch_one(&self.pool)
         .await?;
-        Ok(done.rows_affected())
+        Ok(done as u64)
     }
 
     /// Finished results of a batch (all of them, or only the given indexes), in index order.
@@ -424,27 +457,48 @@ impl Store {
         batch_id: Uuid,
         only: Option<&[i32]>,
     ) -> Result<Vec<ResultRow>, sqlx::Error> {
-        sqlx::query_as(concat!(
-            "SELECT ",
-            result_columns!(),
-            " FROM batch_numbers
-             WHERE batch_id = $1 AND state <> 1 AND ($2::int[] IS NULL OR idx = ANY($2))
-             ORDER BY idx"
-        ))
-        .bind(batch_id)
-        .bind(only)
+        // Two statements, so the index list is a primary-key lookup, not a filter
+        // comparing every row of the batch with every index asked for.
+        match only {
+            Some(indexes) => sqlx::query_as(concat!(
+                "SELECT ",
+                result_columns!(),
+                " FROM batch_numbers
+                 WHERE batch_id = $1 AND idx = ANY($2) AND state <> 1
+                 ORDER BY idx"
+            ))
+            .bind(batch_id)
+            .bind(indexes),
+            None => sqlx::query_as(concat!(
+                "SELECT ",
+                result_columns!(),
+                " FROM batch_numbers WHERE batch_id = $1 AND state <> 1 ORDER BY idx"
+            ))
+            .bind(batch_id),
+        }
         .fetch_all(&self.pool)
         .await
     }
 }
 
-async fn insert_numbers(
+/// A range of an account's fair-queuing clock reserved for one batch.
+struct FairSlots {
+    account_id: Uuid,
+    end: i64,
+    len: i64,
+}
+
+/// Inserts the batch row and its numbers in one statement; None when the
+/// account already has a batch with this request_id.
+async fn insert_batch(
     tx: &mut sqlx::PgConnection,
-    batch_id: Uuid,
-    entries: &[Entry],
-    cached: &HashMap<String, CachedAnswer>,
+    new: &NewBatch<'_>,
+    total: i64,
+    invalid: i64,
+    cached: i64,
     fair_start: i64,
-) -> Result<(), sqlx::Error> {
+) -> Result<Option<BatchRow>, sqlx::Error> {
+    let (entries, cache) = (new.entries, new.cached);
     let n = entries.len();
     let mut idx = Vec::with_capacity(n);
     let mut input = Vec::with_capacity(n);
@@ -468,7 +522,7 @@ async fn insert_numbers(
                 region.push(Some(v.region.as_str()));
                 note.push(v.note.as_deref());
                 error.push(None);
-                match cached.get(&v.e164) {
+                match cache.get(&v.e164) {
                     Some(c) => {
                         state.push(if c.on_whatsapp {
                             NumberState::OnWhatsApp
@@ -507,14 +561,33 @@ async fn insert_numbers(
         }
     }
     // Invalid and cached entries are answered at submission; they never reach a checker.
-    sqlx::query(
-        "INSERT INTO batch_numbers (batch_id, idx, input, e164, region, state, error, fair_key,
-                                    normalization_note, wa_id, is_business, checked_at, from_cache)
-         SELECT $1, t.* FROM unnest($2::int[], $3::text[], $4::text[], $5::text[], $6::smallint[], $7::text[],
-                                    $8::bigint[], $9::text[], $10::text[], $11::bool[], $12::timestamptz[], $13::bool[])
-              AS t(idx, input, e164, region, state, error, fair, note, wa_id, is_business, checked_at, from_cache)",
-    )
-    .bind(batch_id)
+    sqlx::query_as(concat!(
+        "WITH b AS (
+            INSERT INTO batches (id, account_id, request_id, request_hash, total_numbers, completed, completed_at,
+                                 credits_charged, credits_refunded, callback_url)
+            VALUES ($1, $2, $3, $4, $5, $6, CASE WHEN $6 = $5 THEN now() END, $5, $7, $8)
+            ON CONFLICT (account_id, request_id) DO NOTHING
+            RETURNING *),
+         n AS (
+            INSERT INTO batch_numbers (batch_id, idx, input, e164, region, state, error, fair_key,
+                                       normalization_note, wa_id, is_business, checked_at, from_cache)
+            SELECT b.id, t.* FROM b, unnest($9::int[], $10::text[], $11::text[], $12::text[], $13::smallint[],
+                                           $14::text[], $15::bigint[], $16::text[], $17::text[], $18::bool[],
+                                           $19::timestamptz[], $20::bool[])
+                AS t(idx, input, e164, region, state, error, fair, note, wa_id, is_business, checked_at, from_cache))
+         SELECT ",
+        batch_columns!(),
+        " FROM b"
+    ))
+    // Time-ordered ids: a batch's numbers land at the right edge of the primary key, not on random pages.
+    .bind(Uuid::now_v7())
+    .bind(new.account_id)
+    .bind(new.request_id)
+    .bind(&new.fingerprint)
+    .bind(total as i32)
+    .bind((invalid + cached) as i32)
+    .bind(invalid)
+    .bind(new.callback_url)
     .bind(idx)
     .bind(input)
     .bind(e164)
@@ -527,7 +600,6 @@ async fn insert_numbers(
     .bind(business)
     .bind(checked_at)
     .bind(from_cache)
-    .execute(tx)
-    .await?;
-    Ok(())
+    .fetch_optional(tx)
+    .await
 }

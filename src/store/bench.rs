@@ -17,7 +17,7 @@ impl Store {
         let batches = (n + 999) / 1000;
         for b in 0..batches {
             let size = (n - b * 1000).min(1000) as i32;
-            let id = Uuid::new_v4();
+            let id = Uuid::now_v7();
             let mut tx = self.pool.begin().await?;
             sqlx::query(
                 "INSERT INTO batches (id, account_id, request_hash, total_numbers, credits_charged)

@@ -1,6 +1,8 @@
 //! The work queue: claiming numbers under a lease and writing their results.
 use std::time::Duration;
 
+use sqlx::Connection;
+
 use uuid::Uuid;
 
 use super::{RESULTS_CHANNEL, Store};
@@ -125,9 +127,9 @@ impl Store {
         Ok(done.rows_affected())
     }
 
-    /// Writes final answers and schedules retries in one transaction: the
-    /// batch counters, the refund of numbers that ended in error, the result
-    /// cache, and one notification per batch touched all commit with the answers.
+    /// Writes final answers and schedules retries atomically: the batch
+    /// counters, the refund of numbers that ended in error, the result cache,
+    /// and one notification per batch touched all commit with the answers.
     ///
     /// Every write is guarded by the lease token, so a worker whose lease was
     /// taken over cannot overwrite, double-count or double-refund a number.
@@ -140,18 +142,25 @@ impl Store {
         work: &Completion<'_>,
     ) -> Result<u64, sqlx::Error> {
         let (answers, retries) = (work.answers, work.retries);
-        let mut tx = self.pool.begin().await?;
+        let refunds = answers.iter().any(|a| a.state == NumberState::Error);
+        let mut conn = self.pool.acquire().await?;
+        // The common case, answers only and no refund, is one statement: it
+        // locks each batch row only from its counter update to its commit, so
+        // workers finishing chunks of the same batch barely wait on each other.
+        if !refunds && retries.is_empty() {
+            return write_answers(&mut conn, token, cache_as, answers).await;
+        }
+        let mut tx = conn.begin().await?;
         let mut written = 0;
         if !answers.is_empty() {
-            let mut batch_ids: Vec<Uuid> = answers.iter().map(|a| a.batch_id).collect();
-            batch_ids.sort_unstable();
-            batch_ids.dedup();
-            // Lock batches, then their accounts, each in one order, so concurrent writers cannot deadlock.
+            // Refunds lock accounts too: lock batches, then their accounts, each in
+            // one order (as cancelling does), so concurrent writers cannot deadlock.
+            let batch_ids = distinct_batches(answers);
             sqlx::query("SELECT 1 FROM batches WHERE id = ANY($1) ORDER BY id FOR UPDATE")
                 .bind(&batch_ids)
                 .execute(&mut *tx)
                 .await?;
-            if answers.iter().any(|a| a.state == NumberState::Error) {
+            if refunds {
                 sqlx::query(
                     "SELECT 1 FROM accounts WHERE id IN (SELECT account_id FROM batches WHERE id = ANY($1))
                      ORDER BY id FOR NO KEY UPDATE",
@@ -160,66 +169,7 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
             }
-            let written_rows: Vec<(i64,)> = sqlx::query_as(
-                "WITH r AS (
-                    SELECT * FROM unnest($1::uuid[], $2::int[], $3::smallint[], $4::text[], $5::bool[], $6::text[])
-                        AS r(batch_id, idx, state, wa_id, is_business, error)),
-                 u AS (
-                    UPDATE batch_numbers n
-                    SET state = r.state, wa_id = r.wa_id, is_business = r.is_business, error = r.error,
-                        checked_at = now(), lease_token = NULL, lease_until = NULL
-                    FROM r
-                    WHERE n.batch_id = r.batch_id AND n.idx = r.idx AND n.state = 1 AND n.lease_token = $7
-                    RETURNING n.batch_id, n.idx, n.state, n.e164, n.wa_id, n.is_business, n.checked_at),
-                 cache AS (
-                    INSERT INTO number_cache (backend, e164, on_whatsapp, wa_id, is_business, checked_at)
-                    SELECT DISTINCT ON (e164) $9, e164, state = 2, wa_id, is_business, checked_at
-                    FROM u WHERE state IN (2, 3) AND $9::text IS NOT NULL
-                    ON CONFLICT (backend, e164) DO UPDATE
-                    SET on_whatsapp = excluded.on_whatsapp, wa_id = excluded.wa_id,
-                        is_business = excluded.is_business, checked_at = excluded.checked_at),
-                 agg AS (
-                    SELECT batch_id,
-                           count(*) FILTER (WHERE state <> 5)::int AS done,
-                           count(*) FILTER (WHERE state = 5)::int AS failed,
-                           string_agg(idx::text, ',' ORDER BY idx) AS idxs
-                    FROM u GROUP BY batch_id),
-                 b AS (
-                    UPDATE batches
-                    SET completed = batches.completed + agg.done,
-                        failed = batches.failed + agg.failed,
-                        credits_refunded = batches.credits_refunded + agg.failed,
-                        completed_at = CASE
-                            WHEN batches.completed + agg.done + batches.failed + agg.failed + batches.cancelled
-                                 = batches.total_numbers
-                            THEN now() ELSE batches.completed_at END
-                    FROM agg WHERE batches.id = agg.batch_id
-                    RETURNING batches.id, batches.account_id, agg.failed::bigint AS refund),
-                 acct AS (
-                    UPDATE accounts SET credits = credits + t.refund
-                    FROM (SELECT account_id, sum(refund)::bigint AS refund FROM b WHERE refund > 0 GROUP BY account_id) t
-                    WHERE accounts.id = t.account_id
-                    RETURNING accounts.id, accounts.credits),
-                 ledger AS (
-                    INSERT INTO credit_ledger (account_id, delta, reason, batch_id, balance_after)
-                    SELECT b.account_id, b.refund, 'refund_error', b.id,
-                           acct.credits - coalesce(sum(b.refund) OVER (PARTITION BY b.account_id ORDER BY b.id
-                                ROWS BETWEEN 1 FOLLOWING AND UNBOUNDED FOLLOWING), 0)
-                    FROM b JOIN acct ON acct.id = b.account_id WHERE b.refund > 0)
-                 SELECT (done + failed)::bigint FROM agg, pg_notify($8, agg.batch_id::text || ' ' || agg.idxs)",
-            )
-            .bind(answers.iter().map(|a| a.batch_id).collect::<Vec<_>>())
-            .bind(answers.iter().map(|a| a.idx).collect::<Vec<_>>())
-            .bind(answers.iter().map(|a| a.state as i16).collect::<Vec<_>>())
-            .bind(answers.iter().map(|a| a.wa_id.as_deref()).collect::<Vec<_>>())
-            .bind(answers.iter().map(|a| a.is_business).collect::<Vec<_>>())
-            .bind(answers.iter().map(|a| a.error.as_deref()).collect::<Vec<_>>())
-            .bind(token)
-            .bind(RESULTS_CHANNEL)
-            .bind(cache_as)
-            .fetch_all(&mut *tx)
-            .await?;
-            written = written_rows.iter().map(|r| r.0 as u64).sum();
+            written = write_answers(&mut tx, token, cache_as, answers).await?;
         }
         if !retries.is_empty() {
             // Exponential backoff with jitter: base * 2^(attempts-1), capped, times 0.5..1.
@@ -298,6 +248,87 @@ impl Store {
         .fetch_one(&self.pool)
         .await
     }
+}
+
+/// The answers' statement: rows, cache, counters, refunds, ledger and
+/// notifications at once. Batch rows are updated in id order (the sorted
+/// `agg`), the order every other writer locks them in.
+async fn write_answers(
+    conn: &mut sqlx::PgConnection,
+    token: Uuid,
+    cache_as: Option<&str>,
+    answers: &[Answer],
+) -> Result<u64, sqlx::Error> {
+    if answers.is_empty() {
+        return Ok(0);
+    }
+    let written_rows: Vec<(i64,)> = sqlx::query_as(
+        "WITH r AS (
+            SELECT * FROM unnest($1::uuid[], $2::int[], $3::smallint[], $4::text[], $5::bool[], $6::text[])
+                AS r(batch_id, idx, state, wa_id, is_business, error)),
+         u AS (
+            UPDATE batch_numbers n
+            SET state = r.state, wa_id = r.wa_id, is_business = r.is_business, error = r.error,
+                checked_at = now(), lease_token = NULL, lease_until = NULL
+            FROM r
+            WHERE n.batch_id = r.batch_id AND n.idx = r.idx AND n.state = 1 AND n.lease_token = $7
+            RETURNING n.batch_id, n.idx, n.state, n.e164, n.wa_id, n.is_business, n.checked_at),
+         cache AS (
+            INSERT INTO number_cache (backend, e164, on_whatsapp, wa_id, is_business, checked_at)
+            SELECT DISTINCT ON (e164) $9, e164, state = 2, wa_id, is_business, checked_at
+            FROM u WHERE state IN (2, 3) AND $9::text IS NOT NULL
+            ON CONFLICT (backend, e164) DO UPDATE
+            SET on_whatsapp = excluded.on_whatsapp, wa_id = excluded.wa_id,
+                is_business = excluded.is_business, checked_at = excluded.checked_at),
+         agg AS (
+            SELECT batch_id,
+                   count(*) FILTER (WHERE state <> 5)::int AS done,
+                   count(*) FILTER (WHERE state = 5)::int AS failed,
+                   string_agg(idx::text, ',' ORDER BY idx) AS idxs
+            FROM u GROUP BY batch_id),
+         b AS (
+            UPDATE batches
+            SET completed = batches.completed + agg.done,
+                failed = batches.failed + agg.failed,
+                credits_refunded = batches.credits_refunded + agg.failed,
+                completed_at = CASE
+                    WHEN batches.completed + agg.done + batches.failed + agg.failed + batches.cancelled
+                         = batches.total_numbers
+                    THEN now() ELSE batches.completed_at END
+            FROM (SELECT * FROM agg ORDER BY batch_id) agg WHERE batches.id = agg.batch_id
+            RETURNING batches.id, batches.account_id, agg.failed::bigint AS refund),
+         acct AS (
+            UPDATE accounts SET credits = credits + t.refund
+            FROM (SELECT account_id, sum(refund)::bigint AS refund FROM b WHERE refund > 0 GROUP BY account_id) t
+            WHERE accounts.id = t.account_id
+            RETURNING accounts.id, accounts.credits),
+         ledger AS (
+            INSERT INTO credit_ledger (account_id, delta, reason, batch_id, balance_after)
+            SELECT b.account_id, b.refund, 'refund_error', b.id,
+                   acct.credits - coalesce(sum(b.refund) OVER (PARTITION BY b.account_id ORDER BY b.id
+                        ROWS BETWEEN 1 FOLLOWING AND UNBOUNDED FOLLOWING), 0)
+            FROM b JOIN acct ON acct.id = b.account_id WHERE b.refund > 0)
+         SELECT (done + failed)::bigint FROM agg, pg_notify($8, agg.batch_id::text || ' ' || agg.idxs)",
+    )
+    .bind(answers.iter().map(|a| a.batch_id).collect::<Vec<_>>())
+    .bind(answers.iter().map(|a| a.idx).collect::<Vec<_>>())
+    .bind(answers.iter().map(|a| a.state as i16).collect::<Vec<_>>())
+    .bind(answers.iter().map(|a| a.wa_id.as_deref()).collect::<Vec<_>>())
+    .bind(answers.iter().map(|a| a.is_business).collect::<Vec<_>>())
+    .bind(answers.iter().map(|a| a.error.as_deref()).collect::<Vec<_>>())
+    .bind(token)
+    .bind(RESULTS_CHANNEL)
+    .bind(cache_as)
+    .fetch_all(conn)
+    .await?;
+    Ok(written_rows.iter().map(|r| r.0 as u64).sum())
+}
+
+fn distinct_batches(answers: &[Answer]) -> Vec<Uuid> {
+    let mut ids: Vec<Uuid> = answers.iter().map(|a| a.batch_id).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
 }
 
 /// What one checker call produced, for `Store::complete`.

@@ -40,7 +40,8 @@ pub async fn fresh_database() -> (String, Store) {
 
 /// What every test server runs with: a free port, quick idle polling, and no per-key
 /// rate limit (tests poll in tight loops; the rate-limit test turns it on).
-const TEST_SERVE_ARGS: [&str; 7] = [
+/// Tests see progress call by call: 100 simulated numbers a call, not the production 500.
+const TEST_SERVE_ARGS: [&str; 9] = [
     "serve",
     "--listen",
     "127.0.0.1:0",
@@ -48,6 +49,8 @@ const TEST_SERVE_ARGS: [&str; 7] = [
     "100",
     "--key-rate-per-sec",
     "0",
+    "--sim-batch",
+    "100",
 ];
 
 /// Server settings as `wavalidate serve` parses them, on a free port.
