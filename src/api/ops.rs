@@ -49,8 +49,9 @@ fn decode_page_token(token: &str) -> Option<(DateTime<Utc>, Uuid)> {
         Uuid::parse_str(id).ok()?,
     ))
 }
-/// Events buffered per watch stream; a slower client holds the sender back instead of growing memory.
-const WATCH_BUFFER: usize = 128;
+/// Runs of events (up to 64 each) buffered per watch stream; a slower client holds
+/// the sender back instead of growing memory.
+const WATCH_BUFFER: usize = 2;
 
 /// Which cached answers a submission may reuse.
 #[derive(Debug, Clone, Copy)]

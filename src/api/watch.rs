@@ -19,7 +19,15 @@ use crate::pb::{self, watch_batch_response::Event};
 use crate::store::Store;
 use crate::store::batches::{BatchRow, ResultRow};
 
-type Sink = mpsc::Sender<Result<pb::WatchBatchResponse, Status>>;
+type Item = Result<pb::WatchBatchResponse, Status>;
+/// Events travel to the client stream in small runs: one channel send (and one
+/// stall timer) per run instead of per number, which is most of a watch's cost
+/// when a thousand streams follow the same results.
+pub type Sink = mpsc::Sender<Vec<Item>>;
+
+/// Most events in one run; with the runs queued per stream (`WATCH_BUFFER` in
+/// ops.rs), this bounds what a stream buffers for a client that stopped reading.
+const RUN: usize = 64;
 
 /// How long the final UNAVAILABLE of a shutdown may wait for room.
 const SHUTDOWN_SEND: Duration = Duration::from_secs(1);
@@ -47,6 +55,7 @@ impl Progress {
         sink: &Sink,
         stall: Duration,
     ) -> Result<(), End> {
+        let mut run = Vec::with_capacity(RUN.min(rows.len()));
         for row in rows {
             let Some(slot) = self.sent.get_mut(row.idx as usize) else {
                 continue;
@@ -54,16 +63,18 @@ impl Progress {
             if *slot {
                 continue;
             }
-            let event = Event::Result(number_result(row));
-            deliver(
-                sink,
-                Ok(pb::WatchBatchResponse { event: Some(event) }),
-                stall,
-            )
-            .await?;
             *slot = true;
             self.remaining -= 1;
             self.counts.add(row.state());
+            run.push(Ok(pb::WatchBatchResponse {
+                event: Some(Event::Result(number_result(row))),
+            }));
+            if run.len() == RUN {
+                deliver(sink, std::mem::take(&mut run), stall).await?;
+            }
+        }
+        if !run.is_empty() {
+            deliver(sink, run, stall).await?;
         }
         Ok(())
     }
@@ -78,14 +89,16 @@ enum End {
     Stalled,
 }
 
-/// Sends one event, waiting at most `stall` for the client to make room:
+/// Sends a run of events, waiting at most `stall` for the client to make room:
 /// a reader that stopped must not hold a task and a subscription forever.
-async fn deliver(
-    sink: &Sink,
-    item: Result<pb::WatchBatchResponse, Status>,
-    stall: Duration,
-) -> Result<(), End> {
-    match tokio::time::timeout(stall, sink.send(item)).await {
+async fn deliver(sink: &Sink, items: Vec<Item>, stall: Duration) -> Result<(), End> {
+    // Room is the common case: no timer for it.
+    let items = match sink.try_send(items) {
+        Ok(()) => return Ok(()),
+        Err(mpsc::error::TrySendError::Closed(_)) => return Err(End::Gone),
+        Err(mpsc::error::TrySendError::Full(items)) => items,
+    };
+    match tokio::time::timeout(stall, sink.send(items)).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(_)) => Err(End::Gone),
         Err(_) => Err(End::Stalled),
@@ -95,7 +108,7 @@ async fn deliver(
 /// The event stream handed to the client: what the watch task sends, then, if
 /// the task gave up on a stalled reader, a RESOURCE_EXHAUSTED status.
 pub fn client_stream(
-    rx: mpsc::Receiver<Result<pb::WatchBatchResponse, Status>>,
+    rx: mpsc::Receiver<Vec<Item>>,
     stalled: Arc<AtomicBool>,
     stall: Duration,
 ) -> WatchStream {
@@ -108,10 +121,14 @@ pub fn client_stream(
         })
     })
     .filter_map(|item| async move { item });
-    Box::pin(ReceiverStream::new(rx).chain(tail))
+    Box::pin(
+        ReceiverStream::new(rx)
+            .flat_map(futures::stream::iter)
+            .chain(tail),
+    )
 }
 
-pub type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchBatchResponse, Status>> + Send>>;
+pub type WatchStream = Pin<Box<dyn Stream<Item = Item> + Send>>;
 
 pub async fn stream_batch(
     store: Store,
@@ -142,7 +159,7 @@ async fn follow(
     let mut subscription = hub.subscribe(batch.id);
     let replay = match store.finished_results(batch.id, None).await {
         Ok(rows) => rows,
-        Err(err) => return deliver(sink, Err(ApiError::from(err).into()), stall).await,
+        Err(err) => return deliver(sink, vec![Err(ApiError::from(err).into())], stall).await,
     };
     progress.send_new(&replay, sink, stall).await?;
     while progress.remaining > 0 {
@@ -150,7 +167,7 @@ async fn follow(
             _ = sink.closed() => return Err(End::Gone),
             // Open streams would hold a graceful shutdown forever; end them so clients reconnect elsewhere.
             _ = shutdown.cancelled() => {
-                return deliver(sink, Err(Status::unavailable("server shutting down; watch again")), SHUTDOWN_SEND).await;
+                return deliver(sink, vec![Err(Status::unavailable("server shutting down; watch again"))], SHUTDOWN_SEND).await;
             }
             update = subscription.updates.recv() => match update {
                 Ok(rows) => rows,
@@ -163,7 +180,7 @@ async fn follow(
                     }
                 },
                 Err(RecvError::Closed) => {
-                    return deliver(sink, Err(Status::unavailable("server shutting down; watch again")), SHUTDOWN_SEND).await;
+                    return deliver(sink, vec![Err(Status::unavailable("server shutting down; watch again"))], SHUTDOWN_SEND).await;
                 }
             },
         };
@@ -177,9 +194,9 @@ async fn follow(
     };
     deliver(
         sink,
-        Ok(pb::WatchBatchResponse {
+        vec![Ok(pb::WatchBatchResponse {
             event: Some(Event::Completed(done)),
-        }),
+        })],
         stall,
     )
     .await
