@@ -51,7 +51,9 @@ async fn watch(
     key: String,
     id: String,
     lat: Arc<Mutex<Vec<f64>>>,
+    opens: Arc<Mutex<Vec<f64>>>,
 ) -> anyhow::Result<Instant> {
+    let asked = Instant::now();
     let mut stream = client
         .watch_batch(pb::WatchBatchRequest {
             api_key: key,
@@ -59,8 +61,12 @@ async fn watch(
         })
         .await?
         .into_inner();
-    // The server subscribes before it answers, so later results come as live events.
+    // Results after this come as live events (the replay covers those before).
     let opened = chrono::Utc::now();
+    opens
+        .lock()
+        .expect("opens")
+        .push(asked.elapsed().as_secs_f64() * 1e3);
     let mut mine = Vec::new();
     while let Some(msg) = stream.message().await? {
         if let Some(Event::Result(r)) = msg.event
@@ -82,16 +88,25 @@ struct Targets<'a> {
     key: &'a str,
 }
 
+/// What one end-to-end phase measured.
+struct Phase {
+    /// Numbers per second from the first submit to the last completed event.
+    per_s: f64,
+    /// Commit-to-receipt latencies (ms) of live results, sorted.
+    delivery: Vec<f64>,
+    /// How long opening each watch stream took (ms), sorted.
+    opens: Vec<f64>,
+}
+
 /// Submits `batches` batches, each watched by its share of `watchers` streams as soon
-/// as it is accepted; numbers per second from the first submit to the last completed
-/// event, and delivery latencies.
+/// as it is accepted.
 async fn end_to_end(
     to: &Targets<'_>,
     first: usize,
     batches: usize,
     watchers: usize,
     submitters: usize,
-) -> anyhow::Result<(f64, Vec<f64>)> {
+) -> anyhow::Result<Phase> {
     let streams = watchers.max(batches);
     // Watchers come from many clients: one HTTP/2 connection per 50 streams, not one for all.
     let mut connections = Vec::new();
@@ -100,11 +115,12 @@ async fn end_to_end(
     }
     let connections = Arc::new(connections);
     let lat = Arc::new(Mutex::new(Vec::new()));
+    let opens = Arc::new(Mutex::new(Vec::new()));
     let start = Instant::now();
     let mut tasks = Vec::new();
     for s in 0..submitters.max(1) {
         let (mut c, k) = (to.submit.clone(), to.key.to_string());
-        let (connections, lat) = (connections.clone(), lat.clone());
+        let (connections, lat, opens) = (connections.clone(), lat.clone(), opens.clone());
         tasks.push(tokio::spawn(async move {
             let mut watches = Vec::new();
             let mut b = s;
@@ -118,6 +134,7 @@ async fn end_to_end(
                         k.clone(),
                         id.clone(),
                         lat.clone(),
+                        opens.clone(),
                     )));
                 }
                 b += submitters.max(1);
@@ -133,10 +150,16 @@ async fn end_to_end(
     for t in tasks {
         last = last.max(t.await??);
     }
-    let per_s = (batches * 1000) as f64 / (last - start).as_secs_f64();
-    let mut lat = lat.lock().expect("latencies").clone();
-    lat.sort_by(f64::total_cmp);
-    Ok((per_s, lat))
+    let sorted = |v: &Mutex<Vec<f64>>| {
+        let mut v = v.lock().expect("latencies").clone();
+        v.sort_by(f64::total_cmp);
+        v
+    };
+    Ok(Phase {
+        per_s: (batches * 1000) as f64 / (last - start).as_secs_f64(),
+        delivery: sorted(&lat),
+        opens: sorted(&opens),
+    })
 }
 
 /// Waits until nothing is queued.
@@ -289,8 +312,8 @@ pub async fn run(args: BenchArgs, database_url: Option<String>) -> anyhow::Resul
         watch_addr: &watch_addr,
         key: &key,
     };
-    let (e2e, lat) =
-        end_to_end(&targets, next, args.batches, args.watchers, args.submitters).await?;
+    let phase = end_to_end(&targets, next, args.batches, args.watchers, args.submitters).await?;
+    let (e2e, lat) = (phase.per_s, &phase.delivery);
     let rss = own.as_ref().and_then(|_| peak_rss_mb());
 
     let mut backlog = Value::Null;
@@ -325,14 +348,15 @@ pub async fn run(args: BenchArgs, database_url: Option<String>) -> anyhow::Resul
         let start = Instant::now();
         drain(store).await?;
         let drain_per_s = args.backlog as f64 / start.elapsed().as_secs_f64();
-        let (after, _) = end_to_end(
+        let after = end_to_end(
             &targets,
             next + 2 * args.batches,
             args.batches,
             args.watchers,
             args.submitters,
         )
-        .await?;
+        .await?
+        .per_s;
         let r = |x: f64| (x / e2e * 100.0).round() / 100.0;
         backlog = json!({"backlog_numbers": args.backlog,
                          "numbers_per_s_with_backlog": with_backlog.round(),
@@ -358,8 +382,12 @@ pub async fn run(args: BenchArgs, database_url: Option<String>) -> anyhow::Resul
         "submit_p99_ms": pct(&submit_ms, 0.99),
         "ingest_numbers_per_s": ingest.round(),
         "e2e_numbers_per_s": e2e.round(),
-        "delivery_p50_ms": pct(&lat, 0.5),
-        "delivery_p99_ms": pct(&lat, 0.99),
+        "delivery_p50_ms": pct(lat, 0.5),
+        "delivery_p99_ms": pct(lat, 0.99),
+        // Results written after their stream opened; earlier ones arrive in its replay, untimed.
+        "delivery_samples": lat.len(),
+        "watch_open_p50_ms": pct(&phase.opens, 0.5),
+        "watch_open_p99_ms": pct(&phase.opens, 0.99),
         "watchers": args.watchers,
         "server_rss_mb": rss,
         "floor": floor,
@@ -367,7 +395,7 @@ pub async fn run(args: BenchArgs, database_url: Option<String>) -> anyhow::Resul
         "e2e_ratio": ratio(e2e, "pipeline_rows_per_s"),
         "backlog": backlog,
         "settings": {"submits": args.submits, "ingest_batches": args.ingest_batches, "batches": args.batches,
-                     "submitters": args.submitters, "workers": args.workers, "checker": "simulated, latency 0",
+                     "submitters": args.submitters, "workers": own.as_ref().map(|_| args.workers), "checker": "simulated, latency 0",
                      "server": if own.is_some() { "in-process (rss includes the bench client)" } else { "external" },
                      "watch_server": if watch_addr == addr { "same" } else { watch_addr.as_str() },
                      "floor_seconds": args.floor_seconds},
