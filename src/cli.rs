@@ -108,7 +108,8 @@ pub struct BenchArgs {
     /// Worker loops of the in-process server.
     #[arg(long, default_value_t = 4)]
     pub workers: usize,
-    /// Then queue this many numbers (another account), measure with them queued, work them off and measure again.
+    /// Then compare how fast workers drain a small backlog and one of this many numbers (another
+    /// account), with watched batches beside it, and measure end to end again after it is worked off.
     #[arg(long, default_value_t = 0)]
     pub backlog: i64,
     /// ../shared/bench/pg_floor.sh by default.
