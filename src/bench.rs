@@ -413,9 +413,15 @@ pub async fn run(args: BenchArgs, database_url: Option<String>) -> anyhow::Resul
                      "watch_server": if watch_addr == addr { "same" } else { watch_addr.as_str() },
                      "floor_seconds": args.floor_seconds},
     });
-    if let Some((server, _, _)) = own {
+    if let Some((server, store, url)) = own {
         server.shutdown();
         let _ = tokio::time::timeout(Duration::from_secs(30), server.wait()).await;
+        store.pool().close().await;
+        // The database was the bench's own: a backlog run leaves millions of rows in it.
+        use sqlx::migrate::MigrateDatabase;
+        if let Err(err) = sqlx::Postgres::force_drop_database(&url).await {
+            eprintln!("bench: could not drop its database: {err}");
+        }
     }
     println!("{report}");
     Ok(())
