@@ -90,8 +90,8 @@ pub struct BenchArgs {
     /// Open the watch streams on this server (another replica sharing the database); --server by default.
     #[arg(long, env = "WAV_BENCH_WATCH_SERVER", requires = "server")]
     pub watch_server: Option<String>,
-    /// Sequential 1,000-number submits timed one by one.
-    #[arg(long, default_value_t = 30)]
+    /// Sequential 1,000-number submits timed one by one (after one untimed warm-up submit).
+    #[arg(long, default_value_t = 100)]
     pub submits: usize,
     /// 1,000-number batches sent by concurrent submitters for the ingest figure.
     #[arg(long, default_value_t = 40)]
