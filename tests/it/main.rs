@@ -6,6 +6,7 @@ mod list_cancel;
 mod observability;
 
 mod auth;
+mod bench;
 mod cli_client;
 mod credits;
 mod fakes;
