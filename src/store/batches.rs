@@ -148,11 +148,14 @@ impl Store {
         .fetch_optional(&self.pool)
         .await?;
         let Some((start,)) = slots else {
-            // A retry of a batch accepted before the balance ran low is still that batch.
-            if new.request_id.is_some()
-                && let Ok(batch) = self.existing_batch(&new).await
-            {
-                return Ok(batch);
+            // A retry of a batch accepted before the balance ran low is still that batch,
+            // and a reused request_id is reported as such, as when the balance suffices.
+            if new.request_id.is_some() {
+                match self.existing_batch(&new).await {
+                    Ok(batch) => return Ok(batch),
+                    Err(err @ ApiError::IdempotencyKeyReused(_)) => return Err(err),
+                    Err(_) => {}
+                }
             }
             return Err(self.insufficient(new.account_id, total).await);
         };

@@ -133,6 +133,19 @@ async fn a_repeated_request_id_returns_the_original_batch_and_charges_once() {
         .expect("a retry after the balance ran out")
         .into_inner();
     assert_eq!(retried.batch_id, first.batch_id);
+    let reused = client
+        .submit_batch(request(us_numbers(0, 6)))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        reused
+            .get_error_details()
+            .error_info()
+            .expect("ErrorInfo")
+            .reason,
+        "IDEMPOTENCY_KEY_REUSED",
+        "a reused key is named as such even when the balance is short"
+    );
     assert_ledger_balances(&app, account, 0).await;
 }
 
