@@ -162,14 +162,14 @@ async fn end_to_end(
     })
 }
 
-/// Works off what is queued (no watchers): numbers per second.
-async fn drain_rate(store: &Store) -> anyhow::Result<f64> {
+/// Works off what is queued (no watchers): numbers per second, None when nothing was left.
+async fn drain_rate(store: &Store) -> anyhow::Result<Option<f64>> {
     let queued: i64 = sqlx::query_scalar("SELECT count(*) FROM batch_numbers WHERE state = 1")
         .fetch_one(store.pool())
         .await?;
     let start = Instant::now();
     drain(store).await?;
-    Ok(queued as f64 / start.elapsed().as_secs_f64())
+    Ok((queued > 0).then(|| queued as f64 / start.elapsed().as_secs_f64()))
 }
 
 /// Waits until nothing is queued.
@@ -372,10 +372,12 @@ pub async fn run(args: BenchArgs, database_url: Option<String>) -> anyhow::Resul
         .await?
         .per_s;
         let ratio = |x: f64, base: f64| (x / base * 100.0).round() / 100.0;
+        // A backlog the watched phase already worked off leaves no drain to time: null.
+        let backlog_ratio = small_per_s.zip(big_per_s).map(|(s, b)| ratio(b, s));
         backlog = json!({"backlog_numbers": args.backlog,
-                         "drain_numbers_per_s_small": small_per_s.round(),
-                         "drain_numbers_per_s_backlog": big_per_s.round(),
-                         "backlog_ratio": ratio(big_per_s, small_per_s),
+                         "drain_numbers_per_s_small": small_per_s.map(f64::round),
+                         "drain_numbers_per_s_backlog": big_per_s.map(f64::round),
+                         "backlog_ratio": backlog_ratio,
                          "numbers_per_s_beside_watched_batches": (finished as f64 / window).round(),
                          "e2e_numbers_per_s_after_drain": after.round(),
                          "after_drain_ratio": ratio(after, e2e)});

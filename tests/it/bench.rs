@@ -43,7 +43,7 @@ async fn bench_prints_its_figures_beside_the_floor_and_drops_its_database() {
             "--workers",
             "2",
             "--backlog",
-            "3000",
+            "50000",
         ])
         .arg("--floor-script")
         .arg(&floor)
@@ -92,7 +92,7 @@ async fn bench_prints_its_figures_beside_the_floor_and_drops_its_database() {
     );
     assert_eq!(report["settings"]["submits"], 3);
     let backlog = &report["backlog"];
-    assert_eq!(backlog["backlog_numbers"], 3000);
+    assert_eq!(backlog["backlog_numbers"], 50000);
     for name in [
         "backlog_ratio",
         "after_drain_ratio",
