@@ -70,7 +70,8 @@ impl Progress {
                 event: Some(Event::Result(number_result(row))),
             }));
             if run.len() == RUN {
-                deliver(sink, std::mem::take(&mut run), stall).await?;
+                let full = std::mem::replace(&mut run, Vec::with_capacity(RUN));
+                deliver(sink, full, stall).await?;
             }
         }
         if !run.is_empty() {

@@ -129,25 +129,12 @@ impl Store {
         }
         let queued = total - invalid - cached;
 
-        // Start-time fair queuing: the batch's numbers start at the later of the
-        // queue's current virtual time and the end of this account's own queued work,
-        // so an account with a long backlog is interleaved with, not ahead of, a newcomer.
-        // Reserved in its own short statement (it also pre-checks the balance, so a batch
-        // that cannot be paid for costs no insert); the charge itself is checked again below.
-        let slots: Option<(i64,)> = sqlx::query_as(
-            "WITH v AS (
-                SELECT coalesce((SELECT min(fair_key) FROM batch_numbers WHERE state = 1),
-                                (SELECT max(fair_clock) FROM accounts), 0) AS now)
-             UPDATE accounts SET fair_clock = greatest(fair_clock, v.now) + $3
-             FROM v WHERE id = $1 AND credits >= $2
-             RETURNING fair_clock - $3",
-        )
-        .bind(new.account_id)
-        .bind(total)
-        .bind(queued)
-        .fetch_optional(&self.pool)
-        .await?;
-        let Some((start,)) = slots else {
+        // Reserved before the transaction; it also pre-checks the balance, so a batch
+        // that cannot be paid for costs no insert. The charge is checked again below.
+        let Some(start) = self
+            .reserve_fair_slots(new.account_id, total, queued)
+            .await?
+        else {
             // A retry of a batch accepted before the balance ran low is still that batch,
             // and a reused request_id is reported as such, as when the balance suffices.
             if new.request_id.is_some() {
@@ -164,16 +151,33 @@ impl Store {
             end: start + queued,
             len: queued,
         };
+        let stored = self.store_paid(&new, total, invalid, cached, start).await;
+        // Whatever kept the batch out (a twin, a short balance, an error) gives the slots back.
+        if !matches!(stored, Ok(Stored::New(_))) {
+            self.release_slots(&slots).await;
+        }
+        match stored? {
+            Stored::New(batch) => Ok(batch),
+            Stored::Twin => self.existing_batch(&new).await,
+            // A concurrent submit spent the credits after the pre-check.
+            Stored::Unpaid => Err(self.insufficient(new.account_id, total).await),
+        }
+    }
 
+    /// The submit's transaction: the batch and its numbers, then the charge.
+    async fn store_paid(
+        &self,
+        new: &NewBatch<'_>,
+        total: i64,
+        invalid: i64,
+        cached: i64,
+        start: i64,
+    ) -> Result<Stored, sqlx::Error> {
+        let queued = total - invalid - cached;
         let mut tx = self.pool.begin().await?;
         // The batch row goes first, so a concurrent twin waits on the unique key and then sees this batch.
-        let batch = match insert_batch(&mut tx, &new, total, invalid, cached, start).await? {
-            Some(batch) => batch,
-            None => {
-                tx.rollback().await?;
-                self.release_slots(&slots).await;
-                return self.existing_batch(&new).await;
-            }
+        let Some(batch) = insert_batch(&mut tx, new, total, invalid, cached, start).await? else {
+            return Ok(Stored::Twin);
         };
         let charged: Option<(i64,)> = sqlx::query_as(
             "WITH d AS (
@@ -197,13 +201,36 @@ impl Store {
         .fetch_optional(&mut *tx)
         .await?;
         if charged.is_none() {
-            // A concurrent submit spent the credits after the pre-check.
-            tx.rollback().await?;
-            self.release_slots(&slots).await;
-            return Err(self.insufficient(new.account_id, total).await);
+            return Ok(Stored::Unpaid);
         }
         tx.commit().await?;
-        Ok(batch)
+        Ok(Stored::New(batch))
+    }
+
+    /// Start-time fair queuing: reserves `queued` slots of the account's clock, starting
+    /// at the later of the queue's current virtual time and the end of the account's
+    /// own queued work, so an account with a long backlog is interleaved with, not
+    /// ahead of, a newcomer. One short statement of its own; None when the balance is
+    /// below `covering`. Returns the first slot.
+    pub(super) async fn reserve_fair_slots(
+        &self,
+        account_id: Uuid,
+        covering: i64,
+        queued: i64,
+    ) -> Result<Option<i64>, sqlx::Error> {
+        sqlx::query_scalar(
+            "WITH v AS (
+                SELECT coalesce((SELECT min(fair_key) FROM batch_numbers WHERE state = 1),
+                                (SELECT max(fair_clock) FROM accounts), 0) AS now)
+             UPDATE accounts SET fair_clock = greatest(fair_clock, v.now) + $3
+             FROM v WHERE id = $1 AND credits >= $2
+             RETURNING fair_clock - $3",
+        )
+        .bind(account_id)
+        .bind(covering)
+        .bind(queued)
+        .fetch_optional(&self.pool)
+        .await
     }
 
     async fn insufficient(&self, account_id: Uuid, required: i64) -> ApiError {
@@ -482,6 +509,15 @@ impl Store {
         .fetch_all(&self.pool)
         .await
     }
+}
+
+/// How the submit's transaction ended; anything but `New` rolled back.
+enum Stored {
+    New(BatchRow),
+    /// The account already has a batch with this request_id.
+    Twin,
+    /// The balance no longer covers the batch.
+    Unpaid,
 }
 
 /// A range of an account's fair-queuing clock reserved for one batch.

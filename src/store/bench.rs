@@ -7,13 +7,11 @@ impl Store {
     /// Queues `n` valid numbers for `account_id` in batches of 1,000, charging nothing:
     /// load for `wavalidate bench --backlog`, not a way to submit work.
     pub async fn enqueue_backlog(&self, account_id: Uuid, n: i64) -> Result<(), sqlx::Error> {
-        // Start at the queue's current virtual time, as a real submission would (see submit_batch).
-        let start: i64 = sqlx::query_scalar(
-            "SELECT coalesce((SELECT min(fair_key) FROM batch_numbers WHERE state = 1),
-                             (SELECT max(fair_clock) FROM accounts), 0)",
-        )
-        .fetch_one(&self.pool)
-        .await?;
+        // Queued at the account's place in the fair queue, as a real submission would be.
+        let start = self
+            .reserve_fair_slots(account_id, 0, n)
+            .await?
+            .ok_or(sqlx::Error::RowNotFound)?;
         let batches = (n + 999) / 1000;
         for b in 0..batches {
             let size = (n - b * 1000).min(1000) as i32;
@@ -43,11 +41,6 @@ impl Store {
             .await?;
             tx.commit().await?;
         }
-        sqlx::query("UPDATE accounts SET fair_clock = $2 WHERE id = $1")
-            .bind(account_id)
-            .bind(start + n)
-            .execute(&self.pool)
-            .await?;
         Ok(())
     }
 }
