@@ -327,3 +327,8 @@ impl ServerProcess {
         nix::sys::signal::kill(pid, signal).expect("signal");
     }
 }
+
+/// GETs `url` with `http` and reads the body as JSON.
+pub async fn get_json(http: &reqwest::Client, url: String) -> serde_json::Value {
+    http.get(url).send().await.unwrap().json().await.unwrap()
+}

@@ -31,17 +31,14 @@ async fn prowebloks_documented_example_works_and_matches_grpc() {
 
     let mut client = app.client().await;
     let grpc = wait_completed(&mut client, &key, &id).await;
-    let poll: Value = http
-        .get(format!(
+    let poll = get_json(
+        &http,
+        format!(
             "{}/api/v1/wavalidation/batch/{id}?api_key={key}",
             base(&app)
-        ))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        ),
+    )
+    .await;
     assert_eq!(poll["status"], "completed");
     let total = poll["total_numbers"].as_i64().unwrap();
     let (completed, failed, pending) = (
@@ -180,17 +177,14 @@ async fn http_errors_have_prowebloks_codes_and_fields() {
     assert_eq!(resp.status(), StatusCode::NOT_FOUND);
     assert!(resp.json::<Value>().await.unwrap()["error"].is_string());
 
-    let balance: Value = http
-        .get(format!(
+    let balance = get_json(
+        &http,
+        format!(
             "{}/api/v1/balance?service=wavalidation&api_key={key}",
             base(&app)
-        ))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        ),
+    )
+    .await;
     assert_eq!(
         balance,
         json!({"balance": 3, "service": "wavalidation"}),
@@ -308,12 +302,11 @@ async fn server_sent_events_stream_every_result_then_completed() {
 #[tokio::test]
 async fn the_openapi_document_describes_the_http_api() {
     let app = spawn_app().await;
-    let doc: Value = reqwest::get(format!("{}/openapi.json", base(&app)))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let doc = get_json(
+        &reqwest::Client::new(),
+        format!("{}/openapi.json", base(&app)),
+    )
+    .await;
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
     for path in [
         "/api/v1/wavalidation/batch",

@@ -97,15 +97,14 @@ async fn list_pages_newest_first_filters_by_status_and_stays_in_the_account() {
     assert_eq!(err.code(), Code::InvalidArgument);
 
     // The same over HTTP.
-    let http: Value = reqwest::get(format!(
-        "http://{}/api/v1/wavalidation/batches?api_key={key}&page_size=5&status=processing",
-        app.addr
-    ))
-    .await
-    .unwrap()
-    .json()
-    .await
-    .unwrap();
+    let http = get_json(
+        &reqwest::Client::new(),
+        format!(
+            "http://{}/api/v1/wavalidation/batches?api_key={key}&page_size=5&status=processing",
+            app.addr
+        ),
+    )
+    .await;
     assert_eq!(http["batches"].as_array().unwrap().len(), 5);
     assert!(http["next_page_token"].is_string());
 }

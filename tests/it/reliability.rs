@@ -499,16 +499,11 @@ async fn tls_serves_grpc_and_json_with_a_given_certificate() {
         )
         .build()
         .unwrap();
-    let balance: serde_json::Value = https
-        .get(format!(
-            "https://localhost:{port}/api/v1/balance?api_key={key}"
-        ))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let balance = get_json(
+        &https,
+        format!("https://localhost:{port}/api/v1/balance?api_key={key}"),
+    )
+    .await;
     assert_eq!(balance["balance"], 7);
     // Plaintext is not served on a TLS port.
     assert!(
