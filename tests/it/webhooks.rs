@@ -120,13 +120,21 @@ async fn a_signed_summary_is_retried_until_delivered_then_never_again() {
     assert_eq!(summary["completed"], 6);
     assert_eq!(summary["credits_charged"], 6);
     assert_eq!(summary["credits_refunded"], 1);
-    let (attempts, delivered): (i32, bool) =
-        sqlx::query_as("SELECT attempts, delivered_at IS NOT NULL FROM webhook_deliveries")
-            .fetch_one(app.store.pool())
-            .await
-            .unwrap();
+    // The receiver answers before the worker records the delivery: wait for the record.
+    let delivery = || async {
+        let row: (i32, bool) =
+            sqlx::query_as("SELECT attempts, delivered_at IS NOT NULL FROM webhook_deliveries")
+                .fetch_one(app.store.pool())
+                .await
+                .unwrap();
+        row
+    };
+    wait_until("the delivery to be recorded", || async {
+        delivery().await.1
+    })
+    .await;
     assert_eq!(
-        (attempts, delivered),
+        delivery().await,
         (3, true),
         "marked delivered, so it is never claimed again"
     );
