@@ -326,6 +326,15 @@ impl ServerProcess {
         let pid = nix::unistd::Pid::from_raw(self.child.id().expect("running") as i32);
         nix::sys::signal::kill(pid, signal).expect("signal");
     }
+
+    /// SIGTERM, then the exit status, which must come within the deadline.
+    pub async fn terminate(&mut self) -> std::process::ExitStatus {
+        self.signal(nix::sys::signal::Signal::SIGTERM);
+        tokio::time::timeout(DEADLINE, self.child.wait())
+            .await
+            .expect("exits after SIGTERM")
+            .expect("exit status")
+    }
 }
 
 /// GETs `url` with `http` and reads the body as JSON.

@@ -109,11 +109,7 @@ async fn json_logs_on_request() {
     let (url, _) = fresh_database().await;
     let mut server = spawn_process(&url, &[], &[("WAV_LOG_FORMAT", "json")]).await;
     let _ = connect(server.addr).await;
-    server.signal(nix::sys::signal::Signal::SIGTERM);
-    tokio::time::timeout(DEADLINE, server.child.wait())
-        .await
-        .unwrap()
-        .unwrap();
+    server.terminate().await;
     let logs = std::fs::read_to_string(&server.log).unwrap();
     let lines: Vec<&str> = logs.lines().filter(|l| !l.trim().is_empty()).collect();
     assert!(!lines.is_empty());

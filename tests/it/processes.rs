@@ -125,11 +125,7 @@ async fn sigterm_hands_in_flight_numbers_back_and_exits_cleanly() {
     })
     .await;
 
-    worker.signal(nix::sys::signal::Signal::SIGTERM);
-    let status = tokio::time::timeout(DEADLINE, worker.child.wait())
-        .await
-        .expect("exits after SIGTERM")
-        .unwrap();
+    let status = worker.terminate().await;
     assert!(status.success(), "{status:?}");
     assert_eq!(
         leased(&store).await,

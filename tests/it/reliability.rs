@@ -458,11 +458,7 @@ async fn api_keys_never_appear_in_the_logs() {
         server.addr
     ))
     .await;
-    server.signal(nix::sys::signal::Signal::SIGTERM);
-    tokio::time::timeout(DEADLINE, server.child.wait())
-        .await
-        .unwrap()
-        .unwrap();
+    server.terminate().await;
     let logs = std::fs::read_to_string(&server.log).unwrap();
     assert!(logs.len() > 1000, "debug logs were written");
     assert!(!logs.contains(&key[4..]), "the key appears in the logs");
