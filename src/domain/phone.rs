@@ -2,6 +2,7 @@
 //! to E.164 and deduplicated in submission order.
 use std::collections::HashMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Once;
 
 use phonenumber::{Mode, PhoneNumber, Type, country, metadata::DATABASE};
 
@@ -44,7 +45,24 @@ pub const NOTE_MEXICO_1: &str = "repaired: removed the legacy mobile prefix 1 af
 pub const NOTE_BRAZIL_9: &str =
     "repaired: added the ninth digit to a Brazilian mobile written with 8 digits";
 
+/// How many metadata regexes phonenumber keeps compiled, twice over at most
+/// (vendor/regex-cache/PATCH.md): 1,000 holds every region's patterns at once in ~40 MB,
+/// where upstream's 100 recompiled patterns for any list spanning more than a few countries.
+const PATTERN_CACHE: usize = 1000;
+
+fn size_pattern_cache() {
+    static SIZED: Once = Once::new();
+    SIZED.call_once(|| {
+        let cache = DATABASE.cache();
+        let mut cache = cache
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        cache.set_capacity(PATTERN_CACHE);
+    });
+}
+
 pub fn parse_number(text: &str, default_region: Option<Region>) -> Parsed {
+    size_pattern_cache();
     let invalid = |reason: &str| Parsed::Invalid {
         reason: reason.to_string(),
     };
