@@ -223,6 +223,49 @@ async fn pg_floor(script: &PathBuf, url: &str, seconds: u64) -> anyhow::Result<V
     Ok(serde_json::from_str(text.lines().last().unwrap_or("{}"))?)
 }
 
+/// The bench's own servers, in this process, on a database of its own.
+struct Own {
+    server: crate::app::Server,
+    store: Store,
+    url: String,
+}
+
+/// Numbers checked (or given up on) since `since`.
+async fn finished_since(
+    store: &Store,
+    since: chrono::DateTime<chrono::Utc>,
+) -> anyhow::Result<i64> {
+    Ok(sqlx::query_scalar(
+        "SELECT count(*) FROM batch_numbers WHERE state <> 1 AND checked_at >= $1",
+    )
+    .bind(since)
+    .fetch_one(store.pool())
+    .await?)
+}
+
+fn serve_args(role: &str, workers: usize) -> anyhow::Result<crate::cli::ServeArgs> {
+    let workers = workers.to_string();
+    let Command::Serve(serve) = Cli::try_parse_from([
+        "wavalidate",
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--role",
+        role,
+        "--workers",
+        &workers,
+        "--key-rate-per-sec",
+        "0",
+        "--watch-stall-secs",
+        "120",
+    ])?
+    .command
+    else {
+        unreachable!("serve parses as serve")
+    };
+    Ok(*serve)
+}
+
 pub async fn run(args: BenchArgs, database_url: Option<String>) -> anyhow::Result<()> {
     let base = database_url
         .context("bench needs DATABASE_URL (for its own server and for the PostgreSQL floor)")?;
@@ -238,31 +281,16 @@ pub async fn run(args: BenchArgs, database_url: Option<String>) -> anyhow::Resul
                 &format!("wavbench_{}", uuid::Uuid::new_v4().simple()),
             );
             let store = Store::connect_migrated(&url).await?;
-            let workers = args.workers.to_string();
-            let Command::Serve(serve) = Cli::try_parse_from([
-                "wavalidate",
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--workers",
-                &workers,
-                "--key-rate-per-sec",
-                "0",
-                "--watch-stall-secs",
-                "120",
-            ])?
-            .command
-            else {
-                unreachable!("serve parses as serve")
-            };
-            let server = crate::app::start(*serve, &url).await?;
+            // The API alone first: submits are timed like the floor's ingest phase, without
+            // workers checking the numbers (CPU-bound at simulated latency 0) beside them.
+            let server = crate::app::start(serve_args("api", args.workers)?, &url).await?;
             let (_, key) = store.create_account("bench", i64::MAX / 2).await?;
             let addr = format!("http://{}", server.addr);
-            own = Some((server, store, url));
+            own = Some(Own { server, store, url });
             (addr, key.expose().to_string())
         }
     };
-    let addr = if addr.contains("://") {
+    let mut addr = if addr.contains("://") {
         addr
     } else {
         format!("http://{addr}")
@@ -308,9 +336,19 @@ pub async fn run(args: BenchArgs, database_url: Option<String>) -> anyhow::Resul
         t.await??;
     }
     let ingest = (args.ingest_batches * 1000) as f64 / start.elapsed().as_secs_f64();
-    // Let the queue drain before measuring end to end.
-    if let Some((_, store, _)) = &own {
-        drain(store).await?;
+    // From here on a server with workers, as before, in place of the API-only one; let its
+    // workers drain the queue before measuring end to end.
+    let mut checked_during_submits = None;
+    if let Some(own) = &mut own {
+        checked_during_submits =
+            Some(finished_since(&own.store, chrono::DateTime::UNIX_EPOCH).await?);
+        let all = crate::app::start(serve_args("all", args.workers)?, &own.url).await?;
+        let api_only = std::mem::replace(&mut own.server, all);
+        api_only.shutdown();
+        api_only.wait().await?;
+        addr = format!("http://{}", own.server.addr);
+        client = WaValidationServiceClient::connect(addr.clone()).await?;
+        drain(&own.store).await?;
     }
 
     let next = first + args.ingest_batches;
@@ -330,9 +368,10 @@ pub async fn run(args: BenchArgs, database_url: Option<String>) -> anyhow::Resul
 
     let mut backlog = Value::Null;
     if args.backlog > 0 {
-        let (_, store, _) = own
+        let store = &own
             .as_ref()
-            .context("--backlog needs the bench's own server")?;
+            .context("--backlog needs the bench's own server")?
+            .store;
         let (other, _) = store.create_account("backlog", 0).await?;
         // Like for like: the workers' rate on a small unwatched backlog (big enough to time,
         // a tenth of the big one up to 100,000), then on the big one.
@@ -354,12 +393,7 @@ pub async fn run(args: BenchArgs, database_url: Option<String>) -> anyhow::Resul
         )
         .await?;
         let window = start.elapsed().as_secs_f64();
-        let finished: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM batch_numbers WHERE state <> 1 AND checked_at >= $1",
-        )
-        .bind(since)
-        .fetch_one(store.pool())
-        .await?;
+        let finished = finished_since(store, since).await?;
         let big_per_s = drain_rate(store).await?;
         // Then measure again over the dead rows the backlog left behind.
         let after = end_to_end(
@@ -413,11 +447,13 @@ pub async fn run(args: BenchArgs, database_url: Option<String>) -> anyhow::Resul
         "backlog": backlog,
         "settings": {"submits": args.submits, "warmup_submits": 1, "ingest_batches": args.ingest_batches, "batches": args.batches,
                      "submitters": args.submitters, "workers": own.as_ref().map(|_| args.workers), "checker": "simulated, latency 0",
+                     "numbers_checked_during_submits": checked_during_submits,
+                     "submit_phases": if own.is_some() { "API-only server; workers start after the ingest phase" } else { "external server, with whatever workers it runs" },
                      "server": if own.is_some() { "in-process (rss includes the bench client)" } else { "external" },
                      "watch_server": if watch_addr == addr { "same" } else { watch_addr.as_str() },
                      "floor_seconds": args.floor_seconds},
     });
-    if let Some((server, store, url)) = own {
+    if let Some(Own { server, store, url }) = own {
         server.shutdown();
         let _ = tokio::time::timeout(Duration::from_secs(30), server.wait()).await;
         store.pool().close().await;
