@@ -17,27 +17,24 @@ fn us_batch(b: usize) -> Vec<String> {
 
 /// Numbers of many countries in the forms people write them, some invalid.
 fn mixed_batch(b: usize) -> Vec<String> {
-    const FORMS: [&str; 10] = [
-        "+44 7700 9{:05}",
-        "+49 151 2{:07}",
-        "+33 6 12 {:06}",
-        "+55 11 9{:08}",
-        "+52 1 55 {:08}",
-        "+91 98{:08}",
-        "+234 803 {:07}",
-        "+62 812{:07}",
-        "(415) 555-{:04}",
-        "+7 912 {:07}",
+    // A prefix as people write it, then that many digits from the entry's number.
+    const FORMS: [(&str, u32); 10] = [
+        ("+44 7700 9", 5),
+        ("+49 151 2", 7),
+        ("+33 6 12 ", 6),
+        ("+55 11 9", 8),
+        ("+52 1 55 ", 8),
+        ("+91 98", 8),
+        ("+234 803 ", 7),
+        ("+62 812", 7),
+        ("(415) 555-", 4),
+        ("+7 912 ", 7),
     ];
     (0..1000)
         .map(|i| {
-            let n = b * 1000 + i;
-            FORMS[i % FORMS.len()]
-                .replace("{:05}", &format!("{:05}", n % 100_000))
-                .replace("{:06}", &format!("{:06}", n))
-                .replace("{:07}", &format!("{:07}", n))
-                .replace("{:08}", &format!("{:08}", n))
-                .replace("{:04}", &format!("{:04}", n % 10_000))
+            let (prefix, digits) = FORMS[i % FORMS.len()];
+            let n = (b * 1000 + i) % 10usize.pow(digits);
+            format!("{prefix}{n:0width$}", width = digits as usize)
         })
         .collect()
 }

@@ -164,9 +164,7 @@ async fn end_to_end(
 
 /// Works off what is queued (no watchers): numbers per second, None when nothing was left.
 async fn drain_rate(store: &Store) -> anyhow::Result<Option<f64>> {
-    let queued: i64 = sqlx::query_scalar("SELECT count(*) FROM batch_numbers WHERE state = 1")
-        .fetch_one(store.pool())
-        .await?;
+    let (queued, _) = store.queue_stats().await?;
     let start = Instant::now();
     drain(store).await?;
     Ok((queued > 0).then(|| queued as f64 / start.elapsed().as_secs_f64()))
@@ -174,12 +172,7 @@ async fn drain_rate(store: &Store) -> anyhow::Result<Option<f64>> {
 
 /// Waits until nothing is queued.
 async fn drain(store: &Store) -> anyhow::Result<()> {
-    while sqlx::query_scalar::<_, bool>(
-        "SELECT EXISTS (SELECT 1 FROM batch_numbers WHERE state = 1)",
-    )
-    .fetch_one(store.pool())
-    .await?
-    {
+    while store.any_queued().await? {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     Ok(())
@@ -228,19 +221,6 @@ struct Own {
     server: crate::app::Server,
     store: Store,
     url: String,
-}
-
-/// Numbers checked (or given up on) since `since`.
-async fn finished_since(
-    store: &Store,
-    since: chrono::DateTime<chrono::Utc>,
-) -> anyhow::Result<i64> {
-    Ok(sqlx::query_scalar(
-        "SELECT count(*) FROM batch_numbers WHERE state <> 1 AND checked_at >= $1",
-    )
-    .bind(since)
-    .fetch_one(store.pool())
-    .await?)
 }
 
 fn serve_args(role: &str, workers: usize) -> anyhow::Result<crate::cli::ServeArgs> {
@@ -340,8 +320,11 @@ pub async fn run(args: BenchArgs, database_url: Option<String>) -> anyhow::Resul
     // workers drain the queue before measuring end to end.
     let mut checked_during_submits = None;
     if let Some(own) = &mut own {
-        checked_during_submits =
-            Some(finished_since(&own.store, chrono::DateTime::UNIX_EPOCH).await?);
+        checked_during_submits = Some(
+            own.store
+                .finished_since(chrono::DateTime::UNIX_EPOCH)
+                .await?,
+        );
         let all = crate::app::start(serve_args("all", args.workers)?, &own.url).await?;
         let api_only = std::mem::replace(&mut own.server, all);
         api_only.shutdown();
@@ -393,7 +376,7 @@ pub async fn run(args: BenchArgs, database_url: Option<String>) -> anyhow::Resul
         )
         .await?;
         let window = start.elapsed().as_secs_f64();
-        let finished = finished_since(store, since).await?;
+        let finished = store.finished_since(since).await?;
         let big_per_s = drain_rate(store).await?;
         // Then measure again over the dead rows the backlog left behind.
         let after = end_to_end(

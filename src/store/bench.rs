@@ -43,4 +43,24 @@ impl Store {
         }
         Ok(())
     }
+
+    /// Whether any number is still queued (the bench waits for its queue to drain).
+    pub async fn any_queued(&self) -> Result<bool, sqlx::Error> {
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM batch_numbers WHERE state = 1)")
+            .fetch_one(&self.pool)
+            .await
+    }
+
+    /// Numbers checked (or given up on) since `since`.
+    pub async fn finished_since(
+        &self,
+        since: chrono::DateTime<chrono::Utc>,
+    ) -> Result<i64, sqlx::Error> {
+        sqlx::query_scalar(
+            "SELECT count(*) FROM batch_numbers WHERE state <> 1 AND checked_at >= $1",
+        )
+        .bind(since)
+        .fetch_one(&self.pool)
+        .await
+    }
 }

@@ -118,14 +118,7 @@ async fn a_repeated_request_id_returns_the_original_batch_and_charges_once() {
     assert_ledger_balances(&app, account, 95).await;
 
     // Once the balance is spent, a retry is still the batch it retries, not a refusal.
-    client
-        .submit_batch(pb::SubmitBatchRequest {
-            api_key: key.clone(),
-            phone_numbers: us_numbers(100, 95),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    submit(&mut client, &key, &us_numbers(100, 95)).await;
     assert_eq!(balance(&mut client, &key).await, 0);
     let retried = client
         .submit_batch(request(us_numbers(0, 5)))

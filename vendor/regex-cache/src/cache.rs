@@ -214,13 +214,11 @@ impl CachedRegex {
 	/// twice the cache's capacity; matching never holds the lock. Other text takes upstream's
 	/// path.
 	fn compiled(&self, text: &str) -> Compiled<'_> {
-		if let Some(re) = self.pinned.get() {
-			if text.is_ascii() {
-				return Compiled::Pinned(re);
-			}
-		}
 		if !text.is_ascii() {
 			return Compiled::Owned(self.with_unicode());
+		}
+		if let Some(re) = self.pinned.get() {
+			return Compiled::Pinned(re);
 		}
 		let mut cache = self.builder.cache.lock().unwrap();
 		if let Some(re) = cache.by_id.get_mut(&self.id) {
