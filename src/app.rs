@@ -168,6 +168,13 @@ pub async fn start(args: ServeArgs, database_url: &str) -> anyhow::Result<Server
             shutdown.clone(),
         ))
     });
+    let vacuum_task = (args.role != Role::Api).then(|| {
+        let config = crate::vacuum::VacuumConfig {
+            dead_rows: args.vacuum_dead_rows,
+            every: args.vacuum_every.max(Duration::from_millis(100)),
+        };
+        tokio::spawn(crate::vacuum::run(store.clone(), config, shutdown.clone()))
+    });
     // Webhooks go out from processes that run workers, like the rest of the background work.
     let webhooks_task = if args.role == Role::Api {
         None
@@ -264,6 +271,9 @@ pub async fn start(args: ServeArgs, database_url: &str) -> anyhow::Result<Server
         }
         if let Some(retention) = retention_task {
             retention.await?;
+        }
+        if let Some(vacuum) = vacuum_task {
+            vacuum.await?;
         }
         health_task.await?;
         hub_task.await?;

@@ -96,13 +96,15 @@ pub struct BenchArgs {
     /// 1,000-number batches sent by concurrent submitters for the ingest figure.
     #[arg(long, default_value_t = 40)]
     pub ingest_batches: usize,
-    /// 1,000-number batches submitted and watched for the end-to-end figure.
-    #[arg(long, default_value_t = 20)]
+    /// 1,000-number batches submitted and watched for the end-to-end figure (as many as
+    /// --watchers by default: one stream per batch, as its submitter would watch it).
+    #[arg(long, default_value_t = 1000)]
     pub batches: usize,
     /// Concurrent submitters.
     #[arg(long, default_value_t = 4)]
     pub submitters: usize,
-    /// WatchBatch streams held during the end-to-end phase, spread over its batches.
+    /// WatchBatch streams opened during the end-to-end phase, spread over its batches (more
+    /// than --batches: several streams per batch, each result sent to each of them).
     #[arg(long, default_value_t = 1000)]
     pub watchers: usize,
     /// Worker loops of the in-process server.
@@ -309,6 +311,13 @@ pub struct ServeArgs {
     /// How often retention runs.
     #[arg(long, env = "WAV_RETENTION_EVERY", default_value = "10m", value_parser = humantime::parse_duration)]
     pub retention_every: std::time::Duration,
+    /// With autovacuum off, processes running workers vacuum the queue tables once they
+    /// hold this many dead rows; 0: never.
+    #[arg(long, env = "WAV_VACUUM_DEAD_ROWS", default_value_t = 200_000)]
+    pub vacuum_dead_rows: i64,
+    /// How often the dead rows are counted for --vacuum-dead-rows.
+    #[arg(long, env = "WAV_VACUUM_EVERY", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub vacuum_every: std::time::Duration,
     /// Largest number of database connections in this process's pool.
     #[arg(long, env = "WAV_DB_MAX_CONNECTIONS", default_value_t = 16)]
     pub db_max_connections: u32,

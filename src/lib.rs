@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod retention;
 pub mod server;
 pub mod store;
+pub mod vacuum;
 pub mod webhooks;
 pub mod worker;
 

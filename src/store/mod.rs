@@ -7,6 +7,7 @@ use sqlx::postgres::PgPoolOptions;
 pub mod accounts;
 pub mod batches;
 pub mod bench;
+pub mod maintenance;
 pub mod queue;
 pub mod webhooks;
 

@@ -186,3 +186,48 @@ async fn a_stale_or_repeated_write_neither_overwrites_nor_refunds_twice() {
     .unwrap();
     assert_eq!(refunds, 1);
 }
+
+#[tokio::test]
+async fn the_queue_tables_are_vacuumed_once_dead_rows_pile_up() {
+    let app = spawn_app_with(&["--vacuum-dead-rows", "1", "--vacuum-every", "100ms"]).await;
+    let pool = app.store.pool().clone();
+    let stats = || async {
+        sqlx::query_as::<_, (i64, i64)>(
+            "SELECT vacuum_count, n_dead_tup FROM pg_stat_user_tables
+             WHERE relid = 'batch_numbers'::regclass",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+    };
+    let (before, _) = stats().await;
+    let (_, key) = app.account(100).await;
+    let mut client = app.client().await;
+    // Each checked number leaves dead row versions behind (the lease, then the answer).
+    submit_and_wait(&mut client, &key, &us_numbers(0, 50)).await;
+
+    let autovacuum: bool = sqlx::query_scalar("SELECT current_setting('autovacuum')::bool")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    if autovacuum {
+        // PostgreSQL's daemon does it here; the migration only tunes when.
+        let options: Vec<String> = sqlx::query_scalar(
+            "SELECT unnest(reloptions) FROM pg_class WHERE oid = 'batch_numbers'::regclass",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        assert!(options.contains(&"autovacuum_vacuum_threshold=200000".to_string()));
+        return;
+    }
+    // Vacuumed, and no dead rows left: a vacuum may also have run between claim and answer.
+    wait_until(
+        "the workers' process to vacuum the numbers table clean",
+        || async {
+            let (count, dead) = stats().await;
+            count > before && dead == 0
+        },
+    )
+    .await;
+}
