@@ -1,6 +1,7 @@
 //! `wavalidate bench`: end-to-end figures for a server (its own, in-process, or
 //! a running one), beside the raw PostgreSQL floor measured in the same run.
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -44,14 +45,25 @@ async fn submit(client: &mut Client, key: &str, b: usize) -> anyhow::Result<Stri
         .batch_id)
 }
 
+/// What the watch streams of one phase record together.
+#[derive(Default)]
+struct WatchLog {
+    /// Commit-to-receipt latencies (ms) of live results.
+    delivery: Mutex<Vec<f64>>,
+    /// How long opening each stream took (ms).
+    opens: Mutex<Vec<f64>>,
+    /// Streams open now, and the most open at once.
+    open: AtomicUsize,
+    peak: AtomicUsize,
+}
+
 /// Watches a batch to its end; records delivery latency (commit to receipt) of the
 /// results written after the stream opened (earlier ones arrive as its snapshot).
 async fn watch(
     mut client: Client,
     key: String,
     id: String,
-    lat: Arc<Mutex<Vec<f64>>>,
-    opens: Arc<Mutex<Vec<f64>>>,
+    log: Arc<WatchLog>,
 ) -> anyhow::Result<Instant> {
     let asked = Instant::now();
     let mut stream = client
@@ -63,10 +75,12 @@ async fn watch(
         .into_inner();
     // Results after this come as live events (the replay covers those before).
     let opened = chrono::Utc::now();
-    opens
+    log.opens
         .lock()
         .expect("opens")
         .push(asked.elapsed().as_secs_f64() * 1e3);
+    let open = log.open.fetch_add(1, Ordering::SeqCst) + 1;
+    log.peak.fetch_max(open, Ordering::SeqCst);
     let mut mine = Vec::new();
     while let Some(msg) = stream.message().await? {
         if let Some(Event::Result(r)) = msg.event
@@ -77,7 +91,8 @@ async fn watch(
             mine.push((chrono::Utc::now() - at).num_microseconds().unwrap_or(0) as f64 / 1000.0);
         }
     }
-    lat.lock().expect("latencies").extend(mine);
+    log.open.fetch_sub(1, Ordering::SeqCst);
+    log.delivery.lock().expect("latencies").extend(mine);
     Ok(Instant::now())
 }
 
@@ -96,6 +111,8 @@ struct Phase {
     delivery: Vec<f64>,
     /// How long opening each watch stream took (ms), sorted.
     opens: Vec<f64>,
+    /// The most streams open at once.
+    peak_watchers: usize,
 }
 
 /// Submits `batches` batches, each watched by its share of `watchers` streams as soon
@@ -114,13 +131,12 @@ async fn end_to_end(
         connections.push(WaValidationServiceClient::connect(to.watch_addr.to_string()).await?);
     }
     let connections = Arc::new(connections);
-    let lat = Arc::new(Mutex::new(Vec::new()));
-    let opens = Arc::new(Mutex::new(Vec::new()));
+    let log = Arc::new(WatchLog::default());
     let start = Instant::now();
     let mut tasks = Vec::new();
     for s in 0..submitters.max(1) {
         let (mut c, k) = (to.submit.clone(), to.key.to_string());
-        let (connections, lat, opens) = (connections.clone(), lat.clone(), opens.clone());
+        let (connections, log) = (connections.clone(), log.clone());
         tasks.push(tokio::spawn(async move {
             let mut watches = Vec::new();
             let mut b = s;
@@ -133,8 +149,7 @@ async fn end_to_end(
                         conn,
                         k.clone(),
                         id.clone(),
-                        lat.clone(),
-                        opens.clone(),
+                        log.clone(),
                     )));
                 }
                 b += submitters.max(1);
@@ -157,8 +172,9 @@ async fn end_to_end(
     };
     Ok(Phase {
         per_s: (batches * 1000) as f64 / (last - start).as_secs_f64(),
-        delivery: sorted(&lat),
-        opens: sorted(&opens),
+        delivery: sorted(&log.delivery),
+        opens: sorted(&log.opens),
+        peak_watchers: log.peak.load(Ordering::SeqCst),
     })
 }
 
@@ -422,13 +438,16 @@ pub async fn run(args: BenchArgs, database_url: Option<String>) -> anyhow::Resul
         "delivery_samples": lat.len(),
         "watch_open_p50_ms": pct(&phase.opens, 0.5),
         "watch_open_p99_ms": pct(&phase.opens, 0.99),
-        "watchers": args.watchers,
+        "watchers": args.watchers.max(args.batches),
+        // Streams open at the same moment: batches finish while later ones are still submitted.
+        "peak_watchers": phase.peak_watchers,
         "server_rss_mb": rss,
         "floor": floor,
         "ingest_ratio": ratio(ingest, "ingest_rows_per_s"),
         "e2e_ratio": ratio(e2e, "pipeline_rows_per_s"),
         "backlog": backlog,
         "settings": {"submits": args.submits, "warmup_submits": 1, "ingest_batches": args.ingest_batches, "batches": args.batches,
+                     "streams_per_batch": args.watchers.max(args.batches).div_ceil(args.batches.max(1)),
                      "submitters": args.submitters, "workers": own.as_ref().map(|_| args.workers), "checker": "simulated, latency 0",
                      "numbers_checked_during_submits": checked_during_submits,
                      "submit_phases": if own.is_some() { "API-only server; workers start after the ingest phase" } else { "external server, with whatever workers it runs" },

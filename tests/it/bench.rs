@@ -80,6 +80,9 @@ async fn bench_prints_its_figures_beside_the_floor_and_drops_its_database() {
     }
     assert!(figure("submit_p50_ms") <= figure("submit_p99_ms"));
     assert_eq!(report["watchers"], 6);
+    assert_eq!(report["settings"]["streams_per_batch"], 3);
+    // Counted as streams open and close: at least one was open, never more than were opened.
+    assert!((1.0..=6.0).contains(&figure("peak_watchers")), "{report}");
     assert!(figure("delivery_samples") >= 0.0 && figure("server_rss_mb") > 0.0);
     let ratio = |ours: f64, floor: f64| (ours / floor * 100.0).round() / 100.0;
     assert_eq!(
