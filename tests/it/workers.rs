@@ -230,4 +230,16 @@ async fn the_queue_tables_are_vacuumed_once_dead_rows_pile_up() {
         },
     )
     .await;
+    let page = reqwest::get(format!("http://{}/metrics", app.addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let vacuums: f64 = page
+        .lines()
+        .find_map(|l| l.strip_prefix("wav_queue_vacuums_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("wav_queue_vacuums_total in {page}"));
+    assert!(vacuums >= 1.0);
 }
