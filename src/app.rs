@@ -198,7 +198,7 @@ pub async fn start(args: ServeArgs, database_url: &str) -> anyhow::Result<Server
             idle_poll: Duration::from_millis(args.idle_poll_ms.max(10)),
             shutdown_grace: Duration::from_secs(args.shutdown_grace_secs),
         };
-        let workers = Workers::new(store.clone(), checker, config, hub.queued.clone());
+        let workers = Workers::new(store.clone(), checker, config, hub.clone());
         tokio::spawn(workers.run(shutdown.clone()))
     });
 

@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::store::batches::ResultRow;
+use crate::store::queue::WrittenRow;
 use crate::store::{QUEUED_CHANNEL, RESULTS_CHANNEL, Store};
 
 /// Results just written for one batch. Watchers skip the ones they already sent.
@@ -96,6 +97,20 @@ impl EventHub {
             .collect()
     }
 
+    /// Hands results this process's workers just committed to their batches' watchers
+    /// here (other processes read them back when the notification arrives).
+    pub fn publish_written(&self, written: Vec<WrittenRow>) {
+        let mut by_batch: HashMap<Uuid, Vec<ResultRow>> = HashMap::new();
+        for w in written {
+            if self.is_watched(&w.batch_id) {
+                by_batch.entry(w.batch_id).or_default().push(w.row);
+            }
+        }
+        for (batch_id, rows) in by_batch {
+            self.publish(batch_id, rows);
+        }
+    }
+
     fn publish(&self, batch_id: Uuid, rows: Vec<ResultRow>) {
         if rows.is_empty() {
             return;
@@ -174,25 +189,36 @@ impl EventHub {
     }
 
     fn on_results(self: &Arc<Self>, payload: &str) {
-        let Some((batch_id, indexes)) = parse_payload(payload) else {
+        let Some((batch_id, indexes, origin)) = parse_payload(payload) else {
             tracing::warn!(payload, "ignoring malformed results notification");
             return;
         };
+        // Written by this process's workers, which published the rows themselves.
+        if origin == Some(self.store.origin()) {
+            return;
+        }
         if self.is_watched(&batch_id) {
             tokio::spawn(self.clone().refresh(batch_id, Some(indexes)));
         }
     }
 }
 
-/// `"<batch_id> <idx>,<idx>,..."`, as written by `Store::complete`.
-fn parse_payload(payload: &str) -> Option<(Uuid, Vec<i32>)> {
-    let (id, list) = payload.split_once(' ')?;
-    let indexes = list
+/// `"<batch_id> <idx>,<idx>,... [<origin>]"`, as written by `Store::complete` (with the
+/// writing store's origin) and by cancelling (without).
+fn parse_payload(payload: &str) -> Option<(Uuid, Vec<i32>, Option<Uuid>)> {
+    let mut parts = payload.split(' ');
+    let id = Uuid::parse_str(parts.next()?).ok()?;
+    let indexes = parts
+        .next()?
         .split(',')
         .map(str::parse)
         .collect::<Result<Vec<i32>, _>>()
         .ok()?;
-    Some((Uuid::parse_str(id).ok()?, indexes))
+    let origin = match parts.next() {
+        Some(origin) => Some(Uuid::parse_str(origin).ok()?),
+        None => None,
+    };
+    parts.next().is_none().then_some((id, indexes, origin))
 }
 
 #[cfg(test)]
@@ -201,12 +227,18 @@ mod tests {
 
     #[test]
     fn parses_notification_payloads() {
-        let id = Uuid::new_v4();
+        let (id, origin) = (Uuid::new_v4(), Uuid::new_v4());
         assert_eq!(
             parse_payload(&format!("{id} 0,5,7")),
-            Some((id, vec![0, 5, 7]))
+            Some((id, vec![0, 5, 7], None))
+        );
+        assert_eq!(
+            parse_payload(&format!("{id} 3 {origin}")),
+            Some((id, vec![3], Some(origin)))
         );
         assert_eq!(parse_payload("nonsense"), None);
         assert_eq!(parse_payload(&format!("{id} 1,x")), None);
+        assert_eq!(parse_payload(&format!("{id} 1 nope")), None);
+        assert_eq!(parse_payload(&format!("{id} 1 {origin} more")), None);
     }
 }

@@ -2,12 +2,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::checker::{DynChecker, Outcome};
 use crate::domain::batch::NumberState;
+use crate::events::EventHub;
 use crate::store::Store;
 use crate::store::queue::{Answer, Claimed, Completion, Retry};
 
@@ -30,7 +30,8 @@ pub struct Workers {
     store: Store,
     checker: DynChecker,
     config: WorkerConfig,
-    queued: Arc<Notify>,
+    /// Wakes idle loops when numbers are queued, and takes the results they write.
+    hub: Arc<EventHub>,
 }
 
 impl Workers {
@@ -38,13 +39,13 @@ impl Workers {
         store: Store,
         checker: DynChecker,
         config: WorkerConfig,
-        queued: Arc<Notify>,
+        hub: Arc<EventHub>,
     ) -> Arc<Workers> {
         Arc::new(Workers {
             store,
             checker,
             config,
-            queued,
+            hub,
         })
     }
 
@@ -77,7 +78,7 @@ impl Workers {
                 continue;
             }
             // Registered before claiming, so a wake-up sent meanwhile is not missed.
-            let woken = self.queued.notified();
+            let woken = self.hub.queued.notified();
             match self.store.claim(limit, self.config.lease).await {
                 Ok((token, claimed)) if !claimed.is_empty() => {
                     self.process(token, claimed, &shutdown).await;
@@ -231,7 +232,10 @@ impl Workers {
         for attempt in 1..=5 {
             let cache_as = self.checker.cacheable().then(|| self.checker.name());
             match self.store.complete(token, cache_as, &work).await {
-                Ok(_) => return,
+                Ok(written) => {
+                    self.hub.publish_written(written);
+                    return;
+                }
                 Err(err) => {
                     tracing::warn!(attempt, error = %err, "writing results failed");
                     tokio::time::sleep(delay).await;

@@ -31,6 +31,9 @@ pub fn url_with_database(url: &str, database: &str) -> String {
 #[derive(Clone)]
 pub struct Store {
     pool: PgPool,
+    /// Signs this process's result notifications: its own watchers got those results
+    /// straight from the worker that wrote them, so its hub need not read them back.
+    origin: uuid::Uuid,
 }
 
 impl Store {
@@ -41,7 +44,10 @@ impl Store {
             // Requests fail fast with UNAVAILABLE instead of hanging while the database is away.
             .acquire_timeout(Duration::from_secs(3))
             .connect_lazy(url)?;
-        Ok(Store { pool })
+        Ok(Store {
+            pool,
+            origin: uuid::Uuid::new_v4(),
+        })
     }
 
     /// Connects for a one-off command: creates the database if needed and applies migrations.
@@ -54,6 +60,11 @@ impl Store {
 
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// This store's signature on the result notifications it sends.
+    pub fn origin(&self) -> uuid::Uuid {
+        self.origin
     }
 
     /// Creates the URL's database when it does not exist, so a fresh server needs no manual setup.

@@ -5,6 +5,7 @@ use sqlx::Connection;
 
 use uuid::Uuid;
 
+use super::batches::ResultRow;
 use super::{RESULTS_CHANNEL, Store};
 use crate::domain::batch::NumberState;
 
@@ -27,6 +28,14 @@ pub struct Answer {
     pub wa_id: Option<String>,
     pub is_business: bool,
     pub error: Option<String>,
+}
+
+/// A result as written, for the watchers of its batch in this process.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct WrittenRow {
+    pub batch_id: Uuid,
+    #[sqlx(flatten)]
+    pub row: ResultRow,
 }
 
 /// A claimed number to hand back for a later attempt.
@@ -142,14 +151,14 @@ impl Store {
     ///
     /// Every write is guarded by the lease token, so a worker whose lease was
     /// taken over cannot overwrite, double-count or double-refund a number.
-    /// Returns how many answers were written.
+    /// Returns the answers written (committed), for this process's watchers.
     /// `cache_as`: the backend whose cache gets the answers, or None to cache nothing.
     pub async fn complete(
         &self,
         token: Uuid,
         cache_as: Option<&str>,
         work: &Completion<'_>,
-    ) -> Result<u64, sqlx::Error> {
+    ) -> Result<Vec<WrittenRow>, sqlx::Error> {
         let (answers, retries) = (work.answers, work.retries);
         let refunds = answers.iter().any(|a| a.state == NumberState::Error);
         let mut conn = self.pool.acquire().await?;
@@ -157,10 +166,10 @@ impl Store {
         // locks each batch row only from its counter update to its commit, so
         // workers finishing chunks of the same batch barely wait on each other.
         if !refunds && retries.is_empty() {
-            return write_answers(&mut conn, token, cache_as, answers).await;
+            return write_answers(&mut conn, token, cache_as, answers, self.origin).await;
         }
         let mut tx = conn.begin().await?;
-        let mut written = 0;
+        let mut written = Vec::new();
         if !answers.is_empty() {
             // Refunds lock accounts too: lock batches, then their accounts, each in
             // one order (as cancelling does), so concurrent writers cannot deadlock.
@@ -178,7 +187,7 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
             }
-            written = write_answers(&mut tx, token, cache_as, answers).await?;
+            written = write_answers(&mut tx, token, cache_as, answers, self.origin).await?;
         }
         if !retries.is_empty() {
             // Exponential backoff with jitter: base * 2^(attempts-1), capped, times 0.5..1.
@@ -261,17 +270,19 @@ impl Store {
 
 /// The answers' statement: rows, cache, counters, refunds, ledger and
 /// notifications at once. Batch rows are updated in id order (the sorted
-/// `agg`), the order every other writer locks them in.
+/// `agg`), the order every other writer locks them in. Returns the rows written;
+/// the notifications carry `origin`, so this process's hub skips reading them back.
 async fn write_answers(
     conn: &mut sqlx::PgConnection,
     token: Uuid,
     cache_as: Option<&str>,
     answers: &[Answer],
-) -> Result<u64, sqlx::Error> {
+    origin: Uuid,
+) -> Result<Vec<WrittenRow>, sqlx::Error> {
     if answers.is_empty() {
-        return Ok(0);
+        return Ok(Vec::new());
     }
-    let written_rows: Vec<(i64,)> = sqlx::query_as(
+    sqlx::query_as(
         "WITH r AS (
             SELECT * FROM unnest($1::uuid[], $2::int[], $3::smallint[], $4::text[], $5::bool[], $6::text[])
                 AS r(batch_id, idx, state, wa_id, is_business, error)),
@@ -281,7 +292,8 @@ async fn write_answers(
                 checked_at = now(), lease_token = NULL, lease_until = NULL
             FROM r
             WHERE n.batch_id = r.batch_id AND n.idx = r.idx AND n.state = 1 AND n.lease_token = $7
-            RETURNING n.batch_id, n.idx, n.state, n.e164, n.wa_id, n.is_business, n.checked_at),
+            RETURNING n.batch_id, n.idx, n.input, n.e164, n.region, n.state, n.wa_id, n.is_business,
+                      n.error, n.checked_at, n.from_cache, n.normalization_note),
          cache AS (
             INSERT INTO number_cache (backend, e164, on_whatsapp, wa_id, is_business, checked_at)
             SELECT DISTINCT ON (e164) $9, e164, state = 2, wa_id, is_business, checked_at
@@ -316,8 +328,12 @@ async fn write_answers(
             SELECT b.account_id, b.refund, 'refund_error', b.id,
                    acct.credits - coalesce(sum(b.refund) OVER (PARTITION BY b.account_id ORDER BY b.id
                         ROWS BETWEEN 1 FOLLOWING AND UNBOUNDED FOLLOWING), 0)
-            FROM b JOIN acct ON acct.id = b.account_id WHERE b.refund > 0)
-         SELECT (done + failed)::bigint FROM agg, pg_notify($8, agg.batch_id::text || ' ' || agg.idxs)",
+            FROM b JOIN acct ON acct.id = b.account_id WHERE b.refund > 0),
+         notified AS MATERIALIZED (
+            SELECT count(*) FROM agg, pg_notify($8, agg.batch_id::text || ' ' || agg.idxs || ' ' || $10))
+         SELECT u.batch_id, u.idx, u.input, u.e164, u.region, u.state, u.wa_id, u.is_business, u.error,
+                u.checked_at, u.from_cache, u.normalization_note
+         FROM u, notified",
     )
     .bind(answers.iter().map(|a| a.batch_id).collect::<Vec<_>>())
     .bind(answers.iter().map(|a| a.idx).collect::<Vec<_>>())
@@ -328,9 +344,9 @@ async fn write_answers(
     .bind(token)
     .bind(RESULTS_CHANNEL)
     .bind(cache_as)
+    .bind(origin.to_string())
     .fetch_all(conn)
-    .await?;
-    Ok(written_rows.iter().map(|r| r.0 as u64).sum())
+    .await
 }
 
 fn distinct_batches(answers: &[Answer]) -> Vec<Uuid> {
