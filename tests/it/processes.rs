@@ -27,7 +27,13 @@ async fn submit_work_and_watch_on_different_processes() {
         &[],
     )
     .await;
-    let watcher_app = spawn_app_on(url, store, &["--role", "api"]).await;
+    // No periodic re-read: the results reach this process only through the notifications.
+    let watcher_app = spawn_app_on(
+        url,
+        store,
+        &["--role", "api", "--watch-backstop-ms", "600000"],
+    )
+    .await;
     let (_, key) = watcher_app.account(1000).await;
 
     let mut submitter = connect(api_proc.addr).await;

@@ -50,6 +50,30 @@ async fn watch_streams_each_result_once_as_it_is_written_then_completes() {
 }
 
 #[tokio::test]
+async fn results_reach_watchers_in_the_workers_process_without_a_re_read() {
+    // No periodic re-read, and the process skips reading back its own notifications:
+    // the workers hand what they commit to the hub themselves.
+    let app = spawn_app_with(&[
+        "--sim-latency-ms",
+        "200",
+        "--workers",
+        "1",
+        "--watch-backstop-ms",
+        "600000",
+    ])
+    .await;
+    let (_, key) = app.account(1000).await;
+    let mut client = app.client().await;
+    let sub = submit(&mut client, &key, &us_numbers(0, 300)).await;
+    let (results, completed) =
+        tokio::time::timeout(DEADLINE, watch_all(&mut client, &key, &sub.batch_id))
+            .await
+            .expect("every result streamed without a re-read");
+    assert_each_index_once(&results, 300);
+    assert_eq!(completed.completed, 300);
+}
+
+#[tokio::test]
 async fn watching_a_completed_batch_replays_everything_and_ends() {
     let app = spawn_app().await;
     let (_, key) = app.account(100).await;
