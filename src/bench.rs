@@ -314,10 +314,21 @@ pub async fn run(args: BenchArgs, database_url: Option<String>) -> anyhow::Resul
 
     // Ingest throughput with concurrent submitters (the workers drain meanwhile).
     let first = args.submits + 1;
+    let mut ingest_keys = vec![key.clone()];
+    if args.ingest_accounts > 1 {
+        let store = &own
+            .as_ref()
+            .context("--ingest-accounts needs the bench's own server")?
+            .store;
+        for _ in 1..args.ingest_accounts {
+            let (_, k) = store.create_account("bench", i64::MAX / 2).await?;
+            ingest_keys.push(k.expose().to_string());
+        }
+    }
     let start = Instant::now();
     let mut tasks = Vec::new();
     for s in 0..args.submitters {
-        let (mut c, k) = (client.clone(), key.clone());
+        let (mut c, k) = (client.clone(), ingest_keys[s % ingest_keys.len()].clone());
         let (n, per) = (args.ingest_batches, args.submitters);
         tasks.push(tokio::spawn(async move {
             let mut b = s;
@@ -448,7 +459,7 @@ pub async fn run(args: BenchArgs, database_url: Option<String>) -> anyhow::Resul
         "backlog": backlog,
         "settings": {"submits": args.submits, "warmup_submits": 1, "ingest_batches": args.ingest_batches, "batches": args.batches,
                      "streams_per_batch": args.watchers.max(args.batches).div_ceil(args.batches.max(1)),
-                     "submitters": args.submitters, "workers": own.as_ref().map(|_| args.workers), "checker": "simulated, latency 0",
+                     "submitters": args.submitters, "ingest_accounts": ingest_keys.len(), "workers": own.as_ref().map(|_| args.workers), "checker": "simulated, latency 0",
                      "numbers_checked_during_submits": checked_during_submits,
                      "submit_phases": if own.is_some() { "API-only server; workers start after the ingest phase" } else { "external server, with whatever workers it runs" },
                      "server": if own.is_some() { "in-process (rss includes the bench client)" } else { "external" },

@@ -103,6 +103,11 @@ pub struct BenchArgs {
     /// Concurrent submitters.
     #[arg(long, default_value_t = 4)]
     pub submitters: usize,
+    /// Accounts the ingest phase's submitters spread over (submitter s uses account s mod N),
+    /// as the floor's ingest spreads over 100; 1: every submit debits the same account row.
+    /// Needs the bench's own server.
+    #[arg(long, default_value_t = 1)]
+    pub ingest_accounts: usize,
     /// WatchBatch streams opened during the end-to-end phase, spread over its batches (more
     /// than --batches: several streams per batch, each result sent to each of them).
     #[arg(long, default_value_t = 1000)]

@@ -40,6 +40,8 @@ async fn bench_prints_its_figures_beside_the_floor_and_drops_its_database() {
             "6",
             "--submitters",
             "2",
+            "--ingest-accounts",
+            "2",
             "--workers",
             "2",
             "--backlog",
@@ -94,6 +96,7 @@ async fn bench_prints_its_figures_beside_the_floor_and_drops_its_database() {
         ratio(figure("e2e_numbers_per_s"), 40_000.0)
     );
     assert_eq!(report["settings"]["submits"], 3);
+    assert_eq!(report["settings"]["ingest_accounts"], 2);
     // Submits were timed on an API-only server, like the floor's ingest phase.
     assert_eq!(report["settings"]["numbers_checked_during_submits"], 0);
     let backlog = &report["backlog"];
