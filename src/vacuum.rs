@@ -22,50 +22,36 @@ pub async fn run(store: Store, config: VacuumConfig, shutdown: CancellationToken
     if config.dead_rows <= 0 {
         return;
     }
-    let mut announced = false;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(config.every) => {}
             _ = shutdown.cancelled() => return,
         }
-        match store.autovacuum_on().await {
-            // PostgreSQL's own daemon does it (the migration tunes it for this table).
-            Ok(true) => continue,
-            Ok(false) if !announced => {
-                tracing::info!(
-                    dead_rows = config.dead_rows,
-                    "autovacuum is off: wavalidate vacuums its queue tables itself"
-                );
-                announced = true;
-            }
-            Ok(false) => {}
+        // None while autovacuum runs: PostgreSQL's daemon does it (the migration tunes it).
+        let dead = match store.dead_rows_to_vacuum().await {
+            Ok(Some(dead)) if dead >= config.dead_rows => dead,
+            Ok(_) => continue,
             Err(err) => {
-                tracing::warn!(error = %err, "vacuum: cannot read the autovacuum setting");
+                tracing::warn!(error = %err, "vacuum: cannot count dead rows");
                 continue;
             }
-        }
-        match store.queue_dead_rows().await {
-            Ok(dead) if dead >= config.dead_rows => {
-                let start = std::time::Instant::now();
-                let done = tokio::select! {
-                    done = store.vacuum_queue() => done,
-                    // A vacuum of a big table takes seconds; shutting down need not wait for it.
-                    _ = shutdown.cancelled() => return,
-                };
-                match done {
-                    Ok(()) => {
-                        metrics::counter!("wav_queue_vacuums_total").increment(1);
-                        tracing::info!(
-                            dead,
-                            ms = start.elapsed().as_millis() as u64,
-                            "vacuumed the queue tables"
-                        );
-                    }
-                    Err(err) => tracing::warn!(error = %err, "vacuum failed; will retry"),
-                }
+        };
+        let start = std::time::Instant::now();
+        let done = tokio::select! {
+            done = store.vacuum_queue() => done,
+            // A vacuum of a big table takes seconds; shutting down need not wait for it.
+            _ = shutdown.cancelled() => return,
+        };
+        match done {
+            Ok(()) => {
+                metrics::counter!("wav_queue_vacuums_total").increment(1);
+                tracing::info!(
+                    dead,
+                    ms = start.elapsed().as_millis() as u64,
+                    "autovacuum is off: vacuumed the queue tables"
+                );
             }
-            Ok(_) => {}
-            Err(err) => tracing::warn!(error = %err, "vacuum: cannot count dead rows"),
+            Err(err) => tracing::warn!(error = %err, "vacuum failed; will retry"),
         }
     }
 }

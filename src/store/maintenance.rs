@@ -2,22 +2,16 @@
 use super::Store;
 
 impl Store {
-    /// Whether PostgreSQL's autovacuum daemon is on for this server.
-    pub async fn autovacuum_on(&self) -> Result<bool, sqlx::Error> {
-        sqlx::query_scalar("SELECT current_setting('autovacuum')::bool")
-            .fetch_one(&self.pool)
-            .await
-    }
-
-    /// Dead row versions in the numbers table, as the statistics collector last counted them.
-    pub async fn queue_dead_rows(&self) -> Result<i64, sqlx::Error> {
+    /// Dead row versions in the numbers table, as the statistics collector last counted
+    /// them, when the service is to vacuum it itself; None while autovacuum runs.
+    pub async fn dead_rows_to_vacuum(&self) -> Result<Option<i64>, sqlx::Error> {
         sqlx::query_scalar(
-            "SELECT coalesce(n_dead_tup, 0) FROM pg_stat_user_tables
-             WHERE relid = 'batch_numbers'::regclass",
+            "SELECT coalesce((SELECT n_dead_tup FROM pg_stat_user_tables
+                              WHERE relid = 'batch_numbers'::regclass), 0)
+             WHERE NOT current_setting('autovacuum')::bool",
         )
         .fetch_optional(&self.pool)
         .await
-        .map(|n| n.unwrap_or(0))
     }
 
     /// Vacuums and analyzes the tables every claim and submit touches. SKIP_LOCKED: if
