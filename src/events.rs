@@ -88,6 +88,18 @@ impl EventHub {
             .contains_key(batch_id)
     }
 
+    /// Which of `batch_ids` have watchers in this process.
+    pub fn watched_among(&self, batch_ids: impl IntoIterator<Item = Uuid>) -> Vec<Uuid> {
+        let batches = self.batches.lock().expect("hub lock");
+        let mut watched: Vec<Uuid> = batch_ids
+            .into_iter()
+            .filter(|id| batches.contains_key(id))
+            .collect();
+        watched.sort_unstable();
+        watched.dedup();
+        watched
+    }
+
     fn watched(&self) -> Vec<Uuid> {
         self.batches
             .lock()
@@ -102,9 +114,7 @@ impl EventHub {
     pub fn publish_written(&self, written: Vec<WrittenRow>) {
         let mut by_batch: HashMap<Uuid, Vec<ResultRow>> = HashMap::new();
         for w in written {
-            if self.is_watched(&w.batch_id) {
-                by_batch.entry(w.batch_id).or_default().push(w.row);
-            }
+            by_batch.entry(w.batch_id).or_default().push(w.row);
         }
         for (batch_id, rows) in by_batch {
             self.publish(batch_id, rows);

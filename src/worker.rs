@@ -222,11 +222,15 @@ impl Workers {
         if answers.is_empty() && retries.is_empty() {
             return;
         }
+        // Asked before writing: a batch watched only from later on gets its notification
+        // without our origin, and its watchers read the rows back.
+        let watched = self.hub.watched_among(answers.iter().map(|a| a.batch_id));
         let work = Completion {
             answers,
             retries,
             backoff_base: self.config.backoff_base,
             backoff_max: self.config.backoff_max,
+            watched: &watched,
         };
         let mut delay = Duration::from_millis(100);
         for attempt in 1..=5 {

@@ -151,7 +151,7 @@ impl Store {
     ///
     /// Every write is guarded by the lease token, so a worker whose lease was
     /// taken over cannot overwrite, double-count or double-refund a number.
-    /// Returns the answers written (committed), for this process's watchers.
+    /// Returns the answers written (committed) for `work.watched`, for this process's watchers.
     /// `cache_as`: the backend whose cache gets the answers, or None to cache nothing.
     pub async fn complete(
         &self,
@@ -166,7 +166,7 @@ impl Store {
         // locks each batch row only from its counter update to its commit, so
         // workers finishing chunks of the same batch barely wait on each other.
         if !refunds && retries.is_empty() {
-            return write_answers(&mut conn, token, cache_as, answers, self.origin).await;
+            return write_answers(&mut conn, token, cache_as, work, self.origin).await;
         }
         let mut tx = conn.begin().await?;
         let mut written = Vec::new();
@@ -187,7 +187,7 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
             }
-            written = write_answers(&mut tx, token, cache_as, answers, self.origin).await?;
+            written = write_answers(&mut tx, token, cache_as, work, self.origin).await?;
         }
         if !retries.is_empty() {
             // Exponential backoff with jitter: base * 2^(attempts-1), capped, times 0.5..1.
@@ -270,15 +270,17 @@ impl Store {
 
 /// The answers' statement: rows, cache, counters, refunds, ledger and
 /// notifications at once. Batch rows are updated in id order (the sorted
-/// `agg`), the order every other writer locks them in. Returns the rows written;
-/// the notifications carry `origin`, so this process's hub skips reading them back.
+/// `agg`), the order every other writer locks them in. Returns the rows written for
+/// the batches in `work.watched`, whose notifications carry `origin` so this process's
+/// hub skips reading them back; other batches' notifications are read back everywhere.
 async fn write_answers(
     conn: &mut sqlx::PgConnection,
     token: Uuid,
     cache_as: Option<&str>,
-    answers: &[Answer],
+    work: &Completion<'_>,
     origin: Uuid,
 ) -> Result<Vec<WrittenRow>, sqlx::Error> {
+    let answers = work.answers;
     if answers.is_empty() {
         return Ok(Vec::new());
     }
@@ -317,7 +319,11 @@ async fn write_answers(
                          = batches.total_numbers
                     THEN now() ELSE batches.completed_at END
             FROM (SELECT * FROM agg ORDER BY batch_id) agg WHERE batches.id = agg.batch_id
-            RETURNING batches.id, batches.account_id, agg.failed::bigint AS refund),
+            -- The notification rides on this data-modifying CTE, which always runs,
+            -- whichever rows the final SELECT returns.
+            RETURNING batches.id, batches.account_id, agg.failed::bigint AS refund,
+                      pg_notify($8, agg.batch_id::text || ' ' || agg.idxs
+                          || CASE WHEN agg.batch_id = ANY($10) THEN ' ' || $11 ELSE '' END)),
          acct AS (
             UPDATE accounts SET credits = credits + t.refund
             FROM (SELECT account_id, sum(refund)::bigint AS refund FROM b WHERE refund > 0 GROUP BY account_id) t
@@ -328,12 +334,10 @@ async fn write_answers(
             SELECT b.account_id, b.refund, 'refund_error', b.id,
                    acct.credits - coalesce(sum(b.refund) OVER (PARTITION BY b.account_id ORDER BY b.id
                         ROWS BETWEEN 1 FOLLOWING AND UNBOUNDED FOLLOWING), 0)
-            FROM b JOIN acct ON acct.id = b.account_id WHERE b.refund > 0),
-         notified AS MATERIALIZED (
-            SELECT count(*) FROM agg, pg_notify($8, agg.batch_id::text || ' ' || agg.idxs || ' ' || $10))
+            FROM b JOIN acct ON acct.id = b.account_id WHERE b.refund > 0)
          SELECT u.batch_id, u.idx, u.input, u.e164, u.region, u.state, u.wa_id, u.is_business, u.error,
                 u.checked_at, u.from_cache, u.normalization_note
-         FROM u, notified",
+         FROM u WHERE u.batch_id = ANY($10)",
     )
     .bind(answers.iter().map(|a| a.batch_id).collect::<Vec<_>>())
     .bind(answers.iter().map(|a| a.idx).collect::<Vec<_>>())
@@ -344,6 +348,7 @@ async fn write_answers(
     .bind(token)
     .bind(RESULTS_CHANNEL)
     .bind(cache_as)
+    .bind(work.watched)
     .bind(origin.to_string())
     .fetch_all(conn)
     .await
@@ -362,4 +367,7 @@ pub struct Completion<'a> {
     pub retries: &'a [Retry],
     pub backoff_base: Duration,
     pub backoff_max: Duration,
+    /// Batches watched in this process: their written rows are returned to be handed
+    /// to the watchers directly (none in a worker-only process).
+    pub watched: &'a [Uuid],
 }

@@ -2,30 +2,12 @@
 use crate::helpers::*;
 use wavalidate::pb;
 
-/// The sum of every sample of `name` whose labels contain all of `labels`.
-fn metric(page: &str, name: &str, labels: &[&str]) -> f64 {
-    page.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
-        .filter(|l| labels.iter().all(|want| l.contains(want)))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
-async fn scrape(app: &TestApp) -> String {
-    let resp = reqwest::get(format!("http://{}/metrics", app.addr))
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), reqwest::StatusCode::OK);
-    resp.text().await.unwrap()
-}
-
 #[tokio::test]
 async fn metrics_move_with_requests_work_and_watchers() {
     let app = spawn_app_with(&["--role", "api"]).await;
     let (_, key) = app.account(100).await;
     let mut client = app.client().await;
-    let before = scrape(&app).await;
+    let before = metrics_page(app.addr).await;
     let sub = submit(
         &mut client,
         &key,
@@ -44,7 +26,7 @@ async fn metrics_move_with_requests_work_and_watchers() {
     })
     .await;
 
-    let during = scrape(&app).await;
+    let during = metrics_page(app.addr).await;
     let grew =
         |name: &str, labels: &[&str]| metric(&during, name, labels) - metric(&before, name, labels);
     assert!(grew("wav_numbers_submitted_total", &[]) >= 3.0);
@@ -72,12 +54,7 @@ async fn metrics_move_with_requests_work_and_watchers() {
     // Workers elsewhere check them; their counters move in that process.
     let worker = spawn_process(&app_url(&app).await, &["--role", "worker"], &[]).await;
     wait_completed(&mut client, &key, &sub.batch_id).await;
-    let page = reqwest::get(format!("http://{}/metrics", worker.addr))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = metrics_page(worker.addr).await;
     assert!(
         metric(&page, "wav_numbers_checked_total", &[]) >= 2.0,
         "{page}"
