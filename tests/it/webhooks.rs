@@ -166,8 +166,16 @@ async fn a_pending_delivery_survives_a_crash_and_goes_out_once_after_restart() {
         .submit_batch(with_callback(&key, us_numbers(0, 3), &hook.url()))
         .await
         .unwrap();
-    wait_until("a failed delivery attempt", || async {
+    // Recorded, not only received: killed between the two, the delivery would wait out
+    // its 60 s lease before the restart could send it.
+    wait_until("a failed delivery attempt, recorded", || async {
         !hook.got.lock().unwrap().is_empty()
+            && sqlx::query_scalar::<_, bool>(
+                "SELECT last_error IS NOT NULL AND lease_until IS NULL FROM webhook_deliveries",
+            )
+            .fetch_one(store.pool())
+            .await
+            .unwrap()
     })
     .await;
     first.kill9().await;
