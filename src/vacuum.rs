@@ -1,10 +1,11 @@
 //! Vacuums the queue's tables when PostgreSQL's autovacuum will not.
 //!
 //! Every check leaves dead row versions behind, and the claim index only ever grows at
-//! its right end (fair keys increase), so the entries of finished numbers pile up at
+//! its right end (fair keys increase), so the entries of finished chunks pile up at
 //! its left, where every claim and every submit starts reading. Nothing but vacuum
-//! removes them: with autovacuum off, each claim walked 4,000 dead index pages after a
-//! million numbers (20-35 ms a claim against 5 ms), and it only got worse.
+//! removes them: with autovacuum off and one queue row per number, each claim walked
+//! 4,000 dead index pages after a million numbers (20-35 ms a claim against 5 ms), and
+//! it only got worse.
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -12,7 +13,8 @@ use tokio_util::sync::CancellationToken;
 use crate::store::Store;
 
 pub struct VacuumConfig {
-    /// Vacuum once the numbers table holds this many dead rows; 0: never.
+    /// Vacuum once the queue's tables hold this many dead rows (a dead chunk counting
+    /// for the numbers it held); 0: never.
     pub dead_rows: i64,
     /// How often the dead rows are counted.
     pub every: Duration,

@@ -9,7 +9,9 @@ use crate::checker::{DynChecker, Outcome};
 use crate::domain::batch::NumberState;
 use crate::events::EventHub;
 use crate::store::Store;
-use crate::store::queue::{Answer, Claimed, Completion, Retry};
+use crate::store::queue::{
+    Answer, CHUNK_NUMBERS, ChunkEnd, ChunkKey, Claim, Claimed, Completion, Retry,
+};
 
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
@@ -67,7 +69,9 @@ impl Workers {
     }
 
     async fn run_loop(self: Arc<Self>, shutdown: CancellationToken) {
-        let limit = self.checker.max_batch() as i64;
+        let per_call = self.checker.max_batch().max(1);
+        // Enough chunks for one checker call; a call smaller than a chunk makes several.
+        let chunks = per_call.div_ceil(CHUNK_NUMBERS) as i64;
         while !shutdown.is_cancelled() {
             // A paused checker (backoff, open circuit, daily cap) leaves the numbers queued.
             if let Some(wait) = self.checker.paused_for() {
@@ -79,9 +83,9 @@ impl Workers {
             }
             // Registered before claiming, so a wake-up sent meanwhile is not missed.
             let woken = self.hub.queued.notified();
-            match self.store.claim(limit, self.config.lease).await {
-                Ok((token, claimed)) if !claimed.is_empty() => {
-                    self.process(token, claimed, &shutdown).await;
+            match self.store.claim(chunks, self.config.lease).await {
+                Ok(claim) if !claim.chunks.is_empty() => {
+                    self.process(claim, per_call, &shutdown).await;
                 }
                 Ok(_) => {
                     tokio::select! {
@@ -101,95 +105,129 @@ impl Workers {
         }
     }
 
-    #[tracing::instrument(name = "chunk", skip_all, fields(numbers = claimed.len()))]
-    async fn process(&self, token: Uuid, claimed: Vec<Claimed>, shutdown: &CancellationToken) {
+    #[tracing::instrument(name = "chunk", skip_all, fields(numbers = claim.numbers.len()))]
+    async fn process(&self, claim: Claim, per_call: usize, shutdown: &CancellationToken) {
         let max = self.config.max_attempts;
+        let token = claim.token;
+        let mut chunks = ChunkTally::new(&claim);
         // Numbers whose earlier workers all died before answering: stop trying.
         let (exhausted, mut to_check): (Vec<Claimed>, Vec<Claimed>) =
-            claimed.into_iter().partition(|c| c.attempts > max);
-        let mut answers: Vec<Answer> = exhausted
-            .iter()
-            .map(|c| {
-                error_answer(
-                    c,
-                    format!("gave up after {max} attempts: no worker finished the check"),
-                )
-            })
-            .collect();
-        let mut retries = Vec::new();
-        let mut deferred = Vec::new();
-        let mut defer_for = Duration::ZERO;
-
-        if !to_check.is_empty() {
-            // Moved, not cloned: the claimed rows need only their ids from here on.
-            let numbers: Vec<String> = to_check
-                .iter_mut()
-                .map(|c| std::mem::take(&mut c.e164))
-                .collect();
-            let held: Vec<(Uuid, i32)> = to_check.iter().map(|c| (c.batch_id, c.idx)).collect();
-            let Some(outcomes) = self
-                .check_under_lease(token, &held, &numbers, shutdown)
-                .await
-            else {
-                // Shut down mid-check: hand the numbers back for another process.
-                if let Err(err) = self.store.release(token, &held).await {
-                    tracing::warn!(error = %err, "could not release numbers; their lease will expire");
-                }
-                return;
-            };
-            let mut outcomes = outcomes.into_iter();
-            for c in &to_check {
-                let outcome = outcomes.next().unwrap_or_else(|| {
-                    Outcome::Retryable("the checker returned no answer for this number".into())
-                });
-                match outcome {
-                    Outcome::OnWhatsApp { wa_id, is_business } => answers.push(Answer {
-                        batch_id: c.batch_id,
-                        idx: c.idx,
-                        state: NumberState::OnWhatsApp,
-                        wa_id: Some(wa_id),
-                        is_business,
-                        error: None,
-                    }),
-                    Outcome::NotOnWhatsApp => answers.push(Answer {
-                        batch_id: c.batch_id,
-                        idx: c.idx,
-                        state: NumberState::NotOnWhatsApp,
-                        wa_id: None,
-                        is_business: false,
-                        error: None,
-                    }),
-                    Outcome::Final(reason) => answers.push(error_answer(c, reason)),
-                    Outcome::Retryable(reason) if c.attempts >= max => answers.push(error_answer(
-                        c,
-                        format!("{reason} (gave up after {} attempts)", c.attempts),
-                    )),
-                    Outcome::Retryable(reason) => retries.push(Retry {
-                        batch_id: c.batch_id,
-                        idx: c.idx,
-                        error: reason,
-                    }),
-                    Outcome::Deferred { retry_in, .. } => {
-                        deferred.push((c.batch_id, c.idx));
-                        defer_for = defer_for.max(retry_in);
-                    }
+            claim.numbers.into_iter().partition(|c| c.attempts > max);
+        let mut answers: Vec<Answer> = Vec::new();
+        for c in &exhausted {
+            let reason = format!("gave up after {max} attempts: no worker finished the check");
+            answers.push(error_answer(c, reason));
+            chunks.settle(c, Settled::Answered);
+        }
+        // One checker call at a time; each call's results are written before the next,
+        // and a chunk is let go of with the write that settles its last number.
+        let mut calls = to_check.chunks_mut(per_call).peekable();
+        loop {
+            let mut retries = Vec::new();
+            let mut deferred = 0;
+            if let Some(call) = calls.next() {
+                let Some(outcomes) = self.call(token, call, &chunks, shutdown).await else {
+                    return;
+                };
+                for (c, outcome) in call.iter().zip(outcomes) {
+                    let settled = self.sort(c, outcome, &mut answers, &mut retries);
+                    deferred += matches!(settled, Settled::Deferred(_)) as usize;
+                    chunks.settle(c, settled);
                 }
             }
+            let last = calls.peek().is_none();
+            let ends = chunks.take_ends(last);
+            record_outcomes(&answers, retries.len(), deferred);
+            self.write(token, &answers, &retries, &ends, chunks.defer_for)
+                .await;
+            answers.clear();
+            if last {
+                return;
+            }
         }
-        record_outcomes(&answers, retries.len(), deferred.len());
-        self.write(token, &answers, &retries).await;
-        if !deferred.is_empty()
-            && let Err(err) = self.store.defer(token, &deferred, defer_for).await
-        {
-            tracing::warn!(error = %err, "could not hand deferred numbers back; their lease will expire");
+    }
+
+    /// One checker call for `call`, one outcome per number; None when shutdown came
+    /// first, after handing the chunks still held back.
+    async fn call(
+        &self,
+        token: Uuid,
+        call: &mut [Claimed],
+        chunks: &ChunkTally,
+        shutdown: &CancellationToken,
+    ) -> Option<Vec<Outcome>> {
+        let mut outcomes = match self.checker.paused_for() {
+            // Paused after an earlier call of this claim: the rest waits, untried (below).
+            Some(_) => Vec::new(),
+            None => {
+                // Moved, not cloned: the claimed rows need only their ids from here on.
+                let numbers: Vec<String> = call
+                    .iter_mut()
+                    .map(|c| std::mem::take(&mut c.e164))
+                    .collect();
+                let held = chunks.held();
+                let Some(outcomes) = self
+                    .check_under_lease(token, &held, &numbers, shutdown)
+                    .await
+                else {
+                    if let Err(err) = self.store.release(token, &held).await {
+                        tracing::warn!(error = %err, "could not release numbers; their lease will expire");
+                    }
+                    return None;
+                };
+                outcomes
+            }
+        };
+        while outcomes.len() < call.len() {
+            outcomes.push(match self.checker.paused_for() {
+                Some(retry_in) => Outcome::Deferred {
+                    retry_in,
+                    reason: "the checker paused".into(),
+                },
+                None => Outcome::Retryable("the checker returned no answer for this number".into()),
+            });
         }
+        Some(outcomes)
+    }
+
+    /// Files one number's outcome as an answer or a retry.
+    fn sort(
+        &self,
+        c: &Claimed,
+        outcome: Outcome,
+        answers: &mut Vec<Answer>,
+        retries: &mut Vec<Retry>,
+    ) -> Settled {
+        let max = self.config.max_attempts;
+        answers.push(match outcome {
+            Outcome::OnWhatsApp { wa_id, is_business } => {
+                answer(c, NumberState::OnWhatsApp, Some(wa_id), is_business)
+            }
+            Outcome::NotOnWhatsApp => answer(c, NumberState::NotOnWhatsApp, None, false),
+            Outcome::Final(reason) => error_answer(c, reason),
+            Outcome::Retryable(reason) if c.attempts >= max => error_answer(
+                c,
+                format!("{reason} (gave up after {} attempts)", c.attempts),
+            ),
+            Outcome::Retryable(reason) => {
+                retries.push(Retry {
+                    batch_id: c.batch_id,
+                    idx: c.idx,
+                    chunk: c.chunk,
+                    error: reason,
+                });
+                return Settled::Retry;
+            }
+            Outcome::Deferred { retry_in, .. } => return Settled::Deferred(retry_in),
+        });
+        Settled::Answered
     }
 
     /// Runs the check while renewing the lease; None when shutdown's grace ran out first.
     async fn check_under_lease(
         &self,
         token: Uuid,
-        held: &[(Uuid, i32)],
+        held: &[ChunkKey],
         numbers: &[String],
         shutdown: &CancellationToken,
     ) -> Option<Vec<Outcome>> {
@@ -218,8 +256,15 @@ impl Workers {
     /// Writes, retrying briefly on database errors. If it still fails the
     /// lease expires and another worker checks the numbers again: at least once,
     /// and the lease guard keeps the result written exactly once.
-    async fn write(&self, token: Uuid, answers: &[Answer], retries: &[Retry]) {
-        if answers.is_empty() && retries.is_empty() {
+    async fn write(
+        &self,
+        token: Uuid,
+        answers: &[Answer],
+        retries: &[Retry],
+        ends: &[(ChunkKey, ChunkEnd)],
+        defer_for: Duration,
+    ) {
+        if answers.is_empty() && retries.is_empty() && ends.is_empty() {
             return;
         }
         // Asked before writing: a batch watched only from later on gets its notification
@@ -228,6 +273,8 @@ impl Workers {
         let work = Completion {
             answers,
             retries,
+            ends,
+            defer_for,
             backoff_base: self.config.backoff_base,
             backoff_max: self.config.backoff_max,
             watched: &watched,
@@ -270,13 +317,115 @@ fn record_outcomes(answers: &[Answer], retries: usize, deferred: usize) {
     metrics::counter!("wav_credits_refunded_total", "reason" => "error").increment(errors);
 }
 
-fn error_answer(c: &Claimed, reason: String) -> Answer {
+fn answer(c: &Claimed, state: NumberState, wa_id: Option<String>, is_business: bool) -> Answer {
     Answer {
         batch_id: c.batch_id,
         idx: c.idx,
-        state: NumberState::Error,
-        wa_id: None,
-        is_business: false,
-        error: Some(reason),
+        chunk: c.chunk,
+        state,
+        wa_id,
+        is_business,
+        error: None,
     }
+}
+
+fn error_answer(c: &Claimed, reason: String) -> Answer {
+    Answer {
+        error: Some(reason),
+        ..answer(c, NumberState::Error, None, false)
+    }
+}
+
+/// What became of a claimed number in this claim.
+#[derive(Clone, Copy)]
+enum Settled {
+    Answered,
+    Retry,
+    /// Not tried: the checker paused; again after this long.
+    Deferred(Duration),
+}
+
+/// The chunks of one claim: how many of their numbers are still to be checked, and
+/// whether any is to be tried again or was deferred, to know how to let go of each.
+struct ChunkTally {
+    chunks: Vec<(ChunkKey, ChunkProgress)>,
+    defer_for: Duration,
+}
+
+#[derive(Default)]
+struct ChunkProgress {
+    unsettled: usize,
+    retry: bool,
+    deferred: bool,
+    ended: bool,
+}
+
+impl ChunkTally {
+    fn new(claim: &Claim) -> ChunkTally {
+        let mut chunks: Vec<(ChunkKey, ChunkProgress)> = claim
+            .chunks
+            .iter()
+            .map(|&key| (key, ChunkProgress::default()))
+            .collect();
+        chunks.sort_unstable_by_key(|(key, _)| *key);
+        for c in &claim.numbers {
+            if let Some(p) = find(&mut chunks, c.chunk_key()) {
+                p.unsettled += 1;
+            }
+        }
+        ChunkTally {
+            chunks,
+            defer_for: Duration::ZERO,
+        }
+    }
+
+    fn settle(&mut self, c: &Claimed, how: Settled) {
+        if let Some(p) = find(&mut self.chunks, c.chunk_key()) {
+            p.unsettled = p.unsettled.saturating_sub(1);
+            match how {
+                Settled::Answered => {}
+                Settled::Retry => p.retry = true,
+                Settled::Deferred(retry_in) => {
+                    p.deferred = true;
+                    self.defer_for = self.defer_for.max(retry_in);
+                }
+            }
+        }
+    }
+
+    /// Chunks still held, for renewing or releasing their lease.
+    fn held(&self) -> Vec<ChunkKey> {
+        self.chunks
+            .iter()
+            .filter(|(_, p)| !p.ended)
+            .map(|(key, _)| *key)
+            .collect()
+    }
+
+    /// The chunks whose numbers are all settled (all of them on the `last` write), to let go of.
+    fn take_ends(&mut self, last: bool) -> Vec<(ChunkKey, ChunkEnd)> {
+        let mut ends = Vec::new();
+        for (key, p) in &mut self.chunks {
+            if p.ended || (p.unsettled > 0 && !last) {
+                continue;
+            }
+            p.ended = true;
+            let end = if p.deferred {
+                ChunkEnd::Defer
+            } else if p.retry || p.unsettled > 0 {
+                ChunkEnd::Retry
+            } else {
+                ChunkEnd::Done
+            };
+            ends.push((*key, end));
+        }
+        ends
+    }
+}
+
+fn find(chunks: &mut [(ChunkKey, ChunkProgress)], key: ChunkKey) -> Option<&mut ChunkProgress> {
+    chunks
+        .binary_search_by_key(&key, |(k, _)| *k)
+        .ok()
+        .map(|i| &mut chunks[i].1)
 }

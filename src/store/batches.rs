@@ -5,6 +5,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
+use super::queue::CHUNK_NUMBERS;
 use super::{QUEUED_CHANNEL, Store};
 use crate::domain::batch::NumberState;
 use crate::domain::phone::{Entry, Parsed};
@@ -220,7 +221,7 @@ impl Store {
     ) -> Result<Option<i64>, sqlx::Error> {
         sqlx::query_scalar(
             "WITH v AS (
-                SELECT coalesce((SELECT min(fair_key) FROM batch_numbers WHERE state = 1),
+                SELECT coalesce((SELECT min(fair_key) FROM queue_chunks),
                                 (SELECT max(fair_clock) FROM accounts), 0) AS now)
              UPDATE accounts SET fair_clock = greatest(fair_clock, v.now) + $3
              FROM v WHERE id = $1 AND credits >= $2
@@ -397,10 +398,11 @@ impl Store {
         let (cancelled, idxs): (i64, Option<String>) = sqlx::query_as(
             "WITH u AS (
                 UPDATE batch_numbers
-                SET state = 6, lease_token = NULL, lease_until = NULL, checked_at = now(),
-                    error = 'cancelled before it was checked'
+                SET state = 6, checked_at = now(), error = 'cancelled before it was checked'
                 WHERE batch_id = $1 AND state = 1
-                RETURNING idx)
+                RETURNING idx),
+             -- A worker holding one of these chunks finds its lease gone and writes nothing.
+             q AS (DELETE FROM queue_chunks WHERE batch_id = $1)
              SELECT count(*), string_agg(idx::text, ',' ORDER BY idx) FROM u",
         )
         .bind(batch_id)
@@ -471,7 +473,8 @@ impl Store {
                     WHERE completed_at < now() - make_interval(secs => $1)
                     ORDER BY completed_at LIMIT $2 FOR UPDATE SKIP LOCKED)
                 RETURNING id),
-             numbers AS (DELETE FROM batch_numbers WHERE batch_id IN (SELECT id FROM gone))
+             numbers AS (DELETE FROM batch_numbers WHERE batch_id IN (SELECT id FROM gone)),
+             chunks AS (DELETE FROM queue_chunks WHERE batch_id IN (SELECT id FROM gone))
              SELECT count(*) FROM gone",
         )
         .bind(age.as_secs_f64())
@@ -545,13 +548,17 @@ async fn insert_batch(
     let mut region = Vec::with_capacity(n);
     let mut state = Vec::with_capacity(n);
     let mut error: Vec<Option<&str>> = Vec::with_capacity(n);
-    let mut fair = Vec::with_capacity(n);
     let mut note = Vec::with_capacity(n);
     let mut wa_id: Vec<Option<&str>> = Vec::with_capacity(n);
     let mut business = Vec::with_capacity(n);
     let mut checked_at: Vec<Option<DateTime<Utc>>> = Vec::with_capacity(n);
     let mut from_cache = Vec::with_capacity(n);
-    let mut next_fair = fair_start;
+    // Queued entries, cut into chunks of CHUNK_NUMBERS in index order, each at its
+    // place in the fair queue.
+    let mut chunk_first: Vec<i32> = Vec::new();
+    let mut chunk_last: Vec<i32> = Vec::new();
+    let mut chunk_fair: Vec<i64> = Vec::new();
+    let mut queued = 0usize;
     for entry in entries {
         idx.push(entry.index);
         input.push(entry.input.as_str());
@@ -572,7 +579,6 @@ async fn insert_batch(
                         business.push(c.is_business);
                         checked_at.push(Some(c.checked_at));
                         from_cache.push(true);
-                        fair.push(0);
                     }
                     None => {
                         state.push(NumberState::Pending as i16);
@@ -580,8 +586,14 @@ async fn insert_batch(
                         business.push(false);
                         checked_at.push(None);
                         from_cache.push(false);
-                        fair.push(next_fair);
-                        next_fair += 1;
+                        if queued.is_multiple_of(CHUNK_NUMBERS) {
+                            chunk_first.push(entry.index);
+                            chunk_last.push(entry.index);
+                            chunk_fair.push(fair_start + queued as i64);
+                        } else if let Some(last) = chunk_last.last_mut() {
+                            *last = entry.index;
+                        }
+                        queued += 1;
                     }
                 }
             }
@@ -595,7 +607,6 @@ async fn insert_batch(
                 business.push(false);
                 checked_at.push(Some(Utc::now()));
                 from_cache.push(false);
-                fair.push(0);
             }
         }
     }
@@ -608,12 +619,15 @@ async fn insert_batch(
             ON CONFLICT (account_id, request_id) DO NOTHING
             RETURNING *),
          n AS (
-            INSERT INTO batch_numbers (batch_id, idx, input, e164, region, state, error, fair_key,
+            INSERT INTO batch_numbers (batch_id, idx, input, e164, region, state, error,
                                        normalization_note, wa_id, is_business, checked_at, from_cache)
             SELECT b.id, t.* FROM b, unnest($9::int[], $10::text[], $11::text[], $12::text[], $13::smallint[],
-                                           $14::text[], $15::bigint[], $16::text[], $17::text[], $18::bool[],
-                                           $19::timestamptz[], $20::bool[])
-                AS t(idx, input, e164, region, state, error, fair, note, wa_id, is_business, checked_at, from_cache))
+                                           $14::text[], $15::text[], $16::text[], $17::bool[],
+                                           $18::timestamptz[], $19::bool[])
+                AS t(idx, input, e164, region, state, error, note, wa_id, is_business, checked_at, from_cache)),
+         q AS (
+            INSERT INTO queue_chunks (batch_id, first_idx, last_idx, fair_key)
+            SELECT b.id, t.* FROM b, unnest($20::int[], $21::int[], $22::bigint[]) AS t(first_idx, last_idx, fair))
          SELECT ",
         batch_columns!(),
         " FROM b"
@@ -633,12 +647,14 @@ async fn insert_batch(
     .bind(region)
     .bind(state)
     .bind(error)
-    .bind(fair)
     .bind(note)
     .bind(wa_id)
     .bind(business)
     .bind(checked_at)
     .bind(from_cache)
+    .bind(chunk_first)
+    .bind(chunk_last)
+    .bind(chunk_fair)
     .fetch_optional(tx)
     .await
 }

@@ -2,6 +2,7 @@
 use uuid::Uuid;
 
 use super::Store;
+use super::queue::CHUNK_NUMBERS;
 
 impl Store {
     /// Queues `n` valid numbers for `account_id` in batches of 1,000, charging nothing:
@@ -26,17 +27,21 @@ impl Store {
             .bind(size)
             .execute(&mut *tx)
             .await?;
-            // Numbers +1 202 2xx xxxx, distinct per batch and index.
+            // Numbers +1 202 2xx xxxx, distinct per batch and index, in chunks as submitted.
             sqlx::query(
-                "INSERT INTO batch_numbers (batch_id, idx, input, e164, region, state, fair_key)
-                 SELECT $1, g, n, n, 'US', 1, $3 + g
-                 FROM generate_series(0, $2 - 1) g,
-                      LATERAL (SELECT '+1202' || lpad(((($4::bigint * 1000 + g) % 7999999) + 2000000)::text, 7, '0') AS n) x",
+                "WITH n AS (
+                    INSERT INTO batch_numbers (batch_id, idx, input, e164, region, state)
+                    SELECT $1, g, n, n, 'US', 1
+                    FROM generate_series(0, $2 - 1) g,
+                         LATERAL (SELECT '+1202' || lpad(((($4::bigint * 1000 + g) % 7999999) + 2000000)::text, 7, '0') AS n) x)
+                 INSERT INTO queue_chunks (batch_id, first_idx, last_idx, fair_key)
+                 SELECT $1, c, least(c + $5 - 1, $2 - 1), $3 + c FROM generate_series(0, $2 - 1, $5) c",
             )
             .bind(id)
             .bind(size)
             .bind(start + b * 1000)
             .bind(b)
+            .bind(CHUNK_NUMBERS as i32)
             .execute(&mut *tx)
             .await?;
             tx.commit().await?;
@@ -46,7 +51,7 @@ impl Store {
 
     /// Whether any number is still queued (the bench waits for its queue to drain).
     pub async fn any_queued(&self) -> Result<bool, sqlx::Error> {
-        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM batch_numbers WHERE state = 1)")
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM batches WHERE completed_at IS NULL)")
             .fetch_one(&self.pool)
             .await
     }

@@ -9,14 +9,45 @@ use super::batches::ResultRow;
 use super::{RESULTS_CHANNEL, Store};
 use crate::domain::batch::NumberState;
 
-/// A number claimed by a worker until its lease runs out.
-#[derive(Debug, Clone, sqlx::FromRow)]
+/// Numbers per queue chunk: submitting cuts a batch's queued numbers into chunks of this
+/// many, and a claim leases whole chunks (migration 9).
+pub const CHUNK_NUMBERS: usize = 50;
+
+/// A queue chunk: a batch and the first index of the range it covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ChunkKey {
+    pub batch_id: Uuid,
+    pub first_idx: i32,
+}
+
+/// What a claim got: the chunks leased under `token` and their numbers still pending
+/// (a chunk may have none left, when they were answered or cancelled meanwhile).
+#[derive(Debug)]
+pub struct Claim {
+    pub token: Uuid,
+    pub chunks: Vec<ChunkKey>,
+    pub numbers: Vec<Claimed>,
+}
+
+/// A number claimed by a worker until its chunk's lease runs out.
+#[derive(Debug, Clone)]
 pub struct Claimed {
     pub batch_id: Uuid,
     pub idx: i32,
+    /// First index of the chunk it was claimed with.
+    pub chunk: i32,
     pub e164: String,
     /// Including this one.
     pub attempts: i32,
+}
+
+impl Claimed {
+    pub fn chunk_key(&self) -> ChunkKey {
+        ChunkKey {
+            batch_id: self.batch_id,
+            first_idx: self.chunk,
+        }
+    }
 }
 
 /// A final answer for a claimed number.
@@ -24,6 +55,7 @@ pub struct Claimed {
 pub struct Answer {
     pub batch_id: Uuid,
     pub idx: i32,
+    pub chunk: i32,
     pub state: NumberState,
     pub wa_id: Option<String>,
     pub is_business: bool,
@@ -38,67 +70,111 @@ pub struct WrittenRow {
     pub row: ResultRow,
 }
 
-/// A claimed number to hand back for a later attempt.
+/// A claimed number to try again later: its error so far, shown while it waits.
 #[derive(Debug, Clone)]
 pub struct Retry {
     pub batch_id: Uuid,
     pub idx: i32,
+    pub chunk: i32,
     pub error: String,
 }
 
+/// How a worker lets go of a chunk once every number it claimed in it is dealt with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChunkEnd {
+    /// Nothing pending is left in it: the chunk leaves the queue.
+    Done = 1,
+    /// Some numbers are to be tried again: after a backoff that grows with its attempts.
+    Retry = 2,
+    /// The checker paused before trying some: after `Completion::defer_for`, this claim uncounted.
+    Defer = 3,
+}
+
+#[derive(sqlx::FromRow)]
+struct ClaimRow {
+    batch_id: Uuid,
+    first_idx: i32,
+    attempts: i32,
+    idx: Option<i32>,
+    e164: Option<String>,
+}
+
 impl Store {
-    /// Claims up to `limit` queued numbers, in fair order, under a new lease token.
-    pub async fn claim(
-        &self,
-        limit: i64,
-        lease: Duration,
-    ) -> Result<(Uuid, Vec<Claimed>), sqlx::Error> {
+    /// Leases up to `chunks` queue chunks, in fair order, under a new token, and reads
+    /// their pending numbers: one row written per chunk, none per number.
+    pub async fn claim(&self, chunks: i64, lease: Duration) -> Result<Claim, sqlx::Error> {
         let token = Uuid::new_v4();
         let mut tx = self.pool.begin().await?;
         // Walk the queue index in fair order whatever the statistics say. Without them
         // (a table never analyzed, autovacuum off) or with stale ones, the planner
-        // guesses a handful of queued rows and sorts every one of them instead:
-        // 150 ms per claim with 300,000 queued against 7 ms through the index.
+        // guesses a handful of queued rows and sorts every one of them instead.
         sqlx::raw_sql("SET LOCAL enable_sort = off; SET LOCAL enable_bitmapscan = off")
             .execute(&mut *tx)
             .await?;
-        let rows = sqlx::query_as(
+        let rows: Vec<ClaimRow> = sqlx::query_as(
             "WITH c AS (
-                SELECT batch_id, idx FROM batch_numbers
-                WHERE state = 1 AND available_at <= now() AND (lease_until IS NULL OR lease_until < now())
+                SELECT batch_id, first_idx FROM queue_chunks
+                WHERE available_at <= now() AND (lease_until IS NULL OR lease_until < now())
                 ORDER BY fair_key
                 LIMIT $1
-                FOR UPDATE SKIP LOCKED)
-             UPDATE batch_numbers n
-             SET lease_token = $2, lease_until = now() + make_interval(secs => $3), attempts = n.attempts + 1
-             FROM c WHERE n.batch_id = c.batch_id AND n.idx = c.idx
-             RETURNING n.batch_id, n.idx, n.e164, n.attempts",
+                FOR UPDATE SKIP LOCKED),
+             k AS (
+                UPDATE queue_chunks k
+                SET lease_token = $2, lease_until = now() + make_interval(secs => $3), attempts = k.attempts + 1
+                FROM c WHERE k.batch_id = c.batch_id AND k.first_idx = c.first_idx
+                RETURNING k.batch_id, k.first_idx, k.last_idx, k.attempts)
+             SELECT k.batch_id, k.first_idx, k.attempts, n.idx, n.e164
+             FROM k LEFT JOIN batch_numbers n
+               ON n.batch_id = k.batch_id AND n.idx BETWEEN k.first_idx AND k.last_idx AND n.state = 1",
         )
-        .bind(limit)
+        .bind(chunks)
         .bind(token)
         .bind(lease.as_secs_f64())
         .fetch_all(&mut *tx)
         .await?;
         tx.commit().await?;
-        Ok((token, rows))
+        let mut claim = Claim {
+            token,
+            chunks: Vec::new(),
+            numbers: Vec::with_capacity(rows.len()),
+        };
+        for row in rows {
+            let key = ChunkKey {
+                batch_id: row.batch_id,
+                first_idx: row.first_idx,
+            };
+            if claim.chunks.last() != Some(&key) && !claim.chunks.contains(&key) {
+                claim.chunks.push(key);
+            }
+            if let (Some(idx), Some(e164)) = (row.idx, row.e164) {
+                claim.numbers.push(Claimed {
+                    batch_id: row.batch_id,
+                    idx,
+                    chunk: row.first_idx,
+                    e164,
+                    attempts: row.attempts,
+                });
+            }
+        }
+        // Checked in index order, so a chunk is finished as early as its numbers allow.
+        claim.numbers.sort_unstable_by_key(|c| (c.batch_id, c.idx));
+        Ok(claim)
     }
 
-    /// Extends the lease of the given numbers while they are still held under `token`.
-    /// Rows are found by primary key, so no index on the token is needed (one less
-    /// index to maintain on every claim and every result write).
+    /// Extends the lease of the given chunks while they are still held under `token`.
     pub async fn renew_lease(
         &self,
         token: Uuid,
-        items: &[(Uuid, i32)],
+        chunks: &[ChunkKey],
         lease: Duration,
     ) -> Result<u64, sqlx::Error> {
         let done = sqlx::query(
-            "UPDATE batch_numbers n SET lease_until = now() + make_interval(secs => $4)
-             FROM unnest($1::uuid[], $2::int[]) AS r(batch_id, idx)
-             WHERE n.batch_id = r.batch_id AND n.idx = r.idx AND n.lease_token = $3 AND n.state = 1",
+            "UPDATE queue_chunks q SET lease_until = now() + make_interval(secs => $4)
+             FROM unnest($1::uuid[], $2::int[]) AS r(batch_id, first_idx)
+             WHERE q.batch_id = r.batch_id AND q.first_idx = r.first_idx AND q.lease_token = $3",
         )
-        .bind(items.iter().map(|i| i.0).collect::<Vec<_>>())
-        .bind(items.iter().map(|i| i.1).collect::<Vec<_>>())
+        .bind(chunks.iter().map(|c| c.batch_id).collect::<Vec<_>>())
+        .bind(chunks.iter().map(|c| c.first_idx).collect::<Vec<_>>())
         .bind(token)
         .bind(lease.as_secs_f64())
         .execute(&self.pool)
@@ -106,50 +182,26 @@ impl Store {
         Ok(done.rows_affected())
     }
 
-    /// Hands numbers back untouched (shutdown): the attempt did not happen.
-    pub async fn release(&self, token: Uuid, items: &[(Uuid, i32)]) -> Result<u64, sqlx::Error> {
+    /// Hands chunks back untouched (shutdown): the attempt did not happen.
+    pub async fn release(&self, token: Uuid, chunks: &[ChunkKey]) -> Result<u64, sqlx::Error> {
         let done = sqlx::query(
-            "UPDATE batch_numbers n SET lease_token = NULL, lease_until = NULL, attempts = n.attempts - 1
-             FROM unnest($1::uuid[], $2::int[]) AS r(batch_id, idx)
-             WHERE n.batch_id = r.batch_id AND n.idx = r.idx AND n.lease_token = $3 AND n.state = 1",
+            "UPDATE queue_chunks q SET lease_token = NULL, lease_until = NULL, attempts = q.attempts - 1
+             FROM unnest($1::uuid[], $2::int[]) AS r(batch_id, first_idx)
+             WHERE q.batch_id = r.batch_id AND q.first_idx = r.first_idx AND q.lease_token = $3",
         )
-        .bind(items.iter().map(|i| i.0).collect::<Vec<_>>())
-        .bind(items.iter().map(|i| i.1).collect::<Vec<_>>())
+        .bind(chunks.iter().map(|c| c.batch_id).collect::<Vec<_>>())
+        .bind(chunks.iter().map(|c| c.first_idx).collect::<Vec<_>>())
         .bind(token)
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected())
     }
 
-    /// Hands numbers back without counting an attempt, to be claimed again
-    /// after `delay` (the checker is paused: rate limit, daily cap, open circuit).
-    pub async fn defer(
-        &self,
-        token: Uuid,
-        items: &[(Uuid, i32)],
-        delay: Duration,
-    ) -> Result<u64, sqlx::Error> {
-        let done = sqlx::query(
-            "UPDATE batch_numbers n
-             SET lease_token = NULL, lease_until = NULL, attempts = n.attempts - 1,
-                 available_at = now() + make_interval(secs => $4)
-             FROM unnest($1::uuid[], $2::int[]) AS r(batch_id, idx)
-             WHERE n.batch_id = r.batch_id AND n.idx = r.idx AND n.state = 1 AND n.lease_token = $3",
-        )
-        .bind(items.iter().map(|i| i.0).collect::<Vec<_>>())
-        .bind(items.iter().map(|i| i.1).collect::<Vec<_>>())
-        .bind(token)
-        .bind(delay.as_secs_f64())
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected())
-    }
-
-    /// Writes final answers and schedules retries atomically: the batch
-    /// counters, the refund of numbers that ended in error, the result cache,
-    /// and one notification per batch touched all commit with the answers.
+    /// Writes final answers, the errors of numbers to retry and the chunks let go of,
+    /// atomically: the batch counters, the refund of numbers that ended in error, the
+    /// result cache, and one notification per batch touched all commit with the answers.
     ///
-    /// Every write is guarded by the lease token, so a worker whose lease was
+    /// Every write is guarded by the chunk's lease token, so a worker whose lease was
     /// taken over cannot overwrite, double-count or double-refund a number.
     /// Returns the answers written (committed) for `work.watched`, for this process's watchers.
     /// `cache_as`: the backend whose cache gets the answers, or None to cache nothing.
@@ -169,7 +221,6 @@ impl Store {
             return write_answers(&mut conn, token, cache_as, work, self.origin).await;
         }
         let mut tx = conn.begin().await?;
-        let mut written = Vec::new();
         if !answers.is_empty() {
             // Refunds lock accounts too: lock batches, then their accounts, each in
             // one order (as cancelling does), so concurrent writers cannot deadlock.
@@ -187,27 +238,24 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
             }
-            written = write_answers(&mut tx, token, cache_as, work, self.origin).await?;
         }
         if !retries.is_empty() {
-            // Exponential backoff with jitter: base * 2^(attempts-1), capped, times 0.5..1.
+            // Before the chunks are let go of below: the lease still guards this write.
             sqlx::query(
-                "UPDATE batch_numbers n
-                 SET lease_token = NULL, lease_until = NULL, error = r.error,
-                     available_at = now() + make_interval(secs =>
-                         least($5::float8, $4::float8 * power(2, n.attempts - 1)) * (0.5 + random() / 2))
-                 FROM unnest($1::uuid[], $2::int[], $3::text[]) AS r(batch_id, idx, error)
-                 WHERE n.batch_id = r.batch_id AND n.idx = r.idx AND n.state = 1 AND n.lease_token = $6",
+                "UPDATE batch_numbers n SET error = r.error, attempts = q.attempts
+                 FROM unnest($1::uuid[], $2::int[], $3::int[], $4::text[]) AS r(batch_id, idx, chunk, error)
+                 JOIN queue_chunks q ON q.batch_id = r.batch_id AND q.first_idx = r.chunk AND q.lease_token = $5
+                 WHERE n.batch_id = r.batch_id AND n.idx = r.idx AND n.state = 1",
             )
             .bind(retries.iter().map(|r| r.batch_id).collect::<Vec<_>>())
             .bind(retries.iter().map(|r| r.idx).collect::<Vec<_>>())
+            .bind(retries.iter().map(|r| r.chunk).collect::<Vec<_>>())
             .bind(retries.iter().map(|r| r.error.as_str()).collect::<Vec<_>>())
-            .bind(work.backoff_base.as_secs_f64())
-            .bind(work.backoff_max.as_secs_f64())
             .bind(token)
             .execute(&mut *tx)
             .await?;
         }
+        let written = write_answers(&mut tx, token, cache_as, work, self.origin).await?;
         tx.commit().await?;
         Ok(written)
     }
@@ -260,19 +308,20 @@ impl Store {
     /// Numbers waiting to be checked, and how long the oldest has waited (seconds).
     pub async fn queue_stats(&self) -> Result<(i64, f64), sqlx::Error> {
         sqlx::query_as(
-            "SELECT count(*), coalesce(extract(epoch FROM now() - min(b.created_at))::float8, 0)
-             FROM batch_numbers n JOIN batches b ON b.id = n.batch_id WHERE n.state = 1",
+            "SELECT coalesce(sum(total_numbers - completed - failed - cancelled), 0)::bigint,
+                    coalesce(extract(epoch FROM now() - min(created_at))::float8, 0)
+             FROM batches WHERE completed_at IS NULL",
         )
         .fetch_one(&self.pool)
         .await
     }
 }
 
-/// The answers' statement: rows, cache, counters, refunds, ledger and
-/// notifications at once. Batch rows are updated in id order (the sorted
-/// `agg`), the order every other writer locks them in. Returns the rows written for
-/// the batches in `work.watched`, whose notifications carry `origin` so this process's
-/// hub skips reading them back; other batches' notifications are read back everywhere.
+/// The answers' statement: rows, cache, counters, refunds, ledger, notifications and the
+/// chunks let go of, at once. Batch rows are updated in id order (the sorted `agg`), the
+/// order every other writer locks them in. Returns the rows written for the batches in
+/// `work.watched`, whose notifications carry `origin` so this process's hub skips reading
+/// them back; other batches' notifications are read back everywhere.
 async fn write_answers(
     conn: &mut sqlx::PgConnection,
     token: Uuid,
@@ -280,26 +329,32 @@ async fn write_answers(
     work: &Completion<'_>,
     origin: Uuid,
 ) -> Result<Vec<WrittenRow>, sqlx::Error> {
-    let answers = work.answers;
-    if answers.is_empty() {
+    let (answers, ends) = (work.answers, work.ends);
+    if answers.is_empty() && ends.is_empty() {
         return Ok(Vec::new());
     }
     sqlx::query_as(
         "WITH r AS (
-            SELECT * FROM unnest($1::uuid[], $2::int[], $3::smallint[], $4::text[], $5::bool[], $6::text[])
-                AS r(batch_id, idx, state, wa_id, is_business, error)),
+            SELECT * FROM unnest($1::uuid[], $2::int[], $3::int[], $4::smallint[], $5::text[], $6::bool[], $7::text[])
+                AS r(batch_id, idx, chunk, state, wa_id, is_business, error)),
+         -- The chunks still held under this lease: only their numbers are written.
+         k AS (
+            SELECT q.batch_id, q.first_idx, q.attempts
+            FROM queue_chunks q JOIN (SELECT DISTINCT batch_id, chunk FROM r) h
+              ON q.batch_id = h.batch_id AND q.first_idx = h.chunk
+            WHERE q.lease_token = $8),
          u AS (
             UPDATE batch_numbers n
             SET state = r.state, wa_id = r.wa_id, is_business = r.is_business, error = r.error,
-                checked_at = now(), lease_token = NULL, lease_until = NULL
-            FROM r
-            WHERE n.batch_id = r.batch_id AND n.idx = r.idx AND n.state = 1 AND n.lease_token = $7
+                checked_at = now(), attempts = k.attempts
+            FROM r JOIN k ON k.batch_id = r.batch_id AND k.first_idx = r.chunk
+            WHERE n.batch_id = r.batch_id AND n.idx = r.idx AND n.state = 1
             RETURNING n.batch_id, n.idx, n.input, n.e164, n.region, n.state, n.wa_id, n.is_business,
                       n.error, n.checked_at, n.from_cache, n.normalization_note),
          cache AS (
             INSERT INTO number_cache (backend, e164, on_whatsapp, wa_id, is_business, checked_at)
-            SELECT DISTINCT ON (e164) $9, e164, state = 2, wa_id, is_business, checked_at
-            FROM u WHERE state IN (2, 3) AND $9::text IS NOT NULL
+            SELECT DISTINCT ON (e164) $10, e164, state = 2, wa_id, is_business, checked_at
+            FROM u WHERE state IN (2, 3) AND $10::text IS NOT NULL
             ON CONFLICT (backend, e164) DO UPDATE
             SET on_whatsapp = excluded.on_whatsapp, wa_id = excluded.wa_id,
                 is_business = excluded.is_business, checked_at = excluded.checked_at),
@@ -322,8 +377,8 @@ async fn write_answers(
             -- The notification rides on this data-modifying CTE, which always runs,
             -- whichever rows the final SELECT returns.
             RETURNING batches.id, batches.account_id, agg.failed::bigint AS refund,
-                      pg_notify($8, agg.batch_id::text || ' ' || agg.idxs
-                          || CASE WHEN agg.batch_id = ANY($10) THEN ' ' || $11 ELSE '' END)),
+                      pg_notify($9, agg.batch_id::text || ' ' || agg.idxs
+                          || CASE WHEN agg.batch_id = ANY($11) THEN ' ' || $12 ELSE '' END)),
          acct AS (
             UPDATE accounts SET credits = credits + t.refund
             FROM (SELECT account_id, sum(refund)::bigint AS refund FROM b WHERE refund > 0 GROUP BY account_id) t
@@ -334,13 +389,28 @@ async fn write_answers(
             SELECT b.account_id, b.refund, 'refund_error', b.id,
                    acct.credits - coalesce(sum(b.refund) OVER (PARTITION BY b.account_id ORDER BY b.id
                         ROWS BETWEEN 1 FOLLOWING AND UNBOUNDED FOLLOWING), 0)
-            FROM b JOIN acct ON acct.id = b.account_id WHERE b.refund > 0)
+            FROM b JOIN acct ON acct.id = b.account_id WHERE b.refund > 0),
+         e AS (
+            SELECT * FROM unnest($13::uuid[], $14::int[], $15::smallint[]) AS e(batch_id, first_idx, action)),
+         finished AS (
+            DELETE FROM queue_chunks q USING e
+            WHERE q.batch_id = e.batch_id AND q.first_idx = e.first_idx AND e.action = 1 AND q.lease_token = $8),
+         requeued AS (
+            -- Exponential backoff with jitter for retries: base * 2^(attempts-1), capped,
+            -- times 0.5..1; a deferral waits as long as the checker said and is not counted.
+            UPDATE queue_chunks q
+            SET lease_token = NULL, lease_until = NULL, attempts = q.attempts - (e.action = 3)::int,
+                available_at = now() + make_interval(secs => CASE WHEN e.action = 3 THEN $16::float8
+                    ELSE least($18::float8, $17::float8 * power(2, q.attempts - 1)) * (0.5 + random() / 2) END)
+            FROM e
+            WHERE q.batch_id = e.batch_id AND q.first_idx = e.first_idx AND e.action IN (2, 3) AND q.lease_token = $8)
          SELECT u.batch_id, u.idx, u.input, u.e164, u.region, u.state, u.wa_id, u.is_business, u.error,
                 u.checked_at, u.from_cache, u.normalization_note
-         FROM u WHERE u.batch_id = ANY($10)",
+         FROM u WHERE u.batch_id = ANY($11)",
     )
     .bind(answers.iter().map(|a| a.batch_id).collect::<Vec<_>>())
     .bind(answers.iter().map(|a| a.idx).collect::<Vec<_>>())
+    .bind(answers.iter().map(|a| a.chunk).collect::<Vec<_>>())
     .bind(answers.iter().map(|a| a.state as i16).collect::<Vec<_>>())
     .bind(answers.iter().map(|a| a.wa_id.as_deref()).collect::<Vec<_>>())
     .bind(answers.iter().map(|a| a.is_business).collect::<Vec<_>>())
@@ -350,6 +420,12 @@ async fn write_answers(
     .bind(cache_as)
     .bind(work.watched)
     .bind(origin.to_string())
+    .bind(ends.iter().map(|(c, _)| c.batch_id).collect::<Vec<_>>())
+    .bind(ends.iter().map(|(c, _)| c.first_idx).collect::<Vec<_>>())
+    .bind(ends.iter().map(|(_, e)| *e as i16).collect::<Vec<_>>())
+    .bind(work.defer_for.as_secs_f64())
+    .bind(work.backoff_base.as_secs_f64())
+    .bind(work.backoff_max.as_secs_f64())
     .fetch_all(conn)
     .await
 }
@@ -365,6 +441,10 @@ fn distinct_batches(answers: &[Answer]) -> Vec<Uuid> {
 pub struct Completion<'a> {
     pub answers: &'a [Answer],
     pub retries: &'a [Retry],
+    /// Chunks every claimed number of which is now dealt with, and how to let go of them.
+    pub ends: &'a [(ChunkKey, ChunkEnd)],
+    /// How long deferred chunks wait.
+    pub defer_for: Duration,
     pub backoff_base: Duration,
     pub backoff_max: Duration,
     /// Batches watched in this process: their written rows are returned to be handed

@@ -26,7 +26,7 @@ pub fn admin_url() -> String {
     base_url()
 }
 
-fn base_url() -> String {
+pub fn base_url() -> String {
     std::env::var("DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }

@@ -124,7 +124,7 @@ async fn one_accounts_backlog_does_not_stall_another_accounts_batch() {
 async fn a_stale_or_repeated_write_neither_overwrites_nor_refunds_twice() {
     use std::time::Duration;
     use wavalidate::domain::batch::NumberState;
-    use wavalidate::store::queue::{Answer, Completion};
+    use wavalidate::store::queue::{Answer, ChunkEnd, Completion};
 
     let (url, store) = fresh_database().await;
     let api = spawn_app_on(url, store.clone(), &["--role", "api"]).await;
@@ -133,13 +133,14 @@ async fn a_stale_or_repeated_write_neither_overwrites_nor_refunds_twice() {
     let sub = submit(&mut client, &key, &["+14155552671".into()]).await;
 
     // A worker claims with a lease that runs out at once; another takes the number over.
-    let (stale, claimed) = store.claim(10, Duration::from_millis(1)).await.unwrap();
+    let stale = store.claim(10, Duration::from_millis(1)).await.unwrap();
+    let claimed = stale.numbers;
     assert_eq!(claimed.len(), 1);
     let deadline = std::time::Instant::now() + DEADLINE;
     let fresh = loop {
-        let (token, rows) = store.claim(10, Duration::from_secs(30)).await.unwrap();
-        if !rows.is_empty() {
-            break token;
+        let claim = store.claim(10, Duration::from_secs(30)).await.unwrap();
+        if !claim.numbers.is_empty() {
+            break claim.token;
         }
         assert!(
             std::time::Instant::now() < deadline,
@@ -151,6 +152,7 @@ async fn a_stale_or_repeated_write_neither_overwrites_nor_refunds_twice() {
     let answers = [Answer {
         batch_id: claimed[0].batch_id,
         idx: 0,
+        chunk: claimed[0].chunk,
         state: NumberState::Error,
         wa_id: None,
         is_business: false,
@@ -159,17 +161,28 @@ async fn a_stale_or_repeated_write_neither_overwrites_nor_refunds_twice() {
     let work = Completion {
         answers: &answers,
         retries: &[],
+        ends: &[(claimed[0].chunk_key(), ChunkEnd::Done)],
+        defer_for: Duration::ZERO,
         backoff_base: Duration::from_millis(10),
         backoff_max: Duration::from_millis(10),
         // Written rows of this batch come back, so the assertions below count them.
         watched: &[claimed[0].batch_id],
     };
     assert_eq!(
-        store.complete(stale, None, &work).await.unwrap().len(),
+        store
+            .complete(stale.token, None, &work)
+            .await
+            .unwrap()
+            .len(),
         0,
         "the stale worker writes nothing"
     );
     assert_eq!(store.complete(fresh, None, &work).await.unwrap().len(), 1);
+    let chunks: i64 = sqlx::query_scalar("SELECT count(*) FROM queue_chunks")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(chunks, 0, "the finished chunk left the queue");
     assert_eq!(
         store.complete(fresh, None, &work).await.unwrap().len(),
         0,
@@ -241,4 +254,91 @@ async fn the_queue_tables_are_vacuumed_once_dead_rows_pile_up() {
         ) >= 1.0
     })
     .await;
+}
+
+#[tokio::test]
+async fn a_chunk_checked_in_several_calls_shows_each_calls_results_at_once() {
+    // 10 numbers a call against chunks of 50: one claim, five calls, five writes.
+    let app = spawn_app_with(&[
+        "--sim-batch",
+        "10",
+        "--sim-latency-ms",
+        "300",
+        "--workers",
+        "1",
+    ])
+    .await;
+    let (_, key) = app.account(100).await;
+    let mut client = app.client().await;
+    let sub = submit(&mut client, &key, &us_numbers(0, 50)).await;
+    wait_for_progress(&client, &key, &sub.batch_id, 10).await;
+    let p = poll(&mut client, &key, &sub.batch_id).await;
+    let leased: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM queue_chunks WHERE lease_token IS NOT NULL")
+            .fetch_one(app.store.pool())
+            .await
+            .unwrap();
+    assert!(
+        p.completed < 50 && leased == 1,
+        "results written while their chunk is still being checked ({} done, {leased} leased)",
+        p.completed
+    );
+    let done = wait_completed(&mut client, &key, &sub.batch_id).await;
+    assert_eq!(done.completed, 50);
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM queue_chunks")
+        .fetch_one(app.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(left, 0, "the finished chunk left the queue");
+}
+
+#[tokio::test]
+async fn numbers_queued_before_the_chunk_migration_are_checked_after_it() {
+    use wavalidate::store::{MIGRATOR, Store, url_with_database};
+
+    // A database at the schema before chunks, holding a queued batch, one number of it
+    // leased by a worker of that version.
+    let url = url_with_database(
+        &base_url(),
+        &format!("wavtest_{}", uuid::Uuid::new_v4().simple()),
+    );
+    Store::create_database_if_missing(&url).await.unwrap();
+    let old = Store::connect_lazy(&url, 2).unwrap();
+    MIGRATOR.run_to(20261127000008, old.pool()).await.unwrap();
+    let (account, key) = old.create_account("old", 1000).await.unwrap();
+    let batch = uuid::Uuid::now_v7();
+    sqlx::query(
+        "INSERT INTO batches (id, account_id, request_hash, total_numbers, credits_charged)
+         VALUES ($1, $2, '\\x00', 120, 120)",
+    )
+    .bind(batch)
+    .bind(account)
+    .execute(old.pool())
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO batch_numbers (batch_id, idx, input, e164, region, state, fair_key, attempts, lease_token, lease_until)
+         SELECT $1, g, n, n, 'US', 1, g,
+                CASE WHEN g = 7 THEN 1 ELSE 0 END,
+                CASE WHEN g = 7 THEN gen_random_uuid() END,
+                CASE WHEN g = 7 THEN now() + interval '1 hour' END
+         FROM generate_series(0, 119) g, LATERAL (SELECT '+1202555' || lpad(g::text, 4, '0') AS n) x",
+    )
+    .bind(batch)
+    .execute(old.pool())
+    .await
+    .unwrap();
+
+    let store = Store::connect_migrated(&url).await.unwrap();
+    let chunks: Vec<(i32, i32, i32)> =
+        sqlx::query_as("SELECT first_idx, last_idx, attempts FROM queue_chunks ORDER BY first_idx")
+            .fetch_all(store.pool())
+            .await
+            .unwrap();
+    assert_eq!(chunks, [(0, 49, 1), (50, 99, 0), (100, 119, 0)]);
+
+    let app = spawn_app_on(url, store, &[]).await;
+    let mut client = app.client().await;
+    let done = wait_completed(&mut client, key.expose(), &batch.to_string()).await;
+    assert_eq!((done.completed, done.pending), (120, 0));
 }
