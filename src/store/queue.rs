@@ -143,7 +143,7 @@ impl Store {
                 batch_id: row.batch_id,
                 first_idx: row.first_idx,
             };
-            if claim.chunks.last() != Some(&key) && !claim.chunks.contains(&key) {
+            if !claim.chunks.contains(&key) {
                 claim.chunks.push(key);
             }
             if let (Some(idx), Some(e164)) = (row.idx, row.e164) {
