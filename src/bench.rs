@@ -45,6 +45,36 @@ async fn submit(client: &mut Client, key: &str, b: usize) -> anyhow::Result<Stri
         .batch_id)
 }
 
+/// Submits batches `first..first + n` from `submitters` concurrent clients, each using one
+/// of `keys` in turn; returns their ids.
+async fn submit_concurrently(
+    client: &Client,
+    keys: &[String],
+    first: usize,
+    n: usize,
+    submitters: usize,
+) -> anyhow::Result<Vec<String>> {
+    let per = submitters.max(1);
+    let mut tasks = Vec::new();
+    for s in 0..per {
+        let (mut c, k) = (client.clone(), keys[s % keys.len()].clone());
+        tasks.push(tokio::spawn(async move {
+            let mut ids = Vec::new();
+            let mut b = s;
+            while b < n {
+                ids.push(submit(&mut c, &k, first + b).await?);
+                b += per;
+            }
+            anyhow::Ok(ids)
+        }));
+    }
+    let mut ids = Vec::new();
+    for t in tasks {
+        ids.extend(t.await??);
+    }
+    Ok(ids)
+}
+
 /// What the watch streams of one phase record together.
 #[derive(Default)]
 struct WatchLog {
@@ -96,6 +126,53 @@ async fn watch(
     Ok(Instant::now())
 }
 
+impl WatchLog {
+    /// The phase's figures: `numbers` from `start` to the last completed event at `last`.
+    fn phase(&self, numbers: usize, start: Instant, last: Instant) -> Phase {
+        let sorted = |v: &Mutex<Vec<f64>>| {
+            let mut v = v.lock().expect("latencies").clone();
+            v.sort_by(f64::total_cmp);
+            v
+        };
+        Phase {
+            per_s: numbers as f64 / (last - start).as_secs_f64(),
+            delivery: sorted(&self.delivery),
+            opens: sorted(&self.opens),
+            peak_watchers: self.peak.load(Ordering::SeqCst),
+        }
+    }
+}
+
+/// Watchers come from many clients: one HTTP/2 connection per 50 streams, not one for all.
+async fn watch_connections(addr: &str, streams: usize) -> anyhow::Result<Arc<Vec<Client>>> {
+    let mut connections = Vec::new();
+    for _ in 0..streams.div_ceil(50) {
+        connections.push(WaValidationServiceClient::connect(addr.to_string()).await?);
+    }
+    Ok(Arc::new(connections))
+}
+
+/// Opens one stream on each batch of `ids` at once and holds them all until every one
+/// of those batches has completed.
+async fn hold_watchers(addr: &str, key: &str, ids: &[String]) -> anyhow::Result<Phase> {
+    let connections = watch_connections(addr, ids.len()).await?;
+    let log = Arc::new(WatchLog::default());
+    let start = Instant::now();
+    let streams: Vec<_> = ids
+        .iter()
+        .enumerate()
+        .map(|(w, id)| {
+            let conn = connections[w / 50].clone();
+            tokio::spawn(watch(conn, key.to_string(), id.clone(), log.clone()))
+        })
+        .collect();
+    let mut last = start;
+    for s in streams {
+        last = last.max(s.await??);
+    }
+    Ok(log.phase(ids.len() * 1000, start, last))
+}
+
 /// Where the end-to-end phase submits and where it watches (two replicas, or one).
 struct Targets<'a> {
     submit: &'a Client,
@@ -125,12 +202,7 @@ async fn end_to_end(
     submitters: usize,
 ) -> anyhow::Result<Phase> {
     let streams = watchers.max(batches);
-    // Watchers come from many clients: one HTTP/2 connection per 50 streams, not one for all.
-    let mut connections = Vec::new();
-    for _ in 0..streams.div_ceil(50) {
-        connections.push(WaValidationServiceClient::connect(to.watch_addr.to_string()).await?);
-    }
-    let connections = Arc::new(connections);
+    let connections = watch_connections(to.watch_addr, streams).await?;
     let log = Arc::new(WatchLog::default());
     let start = Instant::now();
     let mut tasks = Vec::new();
@@ -165,17 +237,7 @@ async fn end_to_end(
     for t in tasks {
         last = last.max(t.await??);
     }
-    let sorted = |v: &Mutex<Vec<f64>>| {
-        let mut v = v.lock().expect("latencies").clone();
-        v.sort_by(f64::total_cmp);
-        v
-    };
-    Ok(Phase {
-        per_s: (batches * 1000) as f64 / (last - start).as_secs_f64(),
-        delivery: sorted(&log.delivery),
-        opens: sorted(&log.opens),
-        peak_watchers: log.peak.load(Ordering::SeqCst),
-    })
+    Ok(log.phase(batches * 1000, start, last))
 }
 
 /// Works off what is queued (no watchers): numbers per second, None when nothing was left.
@@ -326,23 +388,29 @@ pub async fn run(args: BenchArgs, database_url: Option<String>) -> anyhow::Resul
         }
     }
     let start = Instant::now();
-    let mut tasks = Vec::new();
-    for s in 0..args.submitters {
-        let (mut c, k) = (client.clone(), ingest_keys[s % ingest_keys.len()].clone());
-        let (n, per) = (args.ingest_batches, args.submitters);
-        tasks.push(tokio::spawn(async move {
-            let mut b = s;
-            while b < n {
-                submit(&mut c, &k, first + b).await?;
-                b += per;
-            }
-            anyhow::Ok(())
-        }));
-    }
-    for t in tasks {
-        t.await??;
-    }
+    submit_concurrently(
+        &client,
+        &ingest_keys,
+        first,
+        args.ingest_batches,
+        args.submitters,
+    )
+    .await?;
     let ingest = (args.ingest_batches * 1000) as f64 / start.elapsed().as_secs_f64();
+    // Batches to be watched all at once, queued while no worker runs (own server only).
+    let held_first = first + args.ingest_batches;
+    let mut held_ids = Vec::new();
+    if own.is_some() {
+        let keys = [key.clone()];
+        held_ids = submit_concurrently(
+            &client,
+            &keys,
+            held_first,
+            args.held_watchers,
+            args.submitters,
+        )
+        .await?;
+    }
     // From here on a server with workers, as before, in place of the API-only one; let its
     // workers drain the queue before measuring end to end.
     let mut checked_during_submits = None;
@@ -358,10 +426,17 @@ pub async fn run(args: BenchArgs, database_url: Option<String>) -> anyhow::Resul
         api_only.wait().await?;
         addr = format!("http://{}", own.server.addr);
         client = WaValidationServiceClient::connect(addr.clone()).await?;
+    }
+    // At once, while the workers start on the ingest phase's batches queued ahead of these.
+    let held = match held_ids.is_empty() {
+        true => None,
+        false => Some(hold_watchers(&addr, &key, &held_ids).await?),
+    };
+    if let Some(own) = &own {
         drain(&own.store).await?;
     }
 
-    let next = first + args.ingest_batches;
+    let next = held_first + held_ids.len();
     let watch_addr = match &args.watch_server {
         Some(w) if !w.contains("://") => format!("http://{w}"),
         Some(w) => w.clone(),
@@ -453,6 +528,17 @@ pub async fn run(args: BenchArgs, database_url: Option<String>) -> anyhow::Resul
         // Streams open at the same moment: batches finish while later ones are still submitted.
         "peak_watchers": phase.peak_watchers,
         "server_rss_mb": rss,
+        // Every stream opened before the workers reached its batch: `peak_watchers` open at once.
+        "held_watchers": held.as_ref().map(|h| json!({
+            "streams": held_ids.len(),
+            "peak_watchers": h.peak_watchers,
+            "delivery_p50_ms": pct(&h.delivery, 0.5),
+            "delivery_p99_ms": pct(&h.delivery, 0.99),
+            "delivery_samples": h.delivery.len(),
+            "watch_open_p50_ms": pct(&h.opens, 0.5),
+            "watch_open_p99_ms": pct(&h.opens, 0.99),
+            "numbers_per_s": h.per_s.round(),
+        })),
         "floor": floor,
         "ingest_ratio": ratio(ingest, "ingest_rows_per_s"),
         "e2e_ratio": ratio(e2e, "pipeline_rows_per_s"),

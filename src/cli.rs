@@ -116,6 +116,11 @@ pub struct BenchArgs {
     /// Worker loops of the in-process server.
     #[arg(long, default_value_t = 4)]
     pub workers: usize,
+    /// With the bench's own server: queue this many batches while no worker runs, open one
+    /// stream on each, then start the workers, so delivery is timed with every stream
+    /// open at once (0: skip).
+    #[arg(long, default_value_t = 1000)]
+    pub held_watchers: usize,
     /// Then compare how fast workers drain a small backlog and one of this many numbers (another
     /// account), with watched batches beside it, and measure end to end again after it is worked off.
     #[arg(long, default_value_t = 0)]

@@ -46,6 +46,8 @@ async fn bench_prints_its_figures_beside_the_floor_and_drops_its_database() {
             "2",
             "--backlog",
             "50000",
+            "--held-watchers",
+            "3",
         ])
         .arg("--floor-script")
         .arg(&floor)
@@ -99,6 +101,17 @@ async fn bench_prints_its_figures_beside_the_floor_and_drops_its_database() {
     assert_eq!(report["settings"]["ingest_accounts"], 2);
     // Submits were timed on an API-only server, like the floor's ingest phase.
     assert_eq!(report["settings"]["numbers_checked_during_submits"], 0);
+    // Three batches queued before the workers start, one stream held on each to the end.
+    let held = &report["held_watchers"];
+    assert_eq!(held["streams"], 3, "{held}");
+    assert!(
+        (1..=3).contains(&held["peak_watchers"].as_u64().unwrap_or(0)),
+        "{held}"
+    );
+    assert!(
+        held["numbers_per_s"].as_f64().is_some_and(|v| v > 0.0),
+        "{held}"
+    );
     let backlog = &report["backlog"];
     assert_eq!(backlog["backlog_numbers"], 50000);
     for name in [
