@@ -1,4 +1,4 @@
-//! The work queue: claiming numbers under a lease and writing their results.
+//! The work queue: leasing chunks of queued numbers and writing their results.
 use std::time::Duration;
 
 use sqlx::Connection;
