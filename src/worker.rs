@@ -138,12 +138,16 @@ impl Workers {
             let last = calls.peek().is_none();
             let ends = chunks.take_ends(last);
             record_outcomes(&answers, retries.len(), deferred);
-            self.write(token, &answers, &retries, &ends, chunks.defer_for)
+            let written = self
+                .write(token, &answers, &retries, &ends, chunks.defer_for)
                 .await;
-            answers.clear();
-            if last {
+            // A write that did not land leaves its numbers pending: a later write must not
+            // end their chunks as done. Give the claim up; its leases expire and every
+            // number still pending is claimed again.
+            if last || !written {
                 return;
             }
+            answers.clear();
         }
     }
 
@@ -253,9 +257,9 @@ impl Workers {
         }
     }
 
-    /// Writes, retrying briefly on database errors. If it still fails the
-    /// lease expires and another worker checks the numbers again: at least once,
-    /// and the lease guard keeps the result written exactly once.
+    /// Writes, retrying briefly on database errors; false when it still failed. Then the
+    /// lease expires and another worker checks the numbers again: at least once, and the
+    /// lease guard keeps the result written exactly once.
     async fn write(
         &self,
         token: Uuid,
@@ -263,9 +267,9 @@ impl Workers {
         retries: &[Retry],
         ends: &[(ChunkKey, ChunkEnd)],
         defer_for: Duration,
-    ) {
+    ) -> bool {
         if answers.is_empty() && retries.is_empty() && ends.is_empty() {
-            return;
+            return true;
         }
         // Asked before writing: a batch watched only from later on gets its notification
         // without our origin, and its watchers read the rows back.
@@ -279,13 +283,13 @@ impl Workers {
             backoff_max: self.config.backoff_max,
             watched: &watched,
         };
+        let cache_as = self.checker.cacheable().then(|| self.checker.name());
         let mut delay = Duration::from_millis(100);
         for attempt in 1..=5 {
-            let cache_as = self.checker.cacheable().then(|| self.checker.name());
             match self.store.complete(token, cache_as, &work).await {
                 Ok(written) => {
                     self.hub.publish_written(written);
-                    return;
+                    return true;
                 }
                 Err(err) => {
                     tracing::warn!(attempt, error = %err, "writing results failed");
@@ -294,6 +298,7 @@ impl Workers {
                 }
             }
         }
+        false
     }
 }
 

@@ -173,8 +173,8 @@ impl Store {
              FROM unnest($1::uuid[], $2::int[]) AS r(batch_id, first_idx)
              WHERE q.batch_id = r.batch_id AND q.first_idx = r.first_idx AND q.lease_token = $3",
         )
-        .bind(chunks.iter().map(|c| c.batch_id).collect::<Vec<_>>())
-        .bind(chunks.iter().map(|c| c.first_idx).collect::<Vec<_>>())
+        .bind(batch_ids(chunks))
+        .bind(first_idxs(chunks))
         .bind(token)
         .bind(lease.as_secs_f64())
         .execute(&self.pool)
@@ -189,8 +189,8 @@ impl Store {
              FROM unnest($1::uuid[], $2::int[]) AS r(batch_id, first_idx)
              WHERE q.batch_id = r.batch_id AND q.first_idx = r.first_idx AND q.lease_token = $3",
         )
-        .bind(chunks.iter().map(|c| c.batch_id).collect::<Vec<_>>())
-        .bind(chunks.iter().map(|c| c.first_idx).collect::<Vec<_>>())
+        .bind(batch_ids(chunks))
+        .bind(first_idxs(chunks))
         .bind(token)
         .execute(&self.pool)
         .await?;
@@ -428,6 +428,15 @@ async fn write_answers(
     .bind(work.backoff_max.as_secs_f64())
     .fetch_all(conn)
     .await
+}
+
+/// The chunks' keys as the two arrays a statement unnests.
+fn batch_ids(chunks: &[ChunkKey]) -> Vec<Uuid> {
+    chunks.iter().map(|c| c.batch_id).collect()
+}
+
+fn first_idxs(chunks: &[ChunkKey]) -> Vec<i32> {
+    chunks.iter().map(|c| c.first_idx).collect()
 }
 
 fn distinct_batches(answers: &[Answer]) -> Vec<Uuid> {

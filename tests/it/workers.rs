@@ -342,3 +342,47 @@ async fn numbers_queued_before_the_chunk_migration_are_checked_after_it() {
     let done = wait_completed(&mut client, key.expose(), &batch.to_string()).await;
     assert_eq!((done.completed, done.pending), (120, 0));
 }
+
+#[tokio::test]
+async fn a_write_that_never_lands_leaves_its_numbers_to_be_claimed_again() {
+    // One chunk of 50 checked in five calls; the database refuses the first call's
+    // results (numbers 0-9) until the test lets it.
+    let app = spawn_app_with(&["--sim-batch", "10", "--workers", "1", "--lease-secs", "2"]).await;
+    sqlx::raw_sql(
+        "CREATE TABLE refuse_writes ();
+         INSERT INTO refuse_writes DEFAULT VALUES;
+         CREATE FUNCTION refuse_write() RETURNS trigger AS $$
+         BEGIN
+             IF EXISTS (SELECT 1 FROM refuse_writes) THEN RAISE EXCEPTION 'write refused by the test'; END IF;
+             RETURN NEW;
+         END $$ LANGUAGE plpgsql;
+         CREATE TRIGGER refuse_first_call BEFORE UPDATE ON batch_numbers
+             FOR EACH ROW WHEN (OLD.idx < 10 AND NEW.state <> 1) EXECUTE FUNCTION refuse_write();",
+    )
+    .execute(app.store.pool())
+    .await
+    .unwrap();
+    let (_, key) = app.account(100).await;
+    let mut client = app.client().await;
+    let rolled_back = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT xact_rollback FROM pg_stat_database WHERE datname = current_database()",
+        )
+        .fetch_one(app.store.pool())
+        .await
+        .unwrap()
+    };
+    let before = rolled_back().await;
+    let sub = submit(&mut client, &key, &us_numbers(0, 50)).await;
+    // The worker tries five times, then gives the write up.
+    wait_until("the first call's write to fail five times", || async {
+        rolled_back().await >= before + 5
+    })
+    .await;
+    sqlx::query("DELETE FROM refuse_writes")
+        .execute(app.store.pool())
+        .await
+        .unwrap();
+    let done = wait_completed(&mut client, &key, &sub.batch_id).await;
+    assert_eq!((done.completed, done.pending), (50, 0));
+}
