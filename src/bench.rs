@@ -428,9 +428,10 @@ pub async fn run(args: BenchArgs, database_url: Option<String>) -> anyhow::Resul
         client = WaValidationServiceClient::connect(addr.clone()).await?;
     }
     // At once, while the workers start on the ingest phase's batches queued ahead of these.
-    let held = match held_ids.is_empty() {
-        true => None,
-        false => Some(hold_watchers(&addr, &key, &held_ids).await?),
+    let held = if held_ids.is_empty() {
+        None
+    } else {
+        Some(hold_watchers(&addr, &key, &held_ids).await?)
     };
     if let Some(own) = &own {
         drain(&own.store).await?;
