@@ -42,6 +42,11 @@ impl Server {
         self.hub.watchers()
     }
 
+    /// Batches the event hub keeps a channel for (each has at least one watch open).
+    pub fn watched_batches(&self) -> usize {
+        self.hub.watched_batches()
+    }
+
     pub async fn wait(self) -> anyhow::Result<()> {
         self.task.await?
     }

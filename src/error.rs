@@ -29,6 +29,9 @@ pub enum ApiError {
     TooLarge(String),
     #[error("the database is unavailable; retry shortly")]
     Unavailable(#[source] sqlx::Error),
+    /// Concurrent work kept conflicting with this request (retried inside the store first).
+    #[error("the request conflicted with concurrent changes; retry it")]
+    Conflict(#[source] sqlx::Error),
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
 }
@@ -39,6 +42,9 @@ impl ApiError {
         match self {
             ApiError::Unavailable(source) => {
                 tracing::warn!(error = %source, "database unavailable")
+            }
+            ApiError::Conflict(source) => {
+                tracing::warn!(error = %source, "request kept conflicting with concurrent work")
             }
             ApiError::Internal(source) => tracing::error!(error = ?source, "internal error"),
             _ => {}
@@ -75,6 +81,7 @@ impl From<sqlx::Error> for ApiError {
             {
                 ApiError::Unavailable(err)
             }
+            ref e if crate::store::is_conflict(e) => ApiError::Conflict(err),
             other => ApiError::Internal(other.into()),
         }
     }
@@ -129,6 +136,7 @@ impl From<ApiError> for Status {
             }
             ApiError::TooLarge(_) => Status::resource_exhausted(message),
             ApiError::Unavailable(_) => Status::unavailable(message),
+            ApiError::Conflict(_) => Status::aborted(message),
             ApiError::Internal(_) => Status::internal(message),
         }
     }

@@ -21,10 +21,17 @@ const CHANNEL_DEPTH: usize = 64;
 
 pub struct EventHub {
     store: Store,
-    batches: Mutex<HashMap<Uuid, broadcast::Sender<Update>>>,
+    batches: Mutex<HashMap<Uuid, Channel>>,
     /// Woken when numbers are queued, so idle workers start at once.
     pub queued: Arc<Notify>,
     backstop: Duration,
+}
+
+/// A watched batch's channel and how many subscriptions share it, counted under the
+/// hub's lock (a receiver count would still include a receiver being dropped).
+struct Channel {
+    tx: broadcast::Sender<Update>,
+    subscriptions: usize,
 }
 
 /// A watcher's handle on a batch; dropping the last one frees the batch's channel.
@@ -37,12 +44,11 @@ pub struct Subscription {
 impl Drop for Subscription {
     fn drop(&mut self) {
         let mut batches = self.hub.batches.lock().expect("hub lock");
-        // Our own receiver is still counted here.
-        if batches
-            .get(&self.batch_id)
-            .is_some_and(|tx| tx.receiver_count() <= 1)
-        {
-            batches.remove(&self.batch_id);
+        if let Some(channel) = batches.get_mut(&self.batch_id) {
+            channel.subscriptions -= 1;
+            if channel.subscriptions == 0 {
+                batches.remove(&self.batch_id);
+            }
         }
     }
 }
@@ -60,10 +66,12 @@ impl EventHub {
     /// Subscribe before reading what is already finished, so nothing falls in between.
     pub fn subscribe(self: &Arc<Self>, batch_id: Uuid) -> Subscription {
         let mut batches = self.batches.lock().expect("hub lock");
-        let updates = batches
-            .entry(batch_id)
-            .or_insert_with(|| broadcast::channel(CHANNEL_DEPTH).0)
-            .subscribe();
+        let channel = batches.entry(batch_id).or_insert_with(|| Channel {
+            tx: broadcast::channel(CHANNEL_DEPTH).0,
+            subscriptions: 0,
+        });
+        channel.subscriptions += 1;
+        let updates = channel.tx.subscribe();
         Subscription {
             hub: self.clone(),
             batch_id,
@@ -77,8 +85,13 @@ impl EventHub {
             .lock()
             .expect("hub lock")
             .values()
-            .map(|tx| tx.receiver_count())
+            .map(|channel| channel.subscriptions)
             .sum()
+    }
+
+    /// Batches with a channel, i.e. with at least one subscription alive.
+    pub fn watched_batches(&self) -> usize {
+        self.batches.lock().expect("hub lock").len()
     }
 
     fn is_watched(&self, batch_id: &Uuid) -> bool {
@@ -125,8 +138,26 @@ impl EventHub {
         if rows.is_empty() {
             return;
         }
-        if let Some(tx) = self.batches.lock().expect("hub lock").get(&batch_id) {
-            let _ = tx.send(Arc::new(rows));
+        if let Some(channel) = self.batches.lock().expect("hub lock").get(&batch_id) {
+            let _ = channel.tx.send(Arc::new(rows));
+        }
+    }
+
+    /// Reads these results back for the watchers here of `batches` (after a write whose
+    /// outcome was unknown, so no one else will hand them over).
+    pub fn reread(
+        self: &Arc<Self>,
+        batches: &[Uuid],
+        results: impl IntoIterator<Item = (Uuid, i32)>,
+    ) {
+        let mut by_batch: HashMap<Uuid, Vec<i32>> = HashMap::new();
+        for (batch_id, idx) in results {
+            if batches.contains(&batch_id) {
+                by_batch.entry(batch_id).or_default().push(idx);
+            }
+        }
+        for (batch_id, idxs) in by_batch {
+            tokio::spawn(self.clone().refresh(batch_id, Some(idxs)));
         }
     }
 
@@ -250,5 +281,21 @@ mod tests {
         assert_eq!(parse_payload(&format!("{id} 1,x")), None);
         assert_eq!(parse_payload(&format!("{id} 1 nope")), None);
         assert_eq!(parse_payload(&format!("{id} 1 {origin} more")), None);
+    }
+
+    #[tokio::test]
+    async fn the_last_subscription_to_go_frees_its_batch_whatever_receivers_linger() {
+        // Never connected: subscribing needs no database.
+        let store = Store::connect_lazy("postgres://127.0.0.1:1/none", 1).unwrap();
+        let hub = EventHub::new(store, Duration::from_secs(60));
+        let batch = Uuid::new_v4();
+        let (a, b) = (hub.subscribe(batch), hub.subscribe(batch));
+        // A receiver outliving its subscription for a moment: what the other of two
+        // watchers ending together sees while the first one's drop is under way.
+        let lingering = a.updates.resubscribe();
+        drop(a);
+        drop(b);
+        assert_eq!((hub.watched_batches(), hub.watchers()), (0, 0));
+        drop(lingering);
     }
 }

@@ -78,6 +78,7 @@ pub fn outcome<T>(result: &Result<T, ApiError>) -> &'static str {
             ApiError::RateLimited { .. } => "rate_limited",
             ApiError::TooLarge(_) => "too_large",
             ApiError::Unavailable(_) => "unavailable",
+            ApiError::Conflict(_) => "conflict",
             ApiError::Internal(_) => "internal",
         },
     }

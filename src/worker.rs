@@ -105,11 +105,12 @@ impl Workers {
         }
     }
 
-    #[tracing::instrument(name = "chunk", skip_all, fields(numbers = claim.numbers.len()))]
+    #[tracing::instrument(name = "claim", skip_all, fields(numbers = claim.numbers.len()))]
     async fn process(&self, claim: Claim, per_call: usize, shutdown: &CancellationToken) {
         let max = self.config.max_attempts;
         let token = claim.token;
         let mut chunks = ChunkTally::new(&claim);
+        let leases = Leases::keep(self.store.clone(), token, chunks.held(), self.config.lease);
         // Numbers whose earlier workers all died before answering: stop trying.
         let (exhausted, mut to_check): (Vec<Claimed>, Vec<Claimed>) =
             claim.numbers.into_iter().partition(|c| c.attempts > max);
@@ -121,26 +122,50 @@ impl Workers {
         }
         // One checker call at a time; each call's results are written before the next,
         // and a chunk is let go of with the write that settles its last number.
-        let mut calls = to_check.chunks_mut(per_call).peekable();
+        let mut calls = to_check.chunks_mut(per_call).enumerate().peekable();
         loop {
             let mut retries = Vec::new();
             let mut deferred = 0;
-            if let Some(call) = calls.next() {
-                let Some(outcomes) = self.call(token, call, &chunks, shutdown).await else {
+            if let Some((n, call)) = calls.next() {
+                // The claim itself took the leases for the first call; later calls first
+                // make sure they still hold them, so no number goes upstream twice.
+                if n > 0 {
+                    leases.renew_now().await;
+                }
+                for lost in leases.take_lost() {
+                    chunks.lose(lost);
+                }
+                if chunks.held().is_empty() {
                     return;
-                };
-                for (c, outcome) in call.iter().zip(outcomes) {
-                    let settled = self.sort(c, outcome, &mut answers, &mut retries);
-                    deferred += matches!(settled, Settled::Deferred(_)) as usize;
-                    chunks.settle(c, settled);
+                }
+                let mut call: Vec<&mut Claimed> = call
+                    .iter_mut()
+                    .filter(|c| chunks.holds(c.chunk_key()))
+                    .collect();
+                if !call.is_empty() {
+                    let Some(outcomes) = self.call(&leases, &mut call, shutdown).await else {
+                        return;
+                    };
+                    for (c, outcome) in call.iter().zip(outcomes) {
+                        let settled = self.sort(c, outcome, &mut answers, &mut retries);
+                        deferred += matches!(settled, Settled::Deferred(_)) as usize;
+                        chunks.settle(c, settled);
+                    }
                 }
             }
             let last = calls.peek().is_none();
             let ends = chunks.take_ends(last);
             record_outcomes(&answers, retries.len(), deferred);
-            let written = self
-                .write(token, &answers, &retries, &ends, chunks.defer_for)
-                .await;
+            let written = {
+                // Renewals wait while results are written, so none races the write that
+                // lets a chunk go.
+                let mut held = leases.held().await;
+                let written = self
+                    .write(token, &answers, &retries, &ends, chunks.defer_for)
+                    .await;
+                held.retain(|key| !ends.iter().any(|(ended, _)| ended == key));
+                written
+            };
             // A write that did not land leaves its numbers pending: a later write must not
             // end their chunks as done. Give the claim up; its leases expire and every
             // number still pending is claimed again.
@@ -155,9 +180,8 @@ impl Workers {
     /// first, after handing the chunks still held back.
     async fn call(
         &self,
-        token: Uuid,
-        call: &mut [Claimed],
-        chunks: &ChunkTally,
+        leases: &Leases,
+        call: &mut [&mut Claimed],
         shutdown: &CancellationToken,
     ) -> Option<Vec<Outcome>> {
         let mut outcomes = match self.checker.paused_for() {
@@ -169,14 +193,8 @@ impl Workers {
                     .iter_mut()
                     .map(|c| std::mem::take(&mut c.e164))
                     .collect();
-                let held = chunks.held();
-                let Some(outcomes) = self
-                    .check_under_lease(token, &held, &numbers, shutdown)
-                    .await
-                else {
-                    if let Err(err) = self.store.release(token, &held).await {
-                        tracing::warn!(error = %err, "could not release numbers; their lease will expire");
-                    }
+                let Some(outcomes) = self.check_within_grace(&numbers, shutdown).await else {
+                    leases.release().await;
                     return None;
                 };
                 outcomes
@@ -227,33 +245,20 @@ impl Workers {
         Settled::Answered
     }
 
-    /// Runs the check while renewing the lease; None when shutdown's grace ran out first.
-    async fn check_under_lease(
+    /// Runs the check (the claim's leases are kept meanwhile); None when shutdown's grace
+    /// ran out first.
+    async fn check_within_grace(
         &self,
-        token: Uuid,
-        held: &[ChunkKey],
         numbers: &[String],
         shutdown: &CancellationToken,
     ) -> Option<Vec<Outcome>> {
-        let check = self.checker.check(numbers);
-        tokio::pin!(check);
         let grace = async {
             shutdown.cancelled().await;
             tokio::time::sleep(self.config.shutdown_grace).await;
         };
-        tokio::pin!(grace);
-        let mut renew = tokio::time::interval(self.config.lease / 3);
-        renew.tick().await;
-        loop {
-            tokio::select! {
-                outcomes = &mut check => return Some(outcomes),
-                _ = &mut grace => return None,
-                _ = renew.tick() => {
-                    if let Err(err) = self.store.renew_lease(token, held, self.config.lease).await {
-                        tracing::warn!(error = %err, "could not renew lease");
-                    }
-                }
-            }
+        tokio::select! {
+            outcomes = self.checker.check(numbers) => Some(outcomes),
+            _ = grace => None,
         }
     }
 
@@ -285,20 +290,31 @@ impl Workers {
         };
         let cache_as = self.checker.cacheable().then(|| self.checker.name());
         let mut delay = Duration::from_millis(100);
+        let mut written = false;
+        let mut failed = false;
         for attempt in 1..=5 {
             match self.store.complete(token, cache_as, &work).await {
-                Ok(written) => {
-                    self.hub.publish_written(written);
-                    return true;
+                Ok(rows) => {
+                    self.hub.publish_written(rows);
+                    written = true;
+                    break;
                 }
                 Err(err) => {
                     tracing::warn!(attempt, error = %err, "writing results failed");
+                    failed = true;
                     tokio::time::sleep(delay).await;
                     delay *= 2;
                 }
             }
         }
-        false
+        // A failed attempt may have committed without our hearing of it (the connection
+        // dropped after the commit): a later attempt then writes nothing, and that commit's
+        // notification carried our origin, so our hub skipped it. Read the rows back.
+        if failed {
+            self.hub
+                .reread(&watched, answers.iter().map(|a| (a.batch_id, a.idx)));
+        }
+        written
     }
 }
 
@@ -338,6 +354,100 @@ fn error_answer(c: &Claimed, reason: String) -> Answer {
     Answer {
         error: Some(reason),
         ..answer(c, NumberState::Error, None, false)
+    }
+}
+
+/// A claim's leases, kept for as long as it is worked on: renewed every third of the
+/// lease in the background, and on demand before each checker call after the first.
+/// Chunks found taken over (or cancelled) are reported once by `take_lost`.
+struct Leases {
+    store: Store,
+    token: Uuid,
+    lease: Duration,
+    state: Arc<tokio::sync::Mutex<Vec<ChunkKey>>>,
+    lost: Arc<std::sync::Mutex<Vec<ChunkKey>>>,
+    keeper: tokio::task::JoinHandle<()>,
+}
+
+impl Leases {
+    fn keep(store: Store, token: Uuid, held: Vec<ChunkKey>, lease: Duration) -> Leases {
+        let state = Arc::new(tokio::sync::Mutex::new(held));
+        let lost = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let keeper = {
+            let (store, state, lost) = (store.clone(), state.clone(), lost.clone());
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval(lease / 3);
+                every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                every.tick().await;
+                loop {
+                    every.tick().await;
+                    renew(&store, token, lease, &state, &lost).await;
+                }
+            })
+        };
+        Leases {
+            store,
+            token,
+            lease,
+            state,
+            lost,
+            keeper,
+        }
+    }
+
+    async fn renew_now(&self) {
+        renew(&self.store, self.token, self.lease, &self.state, &self.lost).await;
+    }
+
+    fn take_lost(&self) -> Vec<ChunkKey> {
+        std::mem::take(&mut *self.lost.lock().expect("lost leases"))
+    }
+
+    /// The chunks still held, locked against renewals while a write lets some go.
+    async fn held(&self) -> tokio::sync::MutexGuard<'_, Vec<ChunkKey>> {
+        self.state.lock().await
+    }
+
+    /// Hands the chunks still held back untouched (shutdown).
+    async fn release(&self) {
+        let held = self.state.lock().await;
+        if let Err(err) = self.store.release(self.token, &held).await {
+            tracing::warn!(error = %err, "could not release numbers; their lease will expire");
+        }
+    }
+}
+
+impl Drop for Leases {
+    fn drop(&mut self) {
+        self.keeper.abort();
+    }
+}
+
+async fn renew(
+    store: &Store,
+    token: Uuid,
+    lease: Duration,
+    state: &tokio::sync::Mutex<Vec<ChunkKey>>,
+    lost: &std::sync::Mutex<Vec<ChunkKey>>,
+) {
+    let mut held = state.lock().await;
+    if held.is_empty() {
+        return;
+    }
+    match store.renew_lease(token, &held, lease).await {
+        Ok(renewed) if renewed.len() < held.len() => {
+            let (kept, gone): (Vec<ChunkKey>, Vec<ChunkKey>) =
+                held.iter().partition(|key| renewed.contains(key));
+            tracing::info!(
+                chunks = gone.len(),
+                "lease lost (taken over or cancelled): leaving those numbers to their holder"
+            );
+            *held = kept;
+            lost.lock().expect("lost leases").extend(gone);
+        }
+        Ok(_) => {}
+        // Not a lost lease: the database did not answer. The next renewal tries again.
+        Err(err) => tracing::warn!(error = %err, "could not renew lease"),
     }
 }
 
@@ -396,6 +506,20 @@ impl ChunkTally {
                 }
             }
         }
+    }
+
+    /// The chunk's lease was taken over (or the batch cancelled): its numbers are
+    /// someone else's now, to be neither asked nor written nor let go of here.
+    fn lose(&mut self, key: ChunkKey) {
+        if let Some(p) = find(&mut self.chunks, key) {
+            p.ended = true;
+        }
+    }
+
+    fn holds(&self, key: ChunkKey) -> bool {
+        self.chunks
+            .binary_search_by_key(&key, |(k, _)| *k)
+            .is_ok_and(|i| !self.chunks[i].1.ended)
     }
 
     /// Chunks still held, for renewing or releasing their lease.

@@ -365,6 +365,14 @@ impl IntoResponse for ApiError {
                     ..Default::default()
                 },
             ),
+            ApiError::Conflict(_) => (
+                StatusCode::CONFLICT,
+                ErrorBody {
+                    error: message,
+                    reason: Some("CONFLICT".into()),
+                    ..Default::default()
+                },
+            ),
             ApiError::Internal(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 ErrorBody {

@@ -380,10 +380,17 @@ impl Store {
         account_id: Uuid,
         batch_id: Uuid,
     ) -> Result<Option<(BatchRow, i64)>, sqlx::Error> {
+        super::retry_conflicts(|| self.cancel_once(account_id, batch_id)).await
+    }
+
+    async fn cancel_once(
+        &self,
+        account_id: Uuid,
+        batch_id: Uuid,
+    ) -> Result<Option<(BatchRow, i64)>, sqlx::Error> {
         let mut tx = self.pool.begin().await?;
-        // Batch, then account: the order workers lock them in.
         let found: Option<(Uuid,)> =
-            sqlx::query_as("SELECT id FROM batches WHERE id = $1 AND account_id = $2 FOR UPDATE")
+            sqlx::query_as("SELECT id FROM batches WHERE id = $1 AND account_id = $2")
                 .bind(batch_id)
                 .bind(account_id)
                 .fetch_optional(&mut *tx)
@@ -391,24 +398,37 @@ impl Store {
         if found.is_none() {
             return Ok(None);
         }
-        sqlx::query("SELECT 1 FROM accounts WHERE id = $1 FOR NO KEY UPDATE")
-            .bind(account_id)
+        // The store's lock order: the batch's chunks first. A worker writing results of
+        // one of them finishes first; one that has not started its write finds its
+        // lease gone afterwards and writes nothing.
+        sqlx::query("SELECT 1 FROM queue_chunks WHERE batch_id = $1 ORDER BY first_idx FOR UPDATE")
+            .bind(batch_id)
             .execute(&mut *tx)
             .await?;
         let (cancelled, idxs): (i64, Option<String>) = sqlx::query_as(
             "WITH u AS (
                 UPDATE batch_numbers
-                SET state = 6, checked_at = now(), error = 'cancelled before it was checked'
-                WHERE batch_id = $1 AND state = 1
-                RETURNING idx),
-             -- A worker holding one of these chunks finds its lease gone and writes nothing.
-             q AS (DELETE FROM queue_chunks WHERE batch_id = $1)
+                SET state = $2, checked_at = now(), error = 'cancelled before it was checked'
+                WHERE batch_id = $1 AND state = $3
+                RETURNING idx)
              SELECT count(*), string_agg(idx::text, ',' ORDER BY idx) FROM u",
         )
         .bind(batch_id)
+        .bind(NumberState::Cancelled as i16)
+        .bind(NumberState::Pending as i16)
         .fetch_one(&mut *tx)
         .await?;
         if cancelled > 0 {
+            // Then the batch row, then the account.
+            sqlx::query(
+                "UPDATE batches SET cancelled = cancelled + $2, credits_refunded = credits_refunded + $2,
+                        completed_at = coalesce(completed_at, now())
+                 WHERE id = $1",
+            )
+            .bind(batch_id)
+            .bind(cancelled as i32)
+            .execute(&mut *tx)
+            .await?;
             let balance: i64 = sqlx::query_scalar(
                 "UPDATE accounts SET credits = credits + $2 WHERE id = $1 RETURNING credits",
             )
@@ -426,15 +446,6 @@ impl Store {
             .bind(balance)
             .execute(&mut *tx)
             .await?;
-            sqlx::query(
-                "UPDATE batches SET cancelled = cancelled + $2, credits_refunded = credits_refunded + $2,
-                        completed_at = coalesce(completed_at, now())
-                 WHERE id = $1",
-            )
-            .bind(batch_id)
-            .bind(cancelled as i32)
-            .execute(&mut *tx)
-            .await?;
             // Watchers on every replica learn of the cancelled numbers like of any result.
             for chunk in idxs
                 .unwrap_or_default()
@@ -449,6 +460,10 @@ impl Store {
                     .await?;
             }
         }
+        sqlx::query("DELETE FROM queue_chunks WHERE batch_id = $1")
+            .bind(batch_id)
+            .execute(&mut *tx)
+            .await?;
         let batch: BatchRow = sqlx::query_as(concat!(
             "SELECT ",
             batch_columns!(),

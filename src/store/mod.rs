@@ -1,4 +1,22 @@
 //! Every SQL statement of the service lives under this module.
+//!
+//! # Lock order
+//! Statements that lock rows of several tables take them in this order, each table's
+//! rows in ascending key order, so no two of them can wait on each other in a cycle:
+//!
+//! 1. `queue_chunks` (batch_id, first_idx). A chunk's lock guards its numbers: result
+//!    writes lock the chunks they hold before touching a number, and a cancel locks
+//!    every chunk of its batch before cancelling the numbers.
+//! 2. `batch_numbers` (batch_id, idx), only under their chunk's lock.
+//! 3. `batches` (id).
+//! 4. `accounts` (id).
+//! 5. `number_cache` (backend, e164).
+//!
+//! Claims take chunk locks with `SKIP LOCKED` and never wait. Retention deletes only
+//! finished batches, whose numbers no one else locks (nothing is pending in them), and
+//! takes the batch first with `SKIP LOCKED`. A deadlock or serialization failure that
+//! still happens (PostgreSQL decides lock order inside one statement's plan in a few
+//! places) is retried by `retry_conflicts`, never shown to a caller.
 use std::time::Duration;
 
 use sqlx::PgPool;
@@ -92,6 +110,35 @@ impl Store {
             .execute(&self.pool)
             .await
             .map(|_| ())
+    }
+}
+
+/// Whether PostgreSQL aborted the statement for a deadlock (40P01) or a serialization
+/// failure (40001): running it again is safe and usually succeeds.
+pub fn is_conflict(err: &sqlx::Error) -> bool {
+    matches!(err, sqlx::Error::Database(db) if matches!(db.code().as_deref(), Some("40P01" | "40001")))
+}
+
+/// Runs a statement (or a whole transaction) again when PostgreSQL aborted it for a
+/// deadlock or a serialization failure; it rolled back whole, so nothing is doubled.
+pub(crate) async fn retry_conflicts<T, F, Fut>(mut attempt: F) -> Result<T, sqlx::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, sqlx::Error>>,
+{
+    const TRIES: u32 = 5;
+    let mut delay = Duration::from_millis(5);
+    let mut tried = 0;
+    loop {
+        tried += 1;
+        match attempt().await {
+            Err(err) if tried < TRIES && is_conflict(&err) => {
+                tracing::debug!(error = %err, tried, "conflict with concurrent work; trying again");
+                tokio::time::sleep(delay.mul_f64(0.5 + rand::random::<f64>())).await;
+                delay *= 4;
+            }
+            done => return done,
+        }
     }
 }
 

@@ -1,12 +1,10 @@
 //! The work queue: leasing chunks of queued numbers and writing their results.
 use std::time::Duration;
 
-use sqlx::Connection;
-
 use uuid::Uuid;
 
 use super::batches::ResultRow;
-use super::{RESULTS_CHANNEL, Store};
+use super::{RESULTS_CHANNEL, Store, retry_conflicts};
 use crate::domain::batch::NumberState;
 
 /// Numbers per queue chunk: submitting cuts a batch's queued numbers into chunks of this
@@ -161,33 +159,54 @@ impl Store {
         Ok(claim)
     }
 
-    /// Extends the lease of the given chunks while they are still held under `token`.
+    /// Extends the lease of the given chunks that are still held under `token`, and
+    /// returns those (a chunk missing from the answer was taken over or cancelled).
     pub async fn renew_lease(
         &self,
         token: Uuid,
         chunks: &[ChunkKey],
         lease: Duration,
-    ) -> Result<u64, sqlx::Error> {
-        let done = sqlx::query(
-            "UPDATE queue_chunks q SET lease_until = now() + make_interval(secs => $4)
-             FROM unnest($1::uuid[], $2::int[]) AS r(batch_id, first_idx)
-             WHERE q.batch_id = r.batch_id AND q.first_idx = r.first_idx AND q.lease_token = $3",
+    ) -> Result<Vec<ChunkKey>, sqlx::Error> {
+        let renewed: Vec<(Uuid, i32)> = sqlx::query_as(
+            // Chunks are locked in ascending key order (see the lock order in store/mod.rs).
+            "WITH l AS (
+                SELECT q.batch_id, q.first_idx FROM queue_chunks q
+                JOIN unnest($1::uuid[], $2::int[]) AS r(batch_id, first_idx)
+                  ON q.batch_id = r.batch_id AND q.first_idx = r.first_idx
+                WHERE q.lease_token = $3
+                ORDER BY q.batch_id, q.first_idx
+                FOR NO KEY UPDATE OF q)
+             UPDATE queue_chunks q SET lease_until = now() + make_interval(secs => $4)
+             FROM l WHERE q.batch_id = l.batch_id AND q.first_idx = l.first_idx
+             RETURNING q.batch_id, q.first_idx",
         )
         .bind(batch_ids(chunks))
         .bind(first_idxs(chunks))
         .bind(token)
         .bind(lease.as_secs_f64())
-        .execute(&self.pool)
+        .fetch_all(&self.pool)
         .await?;
-        Ok(done.rows_affected())
+        Ok(renewed
+            .into_iter()
+            .map(|(batch_id, first_idx)| ChunkKey {
+                batch_id,
+                first_idx,
+            })
+            .collect())
     }
 
     /// Hands chunks back untouched (shutdown): the attempt did not happen.
     pub async fn release(&self, token: Uuid, chunks: &[ChunkKey]) -> Result<u64, sqlx::Error> {
         let done = sqlx::query(
-            "UPDATE queue_chunks q SET lease_token = NULL, lease_until = NULL, attempts = q.attempts - 1
-             FROM unnest($1::uuid[], $2::int[]) AS r(batch_id, first_idx)
-             WHERE q.batch_id = r.batch_id AND q.first_idx = r.first_idx AND q.lease_token = $3",
+            "WITH l AS (
+                SELECT q.batch_id, q.first_idx FROM queue_chunks q
+                JOIN unnest($1::uuid[], $2::int[]) AS r(batch_id, first_idx)
+                  ON q.batch_id = r.batch_id AND q.first_idx = r.first_idx
+                WHERE q.lease_token = $3
+                ORDER BY q.batch_id, q.first_idx
+                FOR NO KEY UPDATE OF q)
+             UPDATE queue_chunks q SET lease_token = NULL, lease_until = NULL, attempts = q.attempts - 1
+             FROM l WHERE q.batch_id = l.batch_id AND q.first_idx = l.first_idx",
         )
         .bind(batch_ids(chunks))
         .bind(first_idxs(chunks))
@@ -198,11 +217,12 @@ impl Store {
     }
 
     /// Writes final answers, the errors of numbers to retry and the chunks let go of,
-    /// atomically: the batch counters, the refund of numbers that ended in error, the
-    /// result cache, and one notification per batch touched all commit with the answers.
+    /// in one statement: the batch counters, the refund of numbers that ended in error,
+    /// the result cache, and one notification per batch touched commit with the answers.
     ///
     /// Every write is guarded by the chunk's lease token, so a worker whose lease was
-    /// taken over cannot overwrite, double-count or double-refund a number.
+    /// taken over cannot overwrite, double-count or double-refund a number. A deadlock
+    /// or serialization failure is retried here (the statement rolled back whole).
     /// Returns the answers written (committed) for `work.watched`, for this process's watchers.
     /// `cache_as`: the backend whose cache gets the answers, or None to cache nothing.
     pub async fn complete(
@@ -211,53 +231,10 @@ impl Store {
         cache_as: Option<&str>,
         work: &Completion<'_>,
     ) -> Result<Vec<WrittenRow>, sqlx::Error> {
-        let (answers, retries) = (work.answers, work.retries);
-        let refunds = answers.iter().any(|a| a.state == NumberState::Error);
-        let mut conn = self.pool.acquire().await?;
-        // The common case, answers only and no refund, is one statement: it
-        // locks each batch row only from its counter update to its commit, so
-        // workers finishing chunks of the same batch barely wait on each other.
-        if !refunds && retries.is_empty() {
-            return write_answers(&mut conn, token, cache_as, work, self.origin).await;
+        if work.answers.is_empty() && work.retries.is_empty() && work.ends.is_empty() {
+            return Ok(Vec::new());
         }
-        let mut tx = conn.begin().await?;
-        if !answers.is_empty() {
-            // Refunds lock accounts too: lock batches, then their accounts, each in
-            // one order (as cancelling does), so concurrent writers cannot deadlock.
-            let batch_ids = distinct_batches(answers);
-            sqlx::query("SELECT 1 FROM batches WHERE id = ANY($1) ORDER BY id FOR UPDATE")
-                .bind(&batch_ids)
-                .execute(&mut *tx)
-                .await?;
-            if refunds {
-                sqlx::query(
-                    "SELECT 1 FROM accounts WHERE id IN (SELECT account_id FROM batches WHERE id = ANY($1))
-                     ORDER BY id FOR NO KEY UPDATE",
-                )
-                .bind(&batch_ids)
-                .execute(&mut *tx)
-                .await?;
-            }
-        }
-        if !retries.is_empty() {
-            // Before the chunks are let go of below: the lease still guards this write.
-            sqlx::query(
-                "UPDATE batch_numbers n SET error = r.error, attempts = q.attempts
-                 FROM unnest($1::uuid[], $2::int[], $3::int[], $4::text[]) AS r(batch_id, idx, chunk, error)
-                 JOIN queue_chunks q ON q.batch_id = r.batch_id AND q.first_idx = r.chunk AND q.lease_token = $5
-                 WHERE n.batch_id = r.batch_id AND n.idx = r.idx AND n.state = 1",
-            )
-            .bind(retries.iter().map(|r| r.batch_id).collect::<Vec<_>>())
-            .bind(retries.iter().map(|r| r.idx).collect::<Vec<_>>())
-            .bind(retries.iter().map(|r| r.chunk).collect::<Vec<_>>())
-            .bind(retries.iter().map(|r| r.error.as_str()).collect::<Vec<_>>())
-            .bind(token)
-            .execute(&mut *tx)
-            .await?;
-        }
-        let written = write_answers(&mut tx, token, cache_as, work, self.origin).await?;
-        tx.commit().await?;
-        Ok(written)
+        retry_conflicts(|| write_answers(&self.pool, token, cache_as, work, self.origin)).await
     }
 
     /// Reserves up to `n` checks of today's cap for `backend`; returns how many were granted.
@@ -317,32 +294,40 @@ impl Store {
     }
 }
 
-/// The answers' statement: rows, cache, counters, refunds, ledger, notifications and the
-/// chunks let go of, at once. Batch rows are updated in id order (the sorted `agg`), the
-/// order every other writer locks them in. Returns the rows written for the batches in
-/// `work.watched`, whose notifications carry `origin` so this process's hub skips reading
-/// them back; other batches' notifications are read back everywhere.
+/// The answers' statement: rows, retries, cache, counters, refunds, ledger,
+/// notifications and the chunks let go of, at once, taking its locks in the store's
+/// order (store/mod.rs): the chunks it holds first (`k`, ascending), which guard their
+/// numbers; then the batch rows (`lb`, ascending), the accounts refunded (`la`,
+/// ascending) and the cache rows (ascending e164, once the accounts are done). Returns
+/// the rows written for the batches in `work.watched`, whose notifications carry
+/// `origin` so this process's hub skips reading them back; other batches'
+/// notifications are read back everywhere.
 async fn write_answers(
-    conn: &mut sqlx::PgConnection,
+    pool: &sqlx::PgPool,
     token: Uuid,
     cache_as: Option<&str>,
     work: &Completion<'_>,
     origin: Uuid,
 ) -> Result<Vec<WrittenRow>, sqlx::Error> {
-    let (answers, ends) = (work.answers, work.ends);
-    if answers.is_empty() && ends.is_empty() {
-        return Ok(Vec::new());
-    }
+    let (answers, retries, ends) = (work.answers, work.retries, work.ends);
     sqlx::query_as(
         "WITH r AS (
             SELECT * FROM unnest($1::uuid[], $2::int[], $3::int[], $4::smallint[], $5::text[], $6::bool[], $7::text[])
                 AS r(batch_id, idx, chunk, state, wa_id, is_business, error)),
-         -- The chunks still held under this lease: only their numbers are written.
+         t AS (
+            SELECT * FROM unnest($19::uuid[], $20::int[], $21::int[], $22::text[]) AS t(batch_id, idx, chunk, error)),
+         e AS (
+            SELECT * FROM unnest($13::uuid[], $14::int[], $15::smallint[]) AS e(batch_id, first_idx, action)),
+         -- The chunks still held under this lease, locked: only their numbers are written.
          k AS (
             SELECT q.batch_id, q.first_idx, q.attempts
-            FROM queue_chunks q JOIN (SELECT DISTINCT batch_id, chunk FROM r) h
+            FROM queue_chunks q
+            JOIN (SELECT batch_id, chunk FROM r UNION SELECT batch_id, chunk FROM t
+                  UNION SELECT batch_id, first_idx FROM e) h
               ON q.batch_id = h.batch_id AND q.first_idx = h.chunk
-            WHERE q.lease_token = $8),
+            WHERE q.lease_token = $8
+            ORDER BY q.batch_id, q.first_idx
+            FOR UPDATE OF q),
          u AS (
             UPDATE batch_numbers n
             SET state = r.state, wa_id = r.wa_id, is_business = r.is_business, error = r.error,
@@ -351,19 +336,20 @@ async fn write_answers(
             WHERE n.batch_id = r.batch_id AND n.idx = r.idx AND n.state = 1
             RETURNING n.batch_id, n.idx, n.input, n.e164, n.region, n.state, n.wa_id, n.is_business,
                       n.error, n.checked_at, n.from_cache, n.normalization_note),
-         cache AS (
-            INSERT INTO number_cache (backend, e164, on_whatsapp, wa_id, is_business, checked_at)
-            SELECT DISTINCT ON (e164) $10, e164, state = 2, wa_id, is_business, checked_at
-            FROM u WHERE state IN (2, 3) AND $10::text IS NOT NULL
-            ON CONFLICT (backend, e164) DO UPDATE
-            SET on_whatsapp = excluded.on_whatsapp, wa_id = excluded.wa_id,
-                is_business = excluded.is_business, checked_at = excluded.checked_at),
+         -- Numbers to try again keep their last error, shown while they wait.
+         retried AS (
+            UPDATE batch_numbers n SET error = t.error, attempts = k.attempts
+            FROM t JOIN k ON k.batch_id = t.batch_id AND k.first_idx = t.chunk
+            WHERE n.batch_id = t.batch_id AND n.idx = t.idx AND n.state = 1),
          agg AS (
             SELECT batch_id,
                    count(*) FILTER (WHERE state <> 5)::int AS done,
                    count(*) FILTER (WHERE state = 5)::int AS failed,
                    string_agg(idx::text, ',' ORDER BY idx) AS idxs
             FROM u GROUP BY batch_id),
+         lb AS (
+            SELECT batches.id FROM batches JOIN agg ON agg.batch_id = batches.id
+            ORDER BY batches.id FOR NO KEY UPDATE OF batches),
          b AS (
             UPDATE batches
             SET completed = batches.completed + agg.done,
@@ -373,16 +359,21 @@ async fn write_answers(
                     WHEN batches.completed + agg.done + batches.failed + agg.failed + batches.cancelled
                          = batches.total_numbers
                     THEN now() ELSE batches.completed_at END
-            FROM (SELECT * FROM agg ORDER BY batch_id) agg WHERE batches.id = agg.batch_id
+            FROM agg JOIN lb ON lb.id = agg.batch_id WHERE batches.id = agg.batch_id
             -- The notification rides on this data-modifying CTE, which always runs,
             -- whichever rows the final SELECT returns.
             RETURNING batches.id, batches.account_id, agg.failed::bigint AS refund,
                       pg_notify($9, agg.batch_id::text || ' ' || agg.idxs
                           || CASE WHEN agg.batch_id = ANY($11) THEN ' ' || $12 ELSE '' END)),
+         refunds AS (
+            SELECT account_id, sum(refund)::bigint AS refund FROM b WHERE refund > 0 GROUP BY account_id),
+         la AS (
+            SELECT accounts.id FROM accounts JOIN refunds ON refunds.account_id = accounts.id
+            ORDER BY accounts.id FOR NO KEY UPDATE OF accounts),
          acct AS (
-            UPDATE accounts SET credits = credits + t.refund
-            FROM (SELECT account_id, sum(refund)::bigint AS refund FROM b WHERE refund > 0 GROUP BY account_id) t
-            WHERE accounts.id = t.account_id
+            UPDATE accounts SET credits = credits + refunds.refund
+            FROM refunds JOIN la ON la.id = refunds.account_id
+            WHERE accounts.id = refunds.account_id
             RETURNING accounts.id, accounts.credits),
          ledger AS (
             INSERT INTO credit_ledger (account_id, delta, reason, batch_id, balance_after)
@@ -390,20 +381,29 @@ async fn write_answers(
                    acct.credits - coalesce(sum(b.refund) OVER (PARTITION BY b.account_id ORDER BY b.id
                         ROWS BETWEEN 1 FOLLOWING AND UNBOUNDED FOLLOWING), 0)
             FROM b JOIN acct ON acct.id = b.account_id WHERE b.refund > 0),
-         e AS (
-            SELECT * FROM unnest($13::uuid[], $14::int[], $15::smallint[]) AS e(batch_id, first_idx, action)),
+         cache AS (
+            INSERT INTO number_cache (backend, e164, on_whatsapp, wa_id, is_business, checked_at)
+            SELECT DISTINCT ON (e164) $10, e164, state = 2, wa_id, is_business, checked_at
+            FROM u WHERE state IN (2, 3) AND $10::text IS NOT NULL
+              -- After the batch rows and the accounts: the order every writer takes.
+              AND (SELECT count(*) FROM acct) >= 0
+            ORDER BY e164
+            ON CONFLICT (backend, e164) DO UPDATE
+            SET on_whatsapp = excluded.on_whatsapp, wa_id = excluded.wa_id,
+                is_business = excluded.is_business, checked_at = excluded.checked_at),
          finished AS (
-            DELETE FROM queue_chunks q USING e
-            WHERE q.batch_id = e.batch_id AND q.first_idx = e.first_idx AND e.action = 1 AND q.lease_token = $8),
+            DELETE FROM queue_chunks q USING e, k
+            WHERE q.batch_id = e.batch_id AND q.first_idx = e.first_idx AND e.action = $23
+              AND k.batch_id = e.batch_id AND k.first_idx = e.first_idx),
          requeued AS (
             -- Exponential backoff with jitter for retries: base * 2^(attempts-1), capped,
             -- times 0.5..1; a deferral waits as long as the checker said and is not counted.
             UPDATE queue_chunks q
-            SET lease_token = NULL, lease_until = NULL, attempts = q.attempts - (e.action = 3)::int,
-                available_at = now() + make_interval(secs => CASE WHEN e.action = 3 THEN $16::float8
+            SET lease_token = NULL, lease_until = NULL, attempts = q.attempts - (e.action = $25)::int,
+                available_at = now() + make_interval(secs => CASE WHEN e.action = $25 THEN $16::float8
                     ELSE least($18::float8, $17::float8 * power(2, q.attempts - 1)) * (0.5 + random() / 2) END)
-            FROM e
-            WHERE q.batch_id = e.batch_id AND q.first_idx = e.first_idx AND e.action IN (2, 3) AND q.lease_token = $8)
+            FROM e JOIN k ON k.batch_id = e.batch_id AND k.first_idx = e.first_idx
+            WHERE q.batch_id = e.batch_id AND q.first_idx = e.first_idx AND e.action IN ($24, $25))
          SELECT u.batch_id, u.idx, u.input, u.e164, u.region, u.state, u.wa_id, u.is_business, u.error,
                 u.checked_at, u.from_cache, u.normalization_note
          FROM u WHERE u.batch_id = ANY($11)",
@@ -426,7 +426,14 @@ async fn write_answers(
     .bind(work.defer_for.as_secs_f64())
     .bind(work.backoff_base.as_secs_f64())
     .bind(work.backoff_max.as_secs_f64())
-    .fetch_all(conn)
+    .bind(retries.iter().map(|r| r.batch_id).collect::<Vec<_>>())
+    .bind(retries.iter().map(|r| r.idx).collect::<Vec<_>>())
+    .bind(retries.iter().map(|r| r.chunk).collect::<Vec<_>>())
+    .bind(retries.iter().map(|r| r.error.as_str()).collect::<Vec<_>>())
+    .bind(ChunkEnd::Done as i16)
+    .bind(ChunkEnd::Retry as i16)
+    .bind(ChunkEnd::Defer as i16)
+    .fetch_all(pool)
     .await
 }
 
@@ -437,13 +444,6 @@ fn batch_ids(chunks: &[ChunkKey]) -> Vec<Uuid> {
 
 fn first_idxs(chunks: &[ChunkKey]) -> Vec<i32> {
     chunks.iter().map(|c| c.first_idx).collect()
-}
-
-fn distinct_batches(answers: &[Answer]) -> Vec<Uuid> {
-    let mut ids: Vec<Uuid> = answers.iter().map(|a| a.batch_id).collect();
-    ids.sort_unstable();
-    ids.dedup();
-    ids
 }
 
 /// What one checker call produced, for `Store::complete`.

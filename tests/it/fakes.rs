@@ -46,12 +46,46 @@ pub struct FakeState {
     max_in_flight: AtomicUsize,
     /// Added to every answer, like a real gateway's round trip to WhatsApp.
     latency: Mutex<Duration>,
+    /// Requests after this many wait until the gate opens (`hold_from`, `release`).
+    hold_from: Mutex<Option<usize>>,
+    gate: tokio::sync::watch::Sender<bool>,
+    /// Requests waiting at the closed gate now.
+    held: AtomicUsize,
 }
 
 impl FakeState {
     #[allow(dead_code)] // used by the gateway benchmark
     pub fn set_latency(&self, latency: Duration) {
         *self.latency.lock().unwrap() = latency;
+    }
+
+    /// Requests after the first `n` wait at a closed gate until `release` (a test
+    /// forces a worker to be mid-call while it does something else).
+    pub fn hold_from(&self, n: usize) {
+        *self.hold_from.lock().unwrap() = Some(n);
+        self.gate.send_replace(false);
+    }
+
+    /// Opens the gate: held requests go on, and later ones pass.
+    pub fn release(&self) {
+        *self.hold_from.lock().unwrap() = None;
+        self.gate.send_replace(true);
+    }
+
+    /// Requests waiting at the gate now.
+    pub fn held(&self) -> usize {
+        self.held.load(Ordering::SeqCst)
+    }
+
+    /// How often each number (its digits) was asked, over all requests.
+    pub fn asked_counts(&self) -> std::collections::HashMap<String, usize> {
+        let mut counts = std::collections::HashMap::new();
+        for (_, numbers) in self.calls.lock().unwrap().iter() {
+            for n in numbers {
+                *counts.entry(n.clone()).or_insert(0) += 1;
+            }
+        }
+        counts
     }
 
     pub fn script(&self, modes: impl IntoIterator<Item = Mode>) {
@@ -95,7 +129,18 @@ impl FakeState {
 
     /// Records the call and applies its mode; Some(response) when the mode answers instead of the normal path.
     async fn begin(&self, numbers: Vec<String>) -> (Mode, InFlight<'_>) {
-        self.calls.lock().unwrap().push((Instant::now(), numbers));
+        let seq = {
+            let mut calls = self.calls.lock().unwrap();
+            calls.push((Instant::now(), numbers));
+            calls.len()
+        };
+        let hold = self.hold_from.lock().unwrap().is_some_and(|n| seq > n);
+        if hold {
+            let mut open = self.gate.subscribe();
+            self.held.fetch_add(1, Ordering::SeqCst);
+            let _ = open.wait_for(|open| *open).await;
+            self.held.fetch_sub(1, Ordering::SeqCst);
+        }
         let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
         self.max_in_flight.fetch_max(now, Ordering::SeqCst);
         let guard = InFlight(&self.in_flight);
@@ -160,6 +205,9 @@ fn new_state(registered: &[&str], api_key: &str) -> Arc<FakeState> {
         in_flight: AtomicUsize::new(0),
         max_in_flight: AtomicUsize::new(0),
         latency: Mutex::new(Duration::ZERO),
+        hold_from: Mutex::new(None),
+        gate: tokio::sync::watch::channel(true).0,
+        held: AtomicUsize::new(0),
     })
 }
 

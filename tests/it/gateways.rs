@@ -2,58 +2,9 @@
 //! failure modes, pacing, the result cache and country variants.
 use std::time::{Duration, Instant};
 
-use crate::fakes::{self, Gateway, Mode};
+use crate::fakes::{self, Mode};
 use crate::helpers::*;
 use wavalidate::pb::{BatchStatus, NumberStatus};
-
-async fn app_for(gateway: &Gateway, kind: &str, extra: &[&str]) -> TestApp {
-    let url = format!("http://{}", gateway.addr);
-    let mut args: Vec<String> = match kind {
-        "waha" => vec![
-            "--checker",
-            "waha",
-            "--waha-url",
-            &url,
-            "--waha-api-key",
-            "secret",
-        ],
-        _ => vec![
-            "--checker",
-            "evolution",
-            "--evolution-url",
-            &url,
-            "--evolution-instance",
-            "main",
-            "--evolution-api-key",
-            "secret",
-        ],
-    }
-    .into_iter()
-    .map(String::from)
-    .collect();
-    // Fast by default; tests about pacing set their own limits after these.
-    for a in [
-        "--rate-per-sec",
-        "1000",
-        "--max-concurrency",
-        "8",
-        "--daily-cap",
-        "0",
-        "--retry-base-ms",
-        "10",
-        "--retry-max-ms",
-        "50",
-        "--rate-limit-backoff-ms",
-        "50",
-        "--breaker-failures",
-        "1000",
-    ] {
-        args.push(a.to_string());
-    }
-    args.extend(extra.iter().map(|s| s.to_string()));
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    spawn_app_with(&refs).await
-}
 
 fn statuses(p: &wavalidate::pb::PollBatchResponse) -> Vec<i32> {
     p.results.iter().map(|r| r.status).collect()
@@ -67,7 +18,7 @@ const ERROR: i32 = NumberStatus::Error as i32;
 #[tokio::test]
 async fn waha_answers_become_results_and_invalid_numbers_are_never_sent() {
     let gw = fakes::waha(&["+14155552671", "+442079460958"], "secret", "default").await;
-    let app = app_for(&gw, "waha", &[]).await;
+    let app = spawn_gateway_app(&gw, "waha", &[]).await;
     let (_, key) = app.account(100).await;
     let mut client = app.client().await;
     let numbers = [
@@ -91,7 +42,7 @@ async fn waha_answers_become_results_and_invalid_numbers_are_never_sent() {
 #[tokio::test]
 async fn a_rejected_gateway_key_ends_in_error_never_in_not_on_whatsapp() {
     let gw = fakes::waha(&["+14155552671"], "secret", "default").await;
-    let app = app_for(
+    let app = spawn_gateway_app(
         &gw,
         "waha",
         &["--waha-api-key", "wrong", "--max-attempts", "2"],
@@ -133,7 +84,7 @@ async fn waha_recovers_from_500s_rate_limits_and_timeouts() {
         Mode::Hang(Duration::from_secs(3)),
         Mode::RateLimited(None),
     ]);
-    let app = app_for(
+    let app = spawn_gateway_app(
         &gw,
         "waha",
         &[
@@ -211,7 +162,7 @@ async fn evolution_checks_many_numbers_per_call_and_survives_empty_and_partial_a
         Mode::MissingRows(vec!["442079460958".into()]),
         Mode::ServerError,
     ]);
-    let app = app_for(&gw, "evolution", &["--workers", "1", "--max-attempts", "5"]).await;
+    let app = spawn_gateway_app(&gw, "evolution", &["--workers", "1", "--max-attempts", "5"]).await;
     let (_, key) = app.account(100).await;
     let mut client = app.client().await;
     let numbers = ["+14155552671", "+442079460958", "+919876543210"].map(String::from);
@@ -233,7 +184,7 @@ async fn a_number_the_gateway_always_leaves_out_ends_in_error_and_is_refunded() 
     let gw = fakes::evolution(&["+14155552671", "+442079460958"], "secret", "main").await;
     gw.state
         .set_default(Mode::MissingRows(vec!["442079460958".into()]));
-    let app = app_for(&gw, "evolution", &["--max-attempts", "2"]).await;
+    let app = spawn_gateway_app(&gw, "evolution", &["--max-attempts", "2"]).await;
     let (account, key) = app.account(100).await;
     let mut client = app.client().await;
     let sub = submit(
@@ -257,7 +208,7 @@ async fn a_number_the_gateway_always_leaves_out_ends_in_error_and_is_refunded() 
 async fn the_rate_and_concurrency_limits_bound_upstream_calls() {
     let gw = fakes::waha(&[], "secret", "default").await;
     // WAHA checks one number per request and a call carries up to 10: burst 10, then 20/s.
-    let app = app_for(
+    let app = spawn_gateway_app(
         &gw,
         "waha",
         &[
@@ -300,7 +251,7 @@ async fn the_rate_and_concurrency_limits_bound_upstream_calls() {
 #[tokio::test]
 async fn the_daily_cap_leaves_the_rest_queued_for_tomorrow() {
     let gw = fakes::waha(&[], "secret", "default").await;
-    let app = app_for(&gw, "waha", &["--daily-cap", "7"]).await;
+    let app = spawn_gateway_app(&gw, "waha", &["--daily-cap", "7"]).await;
     let (_, key) = app.account(100).await;
     let mut client = app.client().await;
     let sub = submit(&mut client, &key, &us_numbers(0, 10)).await;
@@ -337,7 +288,7 @@ async fn the_daily_cap_leaves_the_rest_queued_for_tomorrow() {
 async fn an_open_circuit_pauses_the_backend_and_keeps_numbers_queued() {
     let gw = fakes::waha(&["+14155552671"], "secret", "default").await;
     gw.state.set_default(Mode::ServerError);
-    let app = app_for(
+    let app = spawn_gateway_app(
         &gw,
         "waha",
         &[
@@ -383,7 +334,7 @@ async fn an_open_circuit_pauses_the_backend_and_keeps_numbers_queued() {
 #[tokio::test]
 async fn cached_answers_save_upstream_calls_unless_forced() {
     let gw = fakes::evolution(&["+12015550003", "+12015550007"], "secret", "main").await;
-    let app = app_for(&gw, "evolution", &[]).await;
+    let app = spawn_gateway_app(&gw, "evolution", &[]).await;
     let (_, key) = app.account(1000).await;
     let mut client = app.client().await;
     let numbers = us_numbers(0, 20);
@@ -431,7 +382,7 @@ async fn cached_answers_save_upstream_calls_unless_forced() {
 async fn country_variants_find_the_form_whatsapp_registered() {
     // Registered: a Brazilian mobile without its ninth digit, a Mexican one with the old "1".
     let gw = fakes::evolution(&["+551181234567", "+5215512345678"], "secret", "main").await;
-    let app = app_for(&gw, "evolution", &[]).await;
+    let app = spawn_gateway_app(&gw, "evolution", &[]).await;
     let (_, key) = app.account(100).await;
     let mut client = app.client().await;
     let numbers = [

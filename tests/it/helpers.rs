@@ -102,6 +102,20 @@ impl TestApp {
         self.server.as_ref().map_or(0, |s| s.active_watches())
     }
 
+    /// Batches this server's event hub keeps a channel for.
+    pub fn watched_batches(&self) -> usize {
+        self.server.as_ref().map_or(0, |s| s.watched_batches())
+    }
+
+    /// Shuts the server down and waits until it has let go of the database.
+    pub async fn stop(mut self) {
+        if let Some(server) = self.server.take() {
+            server.shutdown();
+            server.wait().await.expect("clean shutdown");
+        }
+        self.store.pool().close().await;
+    }
+
     pub async fn client(&self) -> Client {
         connect(self.addr).await
     }
@@ -337,6 +351,49 @@ impl ServerProcess {
     }
 }
 
+/// Deadlocks PostgreSQL detected in the database of `url` (counted when a backend
+/// reports its statistics, at the latest when it exits: stop the servers first).
+pub async fn deadlocks(url: &str) -> i64 {
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(url)
+        .await
+        .expect("connect");
+    // Every other backend of the database gone, so their statistics are in.
+    let end = Instant::now() + DEADLINE;
+    loop {
+        let others: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        )
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+        if others == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < end,
+            "other connections to the test database stay open"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    sqlx::query_scalar("SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap()
+}
+
+/// Backends of the database behind `pool` now waiting for a lock of this kind
+/// (`advisory`, `transactionid`, `tuple`, ...).
+pub async fn waiting_for(pool: &sqlx::PgPool, wait_event: &str) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity
+         WHERE datname = current_database() AND wait_event_type = 'Lock' AND wait_event = $1",
+    )
+    .bind(wait_event)
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
 /// GETs `url` with `http` and reads the body as JSON.
 pub async fn get_json(http: &reqwest::Client, url: String) -> serde_json::Value {
     http.get(url).send().await.unwrap().json().await.unwrap()
@@ -359,4 +416,76 @@ pub fn metric(page: &str, name: &str, labels: &[&str]) -> f64 {
         .filter(|l| labels.iter().all(|want| l.contains(want)))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
+}
+
+/// Flags that point workers at this fake gateway (`kind` "waha" or "evolution"), with
+/// pacing off; flags given after these override them.
+pub fn gateway_args(gateway: &crate::fakes::Gateway, kind: &str) -> Vec<String> {
+    let url = format!("http://{}", gateway.addr);
+    let mut args: Vec<String> = match kind {
+        "waha" => vec![
+            "--checker",
+            "waha",
+            "--waha-url",
+            &url,
+            "--waha-api-key",
+            "secret",
+        ],
+        _ => vec![
+            "--checker",
+            "evolution",
+            "--evolution-url",
+            &url,
+            "--evolution-instance",
+            "main",
+            "--evolution-api-key",
+            "secret",
+        ],
+    }
+    .into_iter()
+    .map(String::from)
+    .collect();
+    // Fast by default; tests about pacing set their own limits after these.
+    for a in [
+        "--rate-per-sec",
+        "1000",
+        "--max-concurrency",
+        "8",
+        "--daily-cap",
+        "0",
+        "--retry-base-ms",
+        "10",
+        "--retry-max-ms",
+        "50",
+        "--rate-limit-backoff-ms",
+        "50",
+        "--breaker-failures",
+        "1000",
+    ] {
+        args.push(a.to_string());
+    }
+    args
+}
+
+/// A server on a fresh database whose workers ask this fake gateway.
+pub async fn spawn_gateway_app(
+    gateway: &crate::fakes::Gateway,
+    kind: &str,
+    extra: &[&str],
+) -> TestApp {
+    let (url, store) = fresh_database().await;
+    spawn_gateway_app_on(url, store, gateway, kind, extra).await
+}
+
+pub async fn spawn_gateway_app_on(
+    url: String,
+    store: Store,
+    gateway: &crate::fakes::Gateway,
+    kind: &str,
+    extra: &[&str],
+) -> TestApp {
+    let mut args = gateway_args(gateway, kind);
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    spawn_app_on(url, store, &refs).await
 }
