@@ -176,7 +176,7 @@ impl Store {
     ) -> Result<Stored, sqlx::Error> {
         let queued = total - invalid - cached;
         let mut tx = self.pool.begin().await?;
-        // The batch row goes first, so a concurrent twin waits on the unique key and then sees this batch.
+        // The request (and batch) rows go first, so a concurrent twin waits on the request key and then sees this batch.
         let Some(batch) = insert_batch(&mut tx, new, total, invalid, cached, start).await? else {
             return Ok(Stored::Twin);
         };
@@ -267,30 +267,41 @@ impl Store {
         }
     }
 
+    /// The batch an earlier request with this request_id created. Its row may be gone
+    /// (retention deletes finished batches); the request is kept for good, and a retry
+    /// is then answered from it: the same batch id and total, completed.
     async fn existing_batch(&self, new: &NewBatch<'_>) -> Result<BatchRow, ApiError> {
         let request_id = new.request_id.unwrap_or_default();
-        let (hash, batch): (Vec<u8>, BatchRow) = {
-            let row: Option<(Vec<u8>, Uuid)> = sqlx::query_as(
-                "SELECT request_hash, id FROM batches WHERE account_id = $1 AND request_id = $2",
-            )
-            .bind(new.account_id)
-            .bind(request_id)
-            .fetch_optional(&self.pool)
-            .await?;
-            // The twin that held the key rolled back after we saw the conflict: rare; the client retries.
-            let (hash, id) = row.ok_or_else(|| {
-                ApiError::Internal(anyhow::anyhow!("request_id conflict vanished; retry"))
-            })?;
-            let batch = self
-                .batch(new.account_id, id)
-                .await?
-                .ok_or(ApiError::NotFound)?;
-            (hash, batch)
-        };
+        let row: Option<(Vec<u8>, Uuid, i32, DateTime<Utc>)> = sqlx::query_as(
+            "SELECT request_hash, batch_id, total_numbers, created_at FROM batch_requests
+             WHERE account_id = $1 AND request_id = $2",
+        )
+        .bind(new.account_id)
+        .bind(request_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        // The twin that held the key rolled back after we saw the conflict: rare; the client retries.
+        let (hash, id, total_numbers, created_at) = row.ok_or_else(|| {
+            ApiError::Internal(anyhow::anyhow!("request_id conflict vanished; retry"))
+        })?;
         if hash != new.fingerprint {
             return Err(ApiError::IdempotencyKeyReused(request_id.to_string()));
         }
-        Ok(batch)
+        Ok(match self.batch(new.account_id, id).await? {
+            Some(batch) => batch,
+            None => BatchRow {
+                id,
+                total_numbers,
+                completed: 0,
+                failed: 0,
+                cancelled: 0,
+                created_at,
+                completed_at: Some(created_at),
+                credits_charged: 0,
+                credits_refunded: 0,
+                request_id: Some(request_id.to_string()),
+            },
+        })
     }
 
     /// The batch, if it belongs to the account.
@@ -627,11 +638,16 @@ async fn insert_batch(
     }
     // Invalid and cached entries are answered at submission; they never reach a checker.
     sqlx::query_as(concat!(
-        "WITH b AS (
+        "WITH rq AS (
+            INSERT INTO batch_requests (account_id, request_id, request_hash, batch_id, total_numbers)
+            SELECT $2, $3, $4, $1, $5 WHERE $3::text IS NOT NULL
+            ON CONFLICT (account_id, request_id) DO NOTHING
+            RETURNING 1),
+         b AS (
             INSERT INTO batches (id, account_id, request_id, request_hash, total_numbers, completed, completed_at,
                                  credits_charged, credits_refunded, callback_url)
-            VALUES ($1, $2, $3, $4, $5, $6, CASE WHEN $6 = $5 THEN now() END, $5, $7, $8)
-            ON CONFLICT (account_id, request_id) DO NOTHING
+            SELECT $1, $2, $3, $4, $5, $6, CASE WHEN $6 = $5 THEN now() END, $5, $7, $8
+            WHERE $3::text IS NULL OR EXISTS (SELECT 1 FROM rq)
             RETURNING *),
          n AS (
             INSERT INTO batch_numbers (batch_id, idx, input, e164, region, state, error,

@@ -60,6 +60,68 @@ async fn retention_prunes_finished_batches_but_keeps_the_ledger_and_running_ones
 }
 
 #[tokio::test]
+async fn a_request_id_retried_after_retention_deleted_its_batch_is_answered_not_charged() {
+    let app = spawn_app_with(&["--retention", "1s", "--retention-every", "100ms"]).await;
+    let (account, key) = app.account(10).await;
+    let mut client = app.client().await;
+    let request = pb::SubmitBatchRequest {
+        request_id: "nightly-import-7".into(),
+        ..submit_request(&key, &["+14155552671", "+14155550100"])
+    };
+    let first = client
+        .submit_batch(request.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    wait_completed(&mut client, &key, &first.batch_id).await;
+    wait_until("the finished batch to be pruned", || {
+        let mut c = client.clone();
+        let (k, id) = (key.clone(), first.batch_id.clone());
+        async move {
+            c.poll_batch(pb::PollBatchRequest {
+                api_key: k,
+                batch_id: id,
+            })
+            .await
+            .is_err_and(|s| s.code() == Code::NotFound)
+        }
+    })
+    .await;
+    let ledger = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM credit_ledger WHERE account_id = $1")
+            .bind(account)
+            .fetch_one(app.store.pool())
+            .await
+            .unwrap()
+    };
+    let entries = ledger().await;
+
+    let retry = client
+        .submit_batch(request.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        retry.batch_id, first.batch_id,
+        "the original batch, not a new one"
+    );
+    assert_eq!(retry.total_numbers, 2);
+    assert_eq!(retry.status, pb::BatchStatus::Completed as i32);
+    assert_eq!(app.store.balance(account).await.unwrap(), 8, "charged once");
+    assert_eq!(ledger().await, entries, "nothing written to the ledger");
+
+    let reused = client
+        .submit_batch(pb::SubmitBatchRequest {
+            phone_numbers: vec!["+14155550199".into()],
+            ..request
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(reused.code(), Code::InvalidArgument);
+    assert!(reused.message().contains("already used"), "{reused:?}");
+}
+
+#[tokio::test]
 async fn a_watcher_that_stops_reading_is_closed_and_frees_its_resources() {
     let app = spawn_app_with(&["--watch-stall-secs", "1"]).await;
     let (_, key) = app.account(1000).await;
