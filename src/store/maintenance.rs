@@ -3,16 +3,23 @@ use super::Store;
 use super::queue::CHUNK_NUMBERS;
 
 impl Store {
-    /// Dead row versions in the queue's tables, as the statistics collector last counted
-    /// them, when the service is to vacuum them itself; None while autovacuum runs. A
-    /// dead chunk counts for the numbers it held, so one threshold in numbers serves both:
-    /// its dead entry in the claim index is what every claim reads past.
+    /// Dead row versions in the queue's tables that autovacuum will not clear (it is off
+    /// on the server, or for that table), as the statistics collector last counted them;
+    /// None when autovacuum looks after both. A dead chunk counts for the numbers it
+    /// held, so one threshold in numbers serves both: its dead entry in the claim index
+    /// is what every claim reads past.
     pub async fn dead_rows_to_vacuum(&self) -> Result<Option<i64>, sqlx::Error> {
         sqlx::query_scalar(
-            "SELECT greatest(
-                 coalesce((SELECT n_dead_tup FROM pg_stat_user_tables WHERE relid = 'batch_numbers'::regclass), 0),
-                 coalesce((SELECT n_dead_tup FROM pg_stat_user_tables WHERE relid = 'queue_chunks'::regclass), 0) * $1)
-             WHERE NOT current_setting('autovacuum')::bool",
+            "WITH t AS (
+                SELECT s.relname, s.n_dead_tup,
+                       current_setting('autovacuum')::bool
+                       AND coalesce((SELECT option_value::bool FROM pg_options_to_table(c.reloptions)
+                                     WHERE option_name = 'autovacuum_enabled'), true) AS autovacuumed
+                FROM pg_stat_user_tables s JOIN pg_class c ON c.oid = s.relid
+                WHERE s.relid IN ('batch_numbers'::regclass, 'queue_chunks'::regclass))
+             SELECT coalesce(max(CASE WHEN relname = 'queue_chunks' THEN n_dead_tup * $1 ELSE n_dead_tup END), 0)
+             FROM t WHERE NOT autovacuumed
+             HAVING count(*) > 0",
         )
         .bind(CHUNK_NUMBERS as i64)
         .fetch_optional(&self.pool)

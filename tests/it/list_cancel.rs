@@ -111,14 +111,21 @@ async fn list_pages_newest_first_filters_by_status_and_stays_in_the_account() {
 
 #[tokio::test]
 async fn cancel_stops_unchecked_numbers_refunds_them_once_and_ends_watchers() {
-    let app = spawn_app_with(&["--sim-latency-ms", "400", "--workers", "1"]).await;
+    // Evolution answers a chunk of 50 per call; the gateway answers two calls, then holds
+    // the third until the cancel has committed, so a worker is mid-call during it.
+    let gw = crate::fakes::evolution(&[], "secret", "main").await;
+    gw.state.hold_from(2);
+    let app = spawn_gateway_app(&gw, "evolution", &["--workers", "1"]).await;
     let (account, key) = app.account(1000).await;
     let mut client = app.client().await;
     let sub = submit(&mut client, &key, &us_numbers(0, 300)).await;
     let mut watcher = app.client().await;
     let (k, id) = (key.clone(), sub.batch_id.clone());
     let watch = tokio::spawn(async move { watch_all(&mut watcher, &k, &id).await });
-    wait_for_progress(&client, &key, &sub.batch_id, 100).await;
+    wait_until("the worker to be mid-call on numbers 100-149", || async {
+        gw.state.held() == 1
+    })
+    .await;
 
     let cancel = pb::CancelBatchRequest {
         api_key: key.clone(),
@@ -129,9 +136,11 @@ async fn cancel_stops_unchecked_numbers_refunds_them_once_and_ends_watchers() {
         .await
         .unwrap()
         .into_inner();
-    let cancelled = first.cancelled_numbers;
-    assert!((1..=200).contains(&cancelled), "{cancelled}");
-    assert_eq!(first.credits_refunded, cancelled as i64);
+    assert_eq!(
+        first.cancelled_numbers, 200,
+        "the numbers being checked and those still queued"
+    );
+    assert_eq!(first.credits_refunded, 200);
     let again = client.cancel_batch(cancel).await.unwrap().into_inner();
     assert_eq!(
         (again.cancelled_numbers, again.credits_refunded),
@@ -141,34 +150,31 @@ async fn cancel_stops_unchecked_numbers_refunds_them_once_and_ends_watchers() {
 
     let (results, completed) = watch.await.unwrap();
     assert_each_index_once(&results, 300);
-    assert_eq!(completed.cancelled, cancelled);
-    assert_eq!(
-        completed.completed + completed.failed + completed.cancelled,
-        300
-    );
+    assert_eq!((completed.completed, completed.cancelled), (100, 200));
 
-    // Let the in-flight check finish: its late write must not overwrite a cancelled number.
+    // The held call now answers: its late write must not overwrite a cancelled number.
     // The one worker loop takes the next batch only after it wrote the one it holds.
+    gw.state.release();
     let (_, other) = app.account(10).await;
     let next = submit(&mut client, &other, &us_numbers(900, 1)).await;
     wait_completed(&mut client, &other, &next.batch_id).await;
+    assert_eq!(
+        gw.state.calls().len(),
+        4,
+        "the held call did reach the gateway"
+    );
     let p = poll(&mut client, &key, &sub.batch_id).await;
     assert_eq!(p.status, BatchStatus::Completed as i32);
-    assert_eq!((p.pending, p.cancelled), (0, cancelled));
-    let rows_cancelled = p
-        .results
-        .iter()
-        .filter(|r| r.status == NumberStatus::Cancelled as i32)
-        .count();
-    assert_eq!(
-        rows_cancelled as i32, cancelled,
+    assert_eq!((p.pending, p.completed, p.cancelled), (0, 100, 200));
+    let statuses: Vec<i32> = p.results.iter().map(|r| r.status).collect();
+    assert!(
+        statuses[100..]
+            .iter()
+            .all(|&s| s == NumberStatus::Cancelled as i32),
         "no cancelled number was overwritten"
     );
-    assert_eq!(p.credits_refunded, cancelled as i64);
-    assert_eq!(
-        app.store.balance(account).await.unwrap(),
-        1000 - 300 + cancelled as i64
-    );
+    assert_eq!(p.credits_refunded, 200);
+    assert_eq!(app.store.balance(account).await.unwrap(), 1000 - 100);
     let refunds: i64 =
         sqlx::query_scalar("SELECT count(*) FROM credit_ledger WHERE reason = 'refund_cancelled'")
             .fetch_one(app.store.pool())

@@ -300,20 +300,27 @@ async fn sigterm_under_load_ends_watchers_cleanly_and_loses_nothing() {
     let sent = std::time::Instant::now();
     leaving.signal(nix::sys::signal::Signal::SIGTERM);
     for mut stream in streams {
+        let mut completed = false;
         let end = loop {
             match tokio::time::timeout(DEADLINE, stream.message())
                 .await
                 .expect("the stream ends")
             {
-                Ok(Some(_)) => continue,
+                Ok(Some(msg)) => {
+                    completed |= matches!(
+                        msg.event,
+                        Some(wavalidate::pb::watch_batch_response::Event::Completed(_))
+                    );
+                }
                 Ok(None) => break None,
                 Err(status) => break Some(status.code()),
             }
         };
-        // A stream either finished its batch or was told to go elsewhere.
+        // A stream either finished its batch (its completed event, then OK) or was told
+        // to go elsewhere; never a silent end.
         assert!(
-            matches!(end, None | Some(tonic::Code::Unavailable)),
-            "{end:?}"
+            (end.is_none() && completed) || end == Some(tonic::Code::Unavailable),
+            "stream ended with {end:?}, completed event: {completed}"
         );
     }
     let status = tokio::time::timeout(DEADLINE, leaving.child.wait())
