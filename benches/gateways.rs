@@ -8,9 +8,10 @@ mod fakes;
 
 use std::time::{Duration, Instant};
 
-use clap::Parser;
-use wavalidate::cli::{Cli, Command};
+use std::net::SocketAddr;
+
 use wavalidate::pb::{self, wa_validation_service_client::WaValidationServiceClient};
+use wavalidate::settings::{CheckerKind, Secret, Settings};
 use wavalidate::store::{Store, url_with_database};
 
 const LATENCY_MS: u64 = 20;
@@ -25,38 +26,29 @@ async fn run(kind: &str, gateway: &fakes::Gateway) -> anyhow::Result<serde_json:
         &format!("wavbench_{}", uuid::Uuid::new_v4().simple()),
     );
     let store = Store::connect_migrated(&url).await?;
-    let gw = format!("http://{}", gateway.addr);
-    let mut argv = vec![
-        "wavalidate",
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--workers",
-        "8",
-        "--rate-per-sec",
-        "0",
-        "--max-concurrency",
-        "8",
-        "--daily-cap",
-        "0",
-        "--checker",
-        kind,
-    ];
+    let mut settings = Settings::default();
+    settings.database.url = Secret::new(url);
+    settings.server.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    settings.workers.loops = 8;
+    settings.pacing.rate_per_sec = Some(0.0);
+    settings.pacing.max_concurrency = Some(8);
+    settings.pacing.daily_cap = Some(0);
+    let gw = Some(format!("http://{}", gateway.addr));
+    let key = Some(Secret::new("secret"));
     match kind {
-        "waha" => argv.extend(["--waha-url", gw.as_str(), "--waha-api-key", "secret"]),
-        _ => argv.extend([
-            "--evolution-url",
-            gw.as_str(),
-            "--evolution-instance",
-            "main",
-            "--evolution-api-key",
-            "secret",
-        ]),
+        "waha" => {
+            settings.checker.backend = CheckerKind::Waha;
+            settings.checker.waha.url = gw;
+            settings.checker.waha.api_key = key;
+        }
+        _ => {
+            settings.checker.backend = CheckerKind::Evolution;
+            settings.checker.evolution.url = gw;
+            settings.checker.evolution.instance = Some("main".into());
+            settings.checker.evolution.api_key = key;
+        }
     }
-    let Command::Serve(args) = Cli::try_parse_from(argv)?.command else {
-        unreachable!()
-    };
-    let server = wavalidate::app::start(*args, &url).await?;
+    let server = wavalidate::app::start(settings).await?;
     let (_, key) = store.create_account("bench", 1_000_000).await?;
     let key = key.expose().to_string();
     let mut client = WaValidationServiceClient::connect(format!("http://{}", server.addr)).await?;

@@ -10,16 +10,16 @@ use tonic::service::Routes;
 
 use crate::api::ops::{CachePolicy, Ops, OpsConfig};
 use crate::api::service::Service;
-use crate::checker::evolution::{Evolution, EvolutionConfig};
-use crate::checker::paced::{Paced, PacingConfig};
+use crate::checker::evolution::Evolution;
+use crate::checker::paced::Paced;
 use crate::checker::simulated::Simulated;
 use crate::checker::variants::Variants;
-use crate::checker::waha::{Waha, WahaConfig};
+use crate::checker::waha::Waha;
 use crate::checker::{Backend, DynChecker};
-use crate::cli::{CheckerKind, Role, ServeArgs};
 use crate::events::EventHub;
 use crate::health;
 use crate::pb::wa_validation_service_server::WaValidationServiceServer;
+use crate::settings::{CheckerKind, Role, Settings};
 use crate::store::Store;
 use crate::webhooks::{WebhookConfig, Webhooks};
 use crate::worker::{WorkerConfig, Workers};
@@ -53,64 +53,41 @@ impl Server {
 }
 
 /// The checker chain for workers: backend, pacing, then country variants.
-async fn build_checker(args: &ServeArgs, store: &Store) -> anyhow::Result<DynChecker> {
-    let timeout = Duration::from_millis(args.http_timeout_ms.max(1));
-    let backend: Box<dyn Backend> = match args.checker {
+async fn build_checker(settings: &Settings, store: &Store) -> anyhow::Result<DynChecker> {
+    let c = &settings.checker;
+    let backend: Box<dyn Backend> = match c.backend {
         CheckerKind::Simulated => Box::new(Simulated::new(
-            Duration::from_millis(args.sim_latency_ms),
-            args.sim_error_rate,
-            args.sim_batch,
+            c.simulated.latency,
+            c.simulated.error_rate,
+            c.simulated.per_call,
         )),
-        CheckerKind::Waha => Box::new(Waha::new(WahaConfig {
-            url: args.waha_url.as_deref(),
-            session: &args.waha_session,
-            api_key: args.waha_api_key.as_deref(),
-            timeout,
-        })?),
-        CheckerKind::Evolution => Box::new(Evolution::new(EvolutionConfig {
-            url: args.evolution_url.as_deref(),
-            instance: args.evolution_instance.as_deref(),
-            api_key: args.evolution_api_key.as_deref(),
-            timeout,
-        })?),
+        CheckerKind::Waha => Box::new(Waha::new(&c.waha, c.http_timeout)?),
+        CheckerKind::Evolution => Box::new(Evolution::new(&c.evolution, c.http_timeout)?),
         #[cfg(feature = "whatsapp-web")]
         CheckerKind::WhatsappWeb => Box::new(
-            crate::checker::whatsapp_web::WhatsAppWeb::connect(&args.whatsapp_session_db).await?,
+            crate::checker::whatsapp_web::WhatsAppWeb::connect(&c.whatsapp_web.session_db).await?,
         ),
         #[cfg(not(feature = "whatsapp-web"))]
         CheckerKind::WhatsappWeb => anyhow::bail!(
             "this build has no whatsapp-web backend: build with `cargo build --release --features whatsapp-web`"
         ),
     };
-    let gateway = args.checker != CheckerKind::Simulated;
-    let defaults = PacingConfig::unlimited();
-    let pacing = PacingConfig {
-        rate_per_sec: args.rate_per_sec.unwrap_or(if gateway { 1.0 } else { 0.0 }),
-        max_concurrency: args.max_concurrency.unwrap_or(if gateway {
-            1
-        } else {
-            defaults.max_concurrency
-        }),
-        daily_cap: args.daily_cap.unwrap_or(if gateway { 1000 } else { 0 }),
-        breaker_failures: args.breaker_failures,
-        breaker_cooldown: Duration::from_secs(args.breaker_cooldown_secs),
-        rate_limit_backoff: Duration::from_millis(args.rate_limit_backoff_ms),
-        rate_limit_backoff_max: Duration::from_millis(args.rate_limit_backoff_max_ms),
-    };
+    let pacing = settings.pacing.resolve(c.backend);
     tracing::info!(backend = backend.name(), ?pacing, "checker ready");
     let paced: DynChecker = Arc::new(Paced::new(backend, pacing, store.clone()));
     Ok(Arc::new(Variants::new(paced)))
 }
 
-fn announce_checker(args: &ServeArgs) {
-    if args.checker == CheckerKind::Simulated {
+fn announce_checker(settings: &Settings) {
+    let c = &settings.checker;
+    if c.backend == CheckerKind::Simulated {
         tracing::warn!(
-            latency_ms = args.sim_latency_ms,
-            error_rate = args.sim_error_rate,
+            latency_ms = c.simulated.latency.as_millis() as u64,
+            error_rate = c.simulated.error_rate,
             "checker backend: SIMULATED. Answers are computed from the number itself, not looked up on WhatsApp"
         );
     } else {
-        tracing::info!(backend = args.checker.name(), "checker backend");
+        tracing::info!(backend = c.backend.name(), "checker backend");
     }
 }
 
@@ -143,91 +120,95 @@ async fn migrate(store: &Store, url: &str, shutdown: &CancellationToken) -> anyh
     }
 }
 
-pub async fn start(args: ServeArgs, database_url: &str) -> anyhow::Result<Server> {
+pub async fn start(settings: Settings) -> anyhow::Result<Server> {
+    settings.validate()?;
     let shutdown = CancellationToken::new();
     crate::metrics::handle();
-    let store = Store::connect_lazy(database_url, args.db_max_connections)?;
-    announce_checker(&args);
-    // Built before anything starts, so a missing gateway URL or key fails the start with a clear error.
-    let checker = if args.role == Role::Api {
+    let database_url = settings.database.url.expose();
+    let role = settings.server.role;
+    let store = Store::connect_lazy(database_url, settings.database.max_connections)?;
+    announce_checker(&settings);
+    // Built before anything starts, so a backend that cannot start fails the start with a clear error.
+    let checker = if role == Role::Api {
         None
     } else {
-        Some(build_checker(&args, &store).await?)
+        Some(build_checker(&settings, &store).await?)
     };
     migrate(&store, database_url, &shutdown).await?;
 
-    let hub = EventHub::new(
-        store.clone(),
-        Duration::from_millis(args.watch_backstop_ms.max(50)),
-    );
+    let hub = EventHub::new(store.clone(), settings.api.watch_backstop);
     let hub_task = tokio::spawn(hub.clone().run(shutdown.clone()));
 
     let (reporter, health_service) = tonic_health::server::health_reporter();
     let health_task = tokio::spawn(health::run(store.clone(), reporter, shutdown.clone()));
 
-    let retention_task = (args.role != Role::Api).then(|| {
+    let m = &settings.maintenance;
+    let retention_task = (role != Role::Api).then(|| {
         tokio::spawn(crate::retention::run(
             store.clone(),
-            args.retention,
-            args.retention_every.max(Duration::from_millis(100)),
+            m.retention,
+            m.retention_every,
             shutdown.clone(),
         ))
     });
-    let vacuum_task = (args.role != Role::Api).then(|| {
+    let vacuum_task = (role != Role::Api).then(|| {
         let config = crate::vacuum::VacuumConfig {
-            dead_rows: args.vacuum_dead_rows,
-            every: args.vacuum_every.max(Duration::from_millis(100)),
+            dead_rows: m.vacuum_dead_rows,
+            every: m.vacuum_every,
         };
         tokio::spawn(crate::vacuum::run(store.clone(), config, shutdown.clone()))
     });
     // Webhooks go out from processes that run workers, like the rest of the background work.
-    let webhooks_task = if args.role == Role::Api {
+    let webhooks_task = if role == Role::Api {
         None
     } else {
+        let w = &settings.webhooks;
         let config = WebhookConfig {
-            allow_private: args.webhook_allow_private,
-            retry_base: Duration::from_millis(args.webhook_retry_base_ms),
-            poll: Duration::from_millis(args.webhook_poll_ms.max(10)),
+            allow_private: w.allow_private,
+            retry_base: w.retry_base,
+            poll: w.poll,
         };
         Some(tokio::spawn(
             Webhooks::new(store.clone(), config)?.run(shutdown.clone()),
         ))
     };
     let workers_task = checker.map(|checker| {
+        let w = &settings.workers;
         let config = WorkerConfig {
-            concurrency: args.workers,
-            lease: Duration::from_secs(args.lease_secs.max(1)),
-            max_attempts: args.max_attempts.max(1),
-            backoff_base: Duration::from_millis(args.retry_base_ms),
-            backoff_max: Duration::from_millis(args.retry_max_ms),
-            idle_poll: Duration::from_millis(args.idle_poll_ms.max(10)),
-            shutdown_grace: Duration::from_secs(args.shutdown_grace_secs),
+            concurrency: w.loops,
+            lease: w.lease,
+            max_attempts: w.max_attempts,
+            backoff_base: w.retry_base,
+            backoff_max: w.retry_max,
+            idle_poll: w.idle_poll,
+            shutdown_grace: w.shutdown_grace,
         };
         let workers = Workers::new(store.clone(), checker, config, hub.clone());
         tokio::spawn(workers.run(shutdown.clone()))
     });
 
-    let listener = TcpListener::bind(args.listen).await?;
+    let listener = TcpListener::bind(settings.server.listen).await?;
     let addr = listener.local_addr()?;
     let mut grpc = Routes::new(health_service)
         .add_service(reflection().build_v1()?)
         .add_service(reflection().build_v1alpha()?);
     let mut json = axum::Router::new();
-    if args.role != Role::Worker {
+    if role != Role::Worker {
+        let c = &settings.checker;
         // Simulated answers are never cached (see Backend::cacheable), so there is nothing to look up.
         let cache = CachePolicy {
-            backend: args.checker.name(),
-            ttl: if args.checker == CheckerKind::Simulated {
+            backend: c.backend.name(),
+            ttl: if c.backend == CheckerKind::Simulated {
                 Duration::ZERO
             } else {
-                args.cache_ttl
+                c.cache_ttl
             },
         };
         let config = OpsConfig {
             cache,
-            allow_private_callbacks: args.webhook_allow_private,
-            watch_stall: Duration::from_secs(args.watch_stall_secs.max(1)),
-            key_rate_per_sec: args.key_rate_per_sec,
+            allow_private_callbacks: settings.webhooks.allow_private,
+            watch_stall: settings.api.watch_stall,
+            key_rate_per_sec: settings.api.key_rate_per_sec,
         };
         let ops = Arc::new(Ops::new(
             store.clone(),
@@ -254,14 +235,13 @@ pub async fn start(args: ServeArgs, database_url: &str) -> anyhow::Result<Server
     let json = json.merge(crate::metrics::router(store.clone(), hub.clone()));
     // gRPC paths are routed to tonic, everything else to the JSON API.
     let router = grpc.prepare().into_axum_router().fallback_service(json);
-    let tls = match (&args.tls_cert, &args.tls_key) {
-        (Some(cert), Some(key)) => Some(crate::server::tls_acceptor(cert, key)?),
-        (None, None) => None,
-        _ => anyhow::bail!("TLS needs both WAV_TLS_CERT and WAV_TLS_KEY"),
+    let tls = match &settings.server.tls {
+        Some(files) => Some(crate::server::tls_acceptor(&files.cert, &files.key)?),
+        None => None,
     };
     let scheme = if tls.is_some() { "https" } else { "http" };
     let server = crate::server::serve(listener, router, tls, shutdown.clone());
-    tracing::info!(%addr, scheme, role = ?args.role, "wavalidate serving gRPC and JSON");
+    tracing::info!(%addr, scheme, ?role, "wavalidate serving gRPC and JSON");
 
     let task_shutdown = shutdown.clone();
     let task = tokio::spawn(async move {

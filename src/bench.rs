@@ -1,19 +1,20 @@
 //! `wavalidate bench`: end-to-end figures for a server (its own, in-process, or
 //! a running one), beside the raw PostgreSQL floor measured in the same run.
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use clap::Parser;
 use serde_json::{Value, json};
 use tonic::transport::Channel;
 
-use crate::cli::{BenchArgs, Cli, Command};
+use crate::cli::BenchArgs;
 use crate::pb::{
     self, wa_validation_service_client::WaValidationServiceClient, watch_batch_response::Event,
 };
+use crate::settings::{Role, Secret, Settings};
 use crate::store::{Store, url_with_database};
 
 type Client = WaValidationServiceClient<Channel>;
@@ -301,27 +302,16 @@ struct Own {
     url: String,
 }
 
-fn serve_args(role: &str, workers: usize) -> anyhow::Result<crate::cli::ServeArgs> {
-    let workers = workers.to_string();
-    let Command::Serve(serve) = Cli::try_parse_from([
-        "wavalidate",
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--role",
-        role,
-        "--workers",
-        &workers,
-        "--key-rate-per-sec",
-        "0",
-        "--watch-stall-secs",
-        "120",
-    ])?
-    .command
-    else {
-        unreachable!("serve parses as serve")
-    };
-    Ok(*serve)
+/// The bench's own server: a free port, no per-key rate limit, patient watch streams.
+fn serve_settings(url: &str, role: Role, workers: usize) -> Settings {
+    let mut settings = Settings::default();
+    settings.database.url = Secret::new(url);
+    settings.server.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    settings.server.role = role;
+    settings.workers.loops = workers;
+    settings.api.key_rate_per_sec = 0;
+    settings.api.watch_stall = Duration::from_secs(120);
+    settings
 }
 
 pub async fn run(args: BenchArgs, database_url: Option<String>) -> anyhow::Result<()> {
@@ -341,7 +331,7 @@ pub async fn run(args: BenchArgs, database_url: Option<String>) -> anyhow::Resul
             let store = Store::connect_migrated(&url).await?;
             // The API alone first: submits are timed like the floor's ingest phase, without
             // workers checking the numbers (CPU-bound at simulated latency 0) beside them.
-            let server = crate::app::start(serve_args("api", args.workers)?, &url).await?;
+            let server = crate::app::start(serve_settings(&url, Role::Api, args.workers)).await?;
             let (_, key) = store.create_account("bench", i64::MAX / 2).await?;
             let addr = format!("http://{}", server.addr);
             own = Some(Own { server, store, url });
@@ -420,7 +410,7 @@ pub async fn run(args: BenchArgs, database_url: Option<String>) -> anyhow::Resul
                 .finished_since(chrono::DateTime::UNIX_EPOCH)
                 .await?,
         );
-        let all = crate::app::start(serve_args("all", args.workers)?, &own.url).await?;
+        let all = crate::app::start(serve_settings(&own.url, Role::All, args.workers)).await?;
         let api_only = std::mem::replace(&mut own.server, all);
         api_only.shutdown();
         api_only.wait().await?;

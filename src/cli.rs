@@ -1,7 +1,11 @@
-//! The command line: every flag also reads a `WAV_*` environment variable.
+//! The command line: every flag also reads a `WAV_*` environment variable. `serve`'s
+//! flags become a `Settings` here, and nowhere else.
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::settings::{CheckerKind, Role, Secret, Settings, SettingsError, TlsFiles};
 use uuid::Uuid;
 
 #[derive(Debug, Parser)]
@@ -178,81 +182,59 @@ pub enum WhatsappCommand {
     },
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Role {
-    /// Serve the gRPC API (and stream results); no workers.
-    Api,
-    /// Run workers only; serves just grpc.health.v1 on --listen.
-    Worker,
-    /// Both.
-    All,
+/// `serve`'s defaults are the settings' own (one place: `Settings::default`).
+fn defaults() -> Settings {
+    Settings::default()
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum CheckerKind {
-    /// Deterministic answers computed from the number; no network.
-    Simulated,
-    /// A WAHA gateway (WAV_WAHA_URL, WAV_WAHA_SESSION, WAV_WAHA_API_KEY).
-    Waha,
-    /// An Evolution API gateway (WAV_EVOLUTION_URL, WAV_EVOLUTION_INSTANCE, WAV_EVOLUTION_API_KEY).
-    Evolution,
-    /// A linked WhatsApp Web session (needs the `whatsapp-web` build feature and `wavalidate whatsapp link`).
-    WhatsappWeb,
+fn ms(d: Duration) -> u64 {
+    d.as_millis() as u64
 }
 
-impl CheckerKind {
-    /// The backend's name, which keys the result cache and the daily cap.
-    pub fn name(self) -> &'static str {
-        match self {
-            CheckerKind::Simulated => "simulated",
-            CheckerKind::Waha => "waha",
-            CheckerKind::Evolution => "evolution",
-            CheckerKind::WhatsappWeb => "whatsapp-web",
-        }
-    }
+fn human(d: Duration) -> humantime::Duration {
+    d.into()
 }
 
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
-    /// Address to serve gRPC on (port 0 picks a free port).
-    #[arg(long, env = "WAV_LISTEN", default_value = "127.0.0.1:50051")]
+    /// Address to serve gRPC and the JSON API on (port 0 picks a free port).
+    #[arg(long, env = "WAV_LISTEN", default_value_t = defaults().server.listen)]
     pub listen: SocketAddr,
     /// What this process does.
-    #[arg(long, env = "WAV_ROLE", value_enum, default_value_t = Role::All)]
+    #[arg(long, env = "WAV_ROLE", value_enum, default_value_t = defaults().server.role)]
     pub role: Role,
     /// Concurrent worker loops in this process.
-    #[arg(long, env = "WAV_WORKERS", default_value_t = 4)]
+    #[arg(long, env = "WAV_WORKERS", default_value_t = defaults().workers.loops)]
     pub workers: usize,
     /// Checker backend.
-    #[arg(long, env = "WAV_CHECKER", value_enum, default_value_t = CheckerKind::Simulated)]
+    #[arg(long, env = "WAV_CHECKER", value_enum, default_value_t = defaults().checker.backend)]
     pub checker: CheckerKind,
-    /// Seconds a claimed number stays leased to a worker; renewed while its check runs.
-    #[arg(long, env = "WAV_LEASE_SECS", default_value_t = 30)]
+    /// Seconds a claimed chunk of numbers stays leased to a worker; renewed while it is worked on.
+    #[arg(long, env = "WAV_LEASE_SECS", default_value_t = defaults().workers.lease.as_secs())]
     pub lease_secs: u64,
     /// Checker attempts per number before it ends as NUMBER_STATUS_ERROR.
-    #[arg(long, env = "WAV_MAX_ATTEMPTS", default_value_t = 5)]
+    #[arg(long, env = "WAV_MAX_ATTEMPTS", default_value_t = defaults().workers.max_attempts)]
     pub max_attempts: i32,
     /// First retry delay in milliseconds; doubles per attempt, with jitter.
-    #[arg(long, env = "WAV_RETRY_BASE_MS", default_value_t = 1000)]
+    #[arg(long, env = "WAV_RETRY_BASE_MS", default_value_t = ms(defaults().workers.retry_base))]
     pub retry_base_ms: u64,
     /// Longest retry delay in milliseconds.
-    #[arg(long, env = "WAV_RETRY_MAX_MS", default_value_t = 60_000)]
+    #[arg(long, env = "WAV_RETRY_MAX_MS", default_value_t = ms(defaults().workers.retry_max))]
     pub retry_max_ms: u64,
-    /// Simulated checker: latency of each call (a call covers up to --sim-batch numbers).
-    #[arg(long, env = "WAV_SIM_LATENCY_MS", default_value_t = 0)]
+    /// Simulated checker: latency of each call in milliseconds (a call covers up to --sim-batch numbers).
+    #[arg(long, env = "WAV_SIM_LATENCY_MS", default_value_t = ms(defaults().checker.simulated.latency))]
     pub sim_latency_ms: u64,
-    /// Simulated checker: numbers per call, so per worker claim. Large by default: with no
-    /// upstream limit, statement costs dominate and 500 rows a statement is where they flatten out.
-    #[arg(long, env = "WAV_SIM_BATCH", default_value_t = 500)]
+    /// Simulated checker: numbers per call, so per worker claim.
+    #[arg(long, env = "WAV_SIM_BATCH", default_value_t = defaults().checker.simulated.per_call)]
     pub sim_batch: usize,
     /// Simulated checker: chance (0..1) that a number's check fails with a retryable error.
-    #[arg(long, env = "WAV_SIM_ERROR_RATE", default_value_t = 0.0)]
+    #[arg(long, env = "WAV_SIM_ERROR_RATE", default_value_t = defaults().checker.simulated.error_rate)]
     pub sim_error_rate: f64,
     /// WAHA: gateway base URL, e.g. http://127.0.0.1:3000.
     #[arg(long, env = "WAV_WAHA_URL")]
     pub waha_url: Option<String>,
     /// WAHA: session name.
-    #[arg(long, env = "WAV_WAHA_SESSION", default_value = "default")]
+    #[arg(long, env = "WAV_WAHA_SESSION", default_value_t = defaults().checker.waha.session)]
     pub waha_session: String,
     /// WAHA: value of the X-Api-Key header, when the gateway requires one.
     #[arg(long, env = "WAV_WAHA_API_KEY", hide_env_values = true)]
@@ -267,16 +249,12 @@ pub struct ServeArgs {
     #[arg(long, env = "WAV_EVOLUTION_API_KEY", hide_env_values = true)]
     pub evolution_api_key: Option<String>,
     /// whatsapp-web: SQLite file holding the linked session.
-    #[arg(
-        long,
-        env = "WAV_WHATSAPP_SESSION_DB",
-        default_value = "whatsapp-session.db"
-    )]
+    #[arg(long, env = "WAV_WHATSAPP_SESSION_DB", default_value_t = defaults().checker.whatsapp_web.session_db)]
     pub whatsapp_session_db: String,
     /// Timeout of one gateway HTTP request (ms).
-    #[arg(long, env = "WAV_HTTP_TIMEOUT_MS", default_value_t = 15_000)]
+    #[arg(long, env = "WAV_HTTP_TIMEOUT_MS", default_value_t = ms(defaults().checker.http_timeout))]
     pub http_timeout_ms: u64,
-    /// Checks per second per process [default: 1 for gateways, unlimited for simulated].
+    /// Checks per second per process, 0 for no limit [default: 1 for gateways, unlimited for simulated].
     #[arg(long, env = "WAV_RATE_PER_SEC")]
     pub rate_per_sec: Option<f64>,
     /// Checker calls in flight at once per process [default: 1 for gateways, unlimited for simulated].
@@ -286,29 +264,29 @@ pub struct ServeArgs {
     #[arg(long, env = "WAV_DAILY_CAP")]
     pub daily_cap: Option<i64>,
     /// Consecutive failed checker calls that open the circuit breaker.
-    #[arg(long, env = "WAV_BREAKER_FAILURES", default_value_t = 5)]
+    #[arg(long, env = "WAV_BREAKER_FAILURES", default_value_t = defaults().pacing.breaker_failures)]
     pub breaker_failures: u32,
     /// Seconds an open circuit pauses the checker before a trial call.
-    #[arg(long, env = "WAV_BREAKER_COOLDOWN_SECS", default_value_t = 60)]
+    #[arg(long, env = "WAV_BREAKER_COOLDOWN_SECS", default_value_t = defaults().pacing.breaker_cooldown.as_secs())]
     pub breaker_cooldown_secs: u64,
     /// First pause after an upstream rate limit (429), doubling per repeat, with jitter (ms).
-    #[arg(long, env = "WAV_RATE_LIMIT_BACKOFF_MS", default_value_t = 5_000)]
+    #[arg(long, env = "WAV_RATE_LIMIT_BACKOFF_MS", default_value_t = ms(defaults().pacing.rate_limit_backoff))]
     pub rate_limit_backoff_ms: u64,
     /// Longest pause after repeated upstream rate limits (ms).
-    #[arg(long, env = "WAV_RATE_LIMIT_BACKOFF_MAX_MS", default_value_t = 300_000)]
+    #[arg(long, env = "WAV_RATE_LIMIT_BACKOFF_MAX_MS", default_value_t = ms(defaults().pacing.rate_limit_backoff_max))]
     pub rate_limit_backoff_max_ms: u64,
     /// How long a checked answer is reused for the same number, e.g. 7d, 12h, 0s to disable.
-    #[arg(long, env = "WAV_CACHE_TTL", default_value = "7d", value_parser = humantime::parse_duration)]
-    pub cache_ttl: std::time::Duration,
+    #[arg(long, env = "WAV_CACHE_TTL", default_value_t = human(defaults().checker.cache_ttl))]
+    pub cache_ttl: humantime::Duration,
     /// Let callback URLs reach loopback and private addresses (off: only public hosts).
     #[arg(long, env = "WAV_WEBHOOK_ALLOW_PRIVATE", action = clap::ArgAction::SetTrue,
           value_parser = clap::builder::BoolishValueParser::new())]
     pub webhook_allow_private: bool,
     /// First webhook retry delay (ms); doubles per attempt up to an hour, for up to 24 hours.
-    #[arg(long, env = "WAV_WEBHOOK_RETRY_BASE_MS", default_value_t = 5_000)]
+    #[arg(long, env = "WAV_WEBHOOK_RETRY_BASE_MS", default_value_t = ms(defaults().webhooks.retry_base))]
     pub webhook_retry_base_ms: u64,
     /// How often the webhook outbox is read when idle (ms).
-    #[arg(long, env = "WAV_WEBHOOK_POLL_MS", default_value_t = 1_000)]
+    #[arg(long, env = "WAV_WEBHOOK_POLL_MS", default_value_t = ms(defaults().webhooks.poll))]
     pub webhook_poll_ms: u64,
     /// PEM certificate chain: serve TLS (with --tls-key) instead of plaintext.
     #[arg(long, env = "WAV_TLS_CERT")]
@@ -316,36 +294,36 @@ pub struct ServeArgs {
     /// PEM private key for --tls-cert.
     #[arg(long, env = "WAV_TLS_KEY")]
     pub tls_key: Option<std::path::PathBuf>,
-    /// Finished batches (and their numbers) are deleted this long after completion; the ledger is kept.
-    #[arg(long, env = "WAV_RETENTION", default_value = "30d", value_parser = humantime::parse_duration)]
-    pub retention: std::time::Duration,
+    /// Finished batches (and their numbers) are deleted this long after completion; the ledger and request ids are kept.
+    #[arg(long, env = "WAV_RETENTION", default_value_t = human(defaults().maintenance.retention))]
+    pub retention: humantime::Duration,
     /// How often retention runs.
-    #[arg(long, env = "WAV_RETENTION_EVERY", default_value = "10m", value_parser = humantime::parse_duration)]
-    pub retention_every: std::time::Duration,
+    #[arg(long, env = "WAV_RETENTION_EVERY", default_value_t = human(defaults().maintenance.retention_every))]
+    pub retention_every: humantime::Duration,
     /// With autovacuum off, processes running workers vacuum the queue tables once they
     /// hold this many dead rows; 0: never.
-    #[arg(long, env = "WAV_VACUUM_DEAD_ROWS", default_value_t = 200_000)]
+    #[arg(long, env = "WAV_VACUUM_DEAD_ROWS", default_value_t = defaults().maintenance.vacuum_dead_rows)]
     pub vacuum_dead_rows: i64,
     /// How often the dead rows are counted for --vacuum-dead-rows.
-    #[arg(long, env = "WAV_VACUUM_EVERY", default_value = "5s", value_parser = humantime::parse_duration)]
-    pub vacuum_every: std::time::Duration,
+    #[arg(long, env = "WAV_VACUUM_EVERY", default_value_t = human(defaults().maintenance.vacuum_every))]
+    pub vacuum_every: humantime::Duration,
     /// Largest number of database connections in this process's pool.
-    #[arg(long, env = "WAV_DB_MAX_CONNECTIONS", default_value_t = 16)]
+    #[arg(long, env = "WAV_DB_MAX_CONNECTIONS", default_value_t = defaults().database.max_connections)]
     pub db_max_connections: u32,
     /// How often watched batches are re-read in case a notification was missed (ms).
-    #[arg(long, env = "WAV_WATCH_BACKSTOP_MS", default_value_t = 2000)]
+    #[arg(long, env = "WAV_WATCH_BACKSTOP_MS", default_value_t = ms(defaults().api.watch_backstop))]
     pub watch_backstop_ms: u64,
     /// Requests per second per API key, bursts of twice that; beyond it RESOURCE_EXHAUSTED / HTTP 429. 0: no limit.
-    #[arg(long, env = "WAV_KEY_RATE_PER_SEC", default_value_t = 50)]
+    #[arg(long, env = "WAV_KEY_RATE_PER_SEC", default_value_t = defaults().api.key_rate_per_sec)]
     pub key_rate_per_sec: u32,
     /// Seconds a watch waits for a client that stopped reading before closing its stream.
-    #[arg(long, env = "WAV_WATCH_STALL_SECS", default_value_t = 30)]
+    #[arg(long, env = "WAV_WATCH_STALL_SECS", default_value_t = defaults().api.watch_stall.as_secs())]
     pub watch_stall_secs: u64,
     /// How often an idle worker looks for work without a wake-up (ms).
-    #[arg(long, env = "WAV_IDLE_POLL_MS", default_value_t = 1000)]
+    #[arg(long, env = "WAV_IDLE_POLL_MS", default_value_t = ms(defaults().workers.idle_poll))]
     pub idle_poll_ms: u64,
     /// Seconds in-flight checks may finish after SIGTERM before their numbers are handed back.
-    #[arg(long, env = "WAV_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
+    #[arg(long, env = "WAV_SHUTDOWN_GRACE_SECS", default_value_t = defaults().workers.shutdown_grace.as_secs())]
     pub shutdown_grace_secs: u64,
 }
 
@@ -388,4 +366,231 @@ pub enum KeyCommand {
         #[arg(long, env = "WAV_API_KEY", hide_env_values = true)]
         key: String,
     },
+}
+
+impl ServeArgs {
+    /// The settings these flags (and variables) describe, checked.
+    pub fn into_settings(self, database_url: Option<String>) -> Result<Settings, SettingsError> {
+        let ms = Duration::from_millis;
+        let secret = |v: Option<String>| v.filter(|v| !v.is_empty()).map(Secret::new);
+        let tls = match (self.tls_cert, self.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+            (None, None) => None,
+            (cert, _) => {
+                let (flag, env) = if cert.is_some() {
+                    ("--tls-key", "WAV_TLS_KEY")
+                } else {
+                    ("--tls-cert", "WAV_TLS_CERT")
+                };
+                return Err(SettingsError {
+                    flag,
+                    env,
+                    problem: "TLS needs both WAV_TLS_CERT and WAV_TLS_KEY".into(),
+                });
+            }
+        };
+        let settings = Settings {
+            database: crate::settings::DatabaseSettings {
+                url: Secret::new(database_url.unwrap_or_default()),
+                max_connections: self.db_max_connections,
+            },
+            server: crate::settings::ServerSettings {
+                listen: self.listen,
+                role: self.role,
+                tls,
+            },
+            api: crate::settings::ApiSettings {
+                key_rate_per_sec: self.key_rate_per_sec,
+                watch_stall: Duration::from_secs(self.watch_stall_secs),
+                watch_backstop: ms(self.watch_backstop_ms),
+            },
+            workers: crate::settings::WorkerSettings {
+                loops: self.workers,
+                lease: Duration::from_secs(self.lease_secs),
+                max_attempts: self.max_attempts,
+                retry_base: ms(self.retry_base_ms),
+                retry_max: ms(self.retry_max_ms),
+                idle_poll: ms(self.idle_poll_ms),
+                shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
+            },
+            checker: crate::settings::CheckerSettings {
+                backend: self.checker,
+                simulated: crate::settings::SimulatedSettings {
+                    latency: ms(self.sim_latency_ms),
+                    per_call: self.sim_batch,
+                    error_rate: self.sim_error_rate,
+                },
+                waha: crate::settings::WahaSettings {
+                    url: self.waha_url,
+                    session: self.waha_session,
+                    api_key: secret(self.waha_api_key),
+                },
+                evolution: crate::settings::EvolutionSettings {
+                    url: self.evolution_url,
+                    instance: self.evolution_instance,
+                    api_key: secret(self.evolution_api_key),
+                },
+                whatsapp_web: crate::settings::WhatsappWebSettings {
+                    session_db: self.whatsapp_session_db,
+                },
+                http_timeout: ms(self.http_timeout_ms),
+                cache_ttl: self.cache_ttl.into(),
+            },
+            pacing: crate::settings::PacingSettings {
+                rate_per_sec: self.rate_per_sec,
+                max_concurrency: self.max_concurrency,
+                daily_cap: self.daily_cap,
+                breaker_failures: self.breaker_failures,
+                breaker_cooldown: Duration::from_secs(self.breaker_cooldown_secs),
+                rate_limit_backoff: ms(self.rate_limit_backoff_ms),
+                rate_limit_backoff_max: ms(self.rate_limit_backoff_max_ms),
+            },
+            webhooks: crate::settings::WebhookSettings {
+                allow_private: self.webhook_allow_private,
+                retry_base: ms(self.webhook_retry_base_ms),
+                poll: ms(self.webhook_poll_ms),
+            },
+            maintenance: crate::settings::MaintenanceSettings {
+                retention: self.retention.into(),
+                retention_every: self.retention_every.into(),
+                vacuum_dead_rows: self.vacuum_dead_rows,
+                vacuum_every: self.vacuum_every.into(),
+            },
+        };
+        settings.validate()?;
+        Ok(settings)
+    }
+}
+
+/// `docs/configuration.md`: every command's flags, variables and defaults, generated
+/// from the definitions above so it cannot drift from `--help` (a unit test compares).
+pub fn configuration_markdown() -> String {
+    use clap::CommandFactory;
+    let mut out = String::from(
+        "# Configuration\n\n\
+         Generated from the command-line definitions (`src/cli.rs`); a unit test fails when this file and\n\
+         `--help` disagree (regenerate with `WAV_WRITE_DOCS=1 cargo test --lib configuration`).\n\n\
+         Every flag can also be given as its environment variable; a flag given twice takes its last value.\n\
+         `serve` checks every value before it starts, and a bad one stops it with one line naming the flag\n\
+         and its variable. Durations written like `30d` take any [humantime](https://docs.rs/humantime) form\n\
+         (`500ms`, `10m`, `12h`, `7d`).\n",
+    );
+    let cli = Cli::command();
+    let global: Vec<&clap::Arg> = cli.get_arguments().filter(|a| a.is_global_set()).collect();
+    out.push_str("\n## Every command\n\n");
+    push_table(&mut out, global.iter().copied());
+    for command in cli.get_subcommands() {
+        push_command(
+            &mut out,
+            command,
+            &format!("wavalidate {}", command.get_name()),
+        );
+    }
+    out
+}
+
+fn push_command(out: &mut String, command: &clap::Command, path: &str) {
+    if command.get_name() == "help" {
+        return;
+    }
+    let args: Vec<&clap::Arg> = command
+        .get_arguments()
+        .filter(|a| !a.is_global_set() && a.get_id() != "help" && a.get_id() != "version")
+        .collect();
+    if !args.is_empty() {
+        out.push_str(&format!("\n## `{path}`\n\n"));
+        if let Some(about) = command.get_about() {
+            out.push_str(&format!("{about}\n\n"));
+        }
+        push_table(out, args.into_iter());
+    }
+    for sub in command.get_subcommands() {
+        push_command(out, sub, &format!("{path} {}", sub.get_name()));
+    }
+}
+
+fn push_table<'a>(out: &mut String, args: impl Iterator<Item = &'a clap::Arg>) {
+    out.push_str("| flag | environment | default | meaning |\n| --- | --- | --- | --- |\n");
+    for arg in args {
+        let flag = match arg.get_long() {
+            Some(long) => format!("`--{long}`"),
+            None => format!("`{}` (argument)", arg.get_id().as_str().to_uppercase()),
+        };
+        let env = arg
+            .get_env()
+            .map(|e| format!("`{}`", e.to_string_lossy()))
+            .unwrap_or_default();
+        let default: Vec<String> = arg
+            .get_default_values()
+            .iter()
+            .map(|v| v.to_string_lossy().into_owned())
+            .collect();
+        let default = if default.is_empty() || default == ["false"] {
+            String::new()
+        } else {
+            format!("`{}`", default.join(","))
+        };
+        let mut meaning = arg
+            .get_help()
+            .map(|h| h.to_string().replace('\n', " "))
+            .unwrap_or_default();
+        let values: Vec<String> = arg
+            .get_possible_values()
+            .iter()
+            .filter(|v| !v.is_hide_set())
+            .map(|v| match v.get_help() {
+                Some(help) => format!("`{}`: {help}", v.get_name()),
+                None => format!("`{}`", v.get_name()),
+            })
+            .collect();
+        if !values.is_empty() && !matches!(arg.get_action(), clap::ArgAction::SetTrue) {
+            meaning.push_str(&format!(". One of: {}", values.join("; ")));
+        }
+        out.push_str(&format!(
+            "| {flag} | {env} | {default} | {} |\n",
+            meaning.replace('|', "\\|")
+        ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn configuration_doc_matches_the_flags() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/configuration.md");
+        let generated = super::configuration_markdown();
+        if std::env::var_os("WAV_WRITE_DOCS").is_some() {
+            std::fs::write(path, &generated).unwrap();
+        }
+        let written = std::fs::read_to_string(path).unwrap_or_default();
+        assert!(
+            written == generated,
+            "docs/configuration.md is out of date: run `WAV_WRITE_DOCS=1 cargo test --lib configuration`"
+        );
+    }
+
+    #[test]
+    fn serve_flags_become_valid_settings_and_bad_ones_one_line() {
+        use clap::Parser;
+        let parse = |extra: &[&str]| {
+            let mut argv = vec!["wavalidate", "serve"];
+            argv.extend_from_slice(extra);
+            match super::Cli::try_parse_from(argv).unwrap().command {
+                super::Command::Serve(args) => args.into_settings(Some("postgres://h/db".into())),
+                _ => unreachable!("serve parses as serve"),
+            }
+        };
+        let defaults = parse(&[]).unwrap();
+        let fresh = crate::settings::Settings::default();
+        assert_eq!(defaults.workers.lease, fresh.workers.lease);
+        assert_eq!(defaults.maintenance.retention, fresh.maintenance.retention);
+        assert_eq!(defaults.checker.cache_ttl, fresh.checker.cache_ttl);
+        let lease = parse(&["--lease-secs", "0"]).unwrap_err().to_string();
+        assert_eq!(
+            lease,
+            "--lease-secs (WAV_LEASE_SECS): must be at least 1 second"
+        );
+        let tls = parse(&["--tls-cert", "c.pem"]).unwrap_err().to_string();
+        assert!(tls.starts_with("--tls-key (WAV_TLS_KEY)"), "{tls}");
+    }
 }

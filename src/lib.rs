@@ -12,6 +12,7 @@ pub mod health;
 pub mod metrics;
 pub mod retention;
 pub mod server;
+pub mod settings;
 pub mod store;
 pub mod vacuum;
 pub mod webhooks;

@@ -34,58 +34,53 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    // Commands that need no database.
+    let url = cli.database_url;
     match cli.command {
-        Command::Whatsapp(WhatsappCommand::Link { phone, session_db }) => {
-            return link_whatsapp(&phone, &session_db).await;
+        Command::Serve(args) => serve(args.into_settings(url)?).await,
+        Command::Migrate => {
+            Store::connect_migrated(&database(url)?).await?;
+            eprintln!("migrations applied");
+            Ok(())
         }
-        Command::Submit(args) => return client::submit(args).await,
-        Command::Poll { conn, batch_id } => return client::poll(conn, batch_id).await,
+        Command::Account(command) => account(command, &database(url)?).await,
+        Command::Key(command) => key(command, &database(url)?).await,
+        Command::Whatsapp(WhatsappCommand::Link { phone, session_db }) => {
+            link_whatsapp(&phone, &session_db).await
+        }
+        Command::Submit(args) => client::submit(args).await,
+        Command::Poll { conn, batch_id } => client::poll(conn, batch_id).await,
         Command::Watch {
             conn,
             batch_id,
             format,
-        } => return client::watch(conn, batch_id, format).await,
-        Command::Balance { conn } => return client::balance(conn).await,
-        Command::Bench(args) => return wavalidate::bench::run(args, cli.database_url).await,
-        _ => {}
+        } => client::watch(conn, batch_id, format).await,
+        Command::Balance { conn } => client::balance(conn).await,
+        Command::Bench(args) => wavalidate::bench::run(args, url).await,
     }
-    let url = cli
-        .database_url
-        .context("no database: set DATABASE_URL or pass --database-url")?;
-    match cli.command {
-        Command::Whatsapp(_)
-        | Command::Submit(_)
-        | Command::Poll { .. }
-        | Command::Watch { .. }
-        | Command::Balance { .. }
-        | Command::Bench(_) => unreachable!("handled above"),
-        Command::Serve(args) => serve(*args, &url).await,
-        Command::Migrate => {
-            Store::connect_migrated(&url).await?;
-            eprintln!("migrations applied");
-            Ok(())
-        }
-        Command::Account(AccountCommand::Create { name, credits }) => {
-            let store = connected(&url).await?;
+}
+
+fn database(url: Option<String>) -> anyhow::Result<String> {
+    url.context("no database: set DATABASE_URL or pass --database-url")
+}
+
+async fn account(command: AccountCommand, url: &str) -> anyhow::Result<()> {
+    let store = connected(url).await?;
+    match command {
+        AccountCommand::Create { name, credits } => {
             let (account_id, key) = store.create_account(&name, credits).await?;
             println!(
                 "{}",
                 json!({"account_id": account_id, "api_key": key.expose()})
             );
-            Ok(())
         }
-        Command::Account(AccountCommand::Credit { account_id, amount }) => {
-            let store = connected(&url).await?;
+        AccountCommand::Credit { account_id, amount } => {
             let balance = store
                 .add_credits(account_id, amount)
                 .await?
                 .with_context(|| format!("no account {account_id}"))?;
             println!("{}", json!({"account_id": account_id, "credits": balance}));
-            Ok(())
         }
-        Command::Account(AccountCommand::WebhookSecret { account_id, rotate }) => {
-            let store = connected(&url).await?;
+        AccountCommand::WebhookSecret { account_id, rotate } => {
             let secret = store
                 .webhook_secret(account_id, rotate)
                 .await?
@@ -94,10 +89,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 "{}",
                 json!({"account_id": account_id, "webhook_secret": secret})
             );
-            Ok(())
         }
-        Command::Key(KeyCommand::Create { account_id }) => {
-            let store = connected(&url).await?;
+    }
+    Ok(())
+}
+
+async fn key(command: KeyCommand, url: &str) -> anyhow::Result<()> {
+    let store = connected(url).await?;
+    match command {
+        KeyCommand::Create { account_id } => {
             let key = store
                 .create_key(account_id)
                 .await?
@@ -106,16 +106,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 "{}",
                 json!({"account_id": account_id, "api_key": key.expose()})
             );
-            Ok(())
         }
-        Command::Key(KeyCommand::Revoke { key }) => {
-            let store = connected(&url).await?;
+        KeyCommand::Revoke { key } => {
             let key = ApiKey::from_presented(&key).context("empty key")?;
             anyhow::ensure!(store.revoke_key(&key).await?, "no such active key");
             println!("{}", json!({"revoked": true}));
-            Ok(())
         }
     }
+    Ok(())
 }
 
 /// Admin commands run against a migrated schema, so they work on a fresh database too.
@@ -135,8 +133,8 @@ async fn link_whatsapp(_phone: &str, _session_db: &str) -> anyhow::Result<()> {
     )
 }
 
-async fn serve(args: wavalidate::cli::ServeArgs, url: &str) -> anyhow::Result<()> {
-    let server = wavalidate::app::start(args, url).await?;
+async fn serve(settings: wavalidate::settings::Settings) -> anyhow::Result<()> {
+    let server = wavalidate::app::start(settings).await?;
     // One line on stdout, so scripts and tests can find a port chosen with :0.
     println!("wavalidate listening on {}", server.addr);
     shutdown_signal().await;

@@ -9,13 +9,7 @@ use serde::Deserialize;
 
 use super::http::{base_url, client, mentions_rate_limit, status_error, transport_error};
 use super::{Backend, CallError, CallResult, Outcome, wa_id_from_jid};
-
-pub struct EvolutionConfig<'a> {
-    pub url: Option<&'a str>,
-    pub instance: Option<&'a str>,
-    pub api_key: Option<&'a str>,
-    pub timeout: Duration,
-}
+use crate::settings::EvolutionSettings;
 
 pub struct Evolution {
     client: reqwest::Client,
@@ -37,26 +31,18 @@ fn digits(s: &str) -> String {
 }
 
 impl Evolution {
-    pub fn new(config: EvolutionConfig<'_>) -> anyhow::Result<Evolution> {
-        let url = base_url("WAV_EVOLUTION_URL", config.url)?;
-        let instance = config
-            .instance
-            .map(str::trim)
-            .filter(|i| !i.is_empty())
-            .ok_or_else(|| {
-                anyhow::anyhow!(
-                    "WAV_EVOLUTION_INSTANCE is not set: give the Evolution API instance name"
-                )
-            })?;
-        let api_key = config.api_key.filter(|k| !k.is_empty()).ok_or_else(|| {
-            anyhow::anyhow!(
-                "WAV_EVOLUTION_API_KEY is not set: Evolution API requires its apikey header"
-            )
-        })?;
+    /// From validated settings (`Settings::validate` checked URL, instance and key).
+    pub fn new(settings: &EvolutionSettings, timeout: Duration) -> anyhow::Result<Evolution> {
+        let url = base_url(settings.url.as_deref().unwrap_or_default());
+        let instance = settings.instance.as_deref().unwrap_or_default().trim();
         Ok(Evolution {
-            client: client(config.timeout)?,
+            client: client(timeout)?,
             endpoint: format!("{url}/chat/whatsappNumbers/{instance}"),
-            api_key: api_key.to_string(),
+            api_key: settings
+                .api_key
+                .as_ref()
+                .map(|k| k.expose().to_string())
+                .unwrap_or_default(),
         })
     }
 }

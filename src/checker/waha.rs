@@ -8,13 +8,7 @@ use serde::Deserialize;
 
 use super::http::{base_url, client, mentions_rate_limit, status_error, transport_error};
 use super::{Backend, CallError, CallResult, Outcome, wa_id_from_jid};
-
-pub struct WahaConfig<'a> {
-    pub url: Option<&'a str>,
-    pub session: &'a str,
-    pub api_key: Option<&'a str>,
-    pub timeout: Duration,
-}
+use crate::settings::WahaSettings;
 
 pub struct Waha {
     client: reqwest::Client,
@@ -31,14 +25,13 @@ struct CheckExists {
 }
 
 impl Waha {
-    pub fn new(config: WahaConfig<'_>) -> anyhow::Result<Waha> {
-        let session = config.session.trim();
-        anyhow::ensure!(!session.is_empty(), "WAV_WAHA_SESSION must not be empty");
+    /// From validated settings (`Settings::validate` checked the URL and session).
+    pub fn new(settings: &WahaSettings, timeout: Duration) -> anyhow::Result<Waha> {
         Ok(Waha {
-            client: client(config.timeout)?,
-            url: base_url("WAV_WAHA_URL", config.url)?,
-            session: session.to_string(),
-            api_key: config.api_key.filter(|k| !k.is_empty()).map(str::to_string),
+            client: client(timeout)?,
+            url: base_url(settings.url.as_deref().unwrap_or_default()),
+            session: settings.session.trim().to_string(),
+            api_key: settings.api_key.as_ref().map(|k| k.expose().to_string()),
         })
     }
 

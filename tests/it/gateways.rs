@@ -18,7 +18,7 @@ const ERROR: i32 = NumberStatus::Error as i32;
 #[tokio::test]
 async fn waha_answers_become_results_and_invalid_numbers_are_never_sent() {
     let gw = fakes::waha(&["+14155552671", "+442079460958"], "secret", "default").await;
-    let app = spawn_gateway_app(&gw, "waha", &[]).await;
+    let app = spawn_gateway_app(&gw, "waha", |_| {}).await;
     let (_, key) = app.account(100).await;
     let mut client = app.client().await;
     let numbers = [
@@ -42,11 +42,10 @@ async fn waha_answers_become_results_and_invalid_numbers_are_never_sent() {
 #[tokio::test]
 async fn a_rejected_gateway_key_ends_in_error_never_in_not_on_whatsapp() {
     let gw = fakes::waha(&["+14155552671"], "secret", "default").await;
-    let app = spawn_gateway_app(
-        &gw,
-        "waha",
-        &["--waha-api-key", "wrong", "--max-attempts", "2"],
-    )
+    let app = spawn_gateway_app(&gw, "waha", |s| {
+        s.checker.waha.api_key = Some(Secret::new("wrong".to_string()));
+        s.workers.max_attempts = 2;
+    })
     .await;
     let (account, key) = app.account(10).await;
     let mut client = app.client().await;
@@ -84,18 +83,11 @@ async fn waha_recovers_from_500s_rate_limits_and_timeouts() {
         Mode::Hang(Duration::from_secs(3)),
         Mode::RateLimited(None),
     ]);
-    let app = spawn_gateway_app(
-        &gw,
-        "waha",
-        &[
-            "--http-timeout-ms",
-            "300",
-            "--max-attempts",
-            "4",
-            "--workers",
-            "1",
-        ],
-    )
+    let app = spawn_gateway_app(&gw, "waha", |s| {
+        s.checker.http_timeout = ms(300);
+        s.workers.max_attempts = 4;
+        s.workers.loops = 1;
+    })
     .await;
     let (_, key) = app.account(10).await;
     let mut client = app.client().await;
@@ -122,35 +114,44 @@ async fn waha_recovers_from_500s_rate_limits_and_timeouts() {
 #[tokio::test]
 async fn gateway_backends_refuse_to_start_without_their_settings() {
     let (url, _) = fresh_database().await;
-    for (args, needs) in [
-        (vec!["--checker", "waha"], "WAV_WAHA_URL"),
-        (vec!["--checker", "waha", "--waha-url", "ftp://x"], "http"),
+    let waha = |s: &mut Settings| s.checker.backend = CheckerKind::Waha;
+    let evolution = |s: &mut Settings| {
+        s.checker.backend = CheckerKind::Evolution;
+        s.checker.evolution.url = Some("http://127.0.0.1:9".into());
+    };
+    type Edit = Box<dyn Fn(&mut Settings)>;
+    let cases: [(&str, Edit, &str); 4] = [
+        ("waha without a URL", Box::new(waha), "WAV_WAHA_URL"),
         (
-            vec![
-                "--checker",
-                "evolution",
-                "--evolution-url",
-                "http://127.0.0.1:9",
-            ],
+            "waha with an ftp URL",
+            Box::new(move |s| {
+                waha(s);
+                s.checker.waha.url = Some("ftp://x".into());
+            }),
+            "http",
+        ),
+        (
+            "evolution without an instance",
+            Box::new(evolution),
             "WAV_EVOLUTION_INSTANCE",
         ),
         (
-            vec![
-                "--checker",
-                "evolution",
-                "--evolution-url",
-                "http://127.0.0.1:9",
-                "--evolution-instance",
-                "main",
-            ],
+            "evolution without a key",
+            Box::new(move |s| {
+                evolution(s);
+                s.checker.evolution.instance = Some("main".into());
+            }),
             "WAV_EVOLUTION_API_KEY",
         ),
-    ] {
-        let err = match wavalidate::app::start(serve_args(&args), &url).await {
-            Ok(_) => panic!("{args:?} started"),
+    ];
+    for (what, edit, needs) in cases {
+        let mut settings = test_settings(&url);
+        edit(&mut settings);
+        let err = match wavalidate::app::start(settings).await {
+            Ok(_) => panic!("{what}: started"),
             Err(err) => err.to_string(),
         };
-        assert!(err.contains(needs), "{args:?}: {err}");
+        assert!(err.contains(needs), "{what}: {err}");
     }
 }
 
@@ -162,7 +163,11 @@ async fn evolution_checks_many_numbers_per_call_and_survives_empty_and_partial_a
         Mode::MissingRows(vec!["442079460958".into()]),
         Mode::ServerError,
     ]);
-    let app = spawn_gateway_app(&gw, "evolution", &["--workers", "1", "--max-attempts", "5"]).await;
+    let app = spawn_gateway_app(&gw, "evolution", |s| {
+        s.workers.loops = 1;
+        s.workers.max_attempts = 5;
+    })
+    .await;
     let (_, key) = app.account(100).await;
     let mut client = app.client().await;
     let numbers = ["+14155552671", "+442079460958", "+919876543210"].map(String::from);
@@ -184,7 +189,10 @@ async fn a_number_the_gateway_always_leaves_out_ends_in_error_and_is_refunded() 
     let gw = fakes::evolution(&["+14155552671", "+442079460958"], "secret", "main").await;
     gw.state
         .set_default(Mode::MissingRows(vec!["442079460958".into()]));
-    let app = spawn_gateway_app(&gw, "evolution", &["--max-attempts", "2"]).await;
+    let app = spawn_gateway_app(&gw, "evolution", |s| {
+        s.workers.max_attempts = 2;
+    })
+    .await;
     let (account, key) = app.account(100).await;
     let mut client = app.client().await;
     let sub = submit(
@@ -208,18 +216,11 @@ async fn a_number_the_gateway_always_leaves_out_ends_in_error_and_is_refunded() 
 async fn the_rate_and_concurrency_limits_bound_upstream_calls() {
     let gw = fakes::waha(&[], "secret", "default").await;
     // WAHA checks one number per request and a call carries up to 10: burst 10, then 20/s.
-    let app = spawn_gateway_app(
-        &gw,
-        "waha",
-        &[
-            "--rate-per-sec",
-            "20",
-            "--max-concurrency",
-            "2",
-            "--workers",
-            "4",
-        ],
-    )
+    let app = spawn_gateway_app(&gw, "waha", |s| {
+        s.pacing.rate_per_sec = Some(20.0);
+        s.pacing.max_concurrency = Some(2);
+        s.workers.loops = 4;
+    })
     .await;
     let (_, key) = app.account(1000).await;
     let mut client = app.client().await;
@@ -251,7 +252,10 @@ async fn the_rate_and_concurrency_limits_bound_upstream_calls() {
 #[tokio::test]
 async fn the_daily_cap_leaves_the_rest_queued_for_tomorrow() {
     let gw = fakes::waha(&[], "secret", "default").await;
-    let app = spawn_gateway_app(&gw, "waha", &["--daily-cap", "7"]).await;
+    let app = spawn_gateway_app(&gw, "waha", |s| {
+        s.pacing.daily_cap = Some(7);
+    })
+    .await;
     let (_, key) = app.account(100).await;
     let mut client = app.client().await;
     let sub = submit(&mut client, &key, &us_numbers(0, 10)).await;
@@ -288,20 +292,12 @@ async fn the_daily_cap_leaves_the_rest_queued_for_tomorrow() {
 async fn an_open_circuit_pauses_the_backend_and_keeps_numbers_queued() {
     let gw = fakes::waha(&["+14155552671"], "secret", "default").await;
     gw.state.set_default(Mode::ServerError);
-    let app = spawn_gateway_app(
-        &gw,
-        "waha",
-        &[
-            "--breaker-failures",
-            "3",
-            "--breaker-cooldown-secs",
-            "1",
-            "--max-attempts",
-            "100",
-            "--workers",
-            "2",
-        ],
-    )
+    let app = spawn_gateway_app(&gw, "waha", |s| {
+        s.pacing.breaker_failures = 3;
+        s.pacing.breaker_cooldown = secs(1);
+        s.workers.max_attempts = 100;
+        s.workers.loops = 2;
+    })
     .await;
     let (_, key) = app.account(10).await;
     let mut client = app.client().await;
@@ -334,7 +330,7 @@ async fn an_open_circuit_pauses_the_backend_and_keeps_numbers_queued() {
 #[tokio::test]
 async fn cached_answers_save_upstream_calls_unless_forced() {
     let gw = fakes::evolution(&["+12015550003", "+12015550007"], "secret", "main").await;
-    let app = spawn_gateway_app(&gw, "evolution", &[]).await;
+    let app = spawn_gateway_app(&gw, "evolution", |_| {}).await;
     let (_, key) = app.account(1000).await;
     let mut client = app.client().await;
     let numbers = us_numbers(0, 20);
@@ -382,7 +378,7 @@ async fn cached_answers_save_upstream_calls_unless_forced() {
 async fn country_variants_find_the_form_whatsapp_registered() {
     // Registered: a Brazilian mobile without its ninth digit, a Mexican one with the old "1".
     let gw = fakes::evolution(&["+551181234567", "+5215512345678"], "secret", "main").await;
-    let app = spawn_gateway_app(&gw, "evolution", &[]).await;
+    let app = spawn_gateway_app(&gw, "evolution", |_| {}).await;
     let (_, key) = app.account(100).await;
     let mut client = app.client().await;
     let numbers = [

@@ -5,16 +5,15 @@ use std::net::SocketAddr;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use clap::Parser;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tonic::transport::Channel;
 use uuid::Uuid;
 
 use wavalidate::app::Server;
-use wavalidate::cli::{Cli, Command as CliCommand, ServeArgs};
 use wavalidate::pb;
 use wavalidate::pb::wa_validation_service_client::WaValidationServiceClient;
+pub use wavalidate::settings::{CheckerKind, Role, Secret, Settings};
 use wavalidate::store::{Store, url_with_database};
 
 pub type Client = WaValidationServiceClient<Channel>;
@@ -53,15 +52,24 @@ const TEST_SERVE_ARGS: [&str; 9] = [
     "100",
 ];
 
-/// Server settings as `wavalidate serve` parses them, on a free port.
-pub fn serve_args(extra: &[&str]) -> ServeArgs {
-    let mut argv = vec!["wavalidate"];
-    argv.extend_from_slice(&TEST_SERVE_ARGS);
-    argv.extend_from_slice(extra);
-    match Cli::try_parse_from(argv).expect("serve args").command {
-        CliCommand::Serve(args) => *args,
-        _ => unreachable!(),
-    }
+/// What every in-process test server runs with, like `TEST_SERVE_ARGS`: a free port,
+/// quick idle polling, no per-key rate limit, 100 simulated numbers a call.
+pub fn test_settings(url: &str) -> Settings {
+    let mut s = Settings::default();
+    s.database.url = Secret::new(url);
+    s.server.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    s.workers.idle_poll = ms(100);
+    s.api.key_rate_per_sec = 0;
+    s.checker.simulated.per_call = 100;
+    s
+}
+
+pub fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+pub fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
 }
 
 pub struct TestApp {
@@ -71,22 +79,25 @@ pub struct TestApp {
 }
 
 pub async fn spawn_app() -> TestApp {
-    spawn_app_with(&[]).await
+    spawn_app_with(|_| {}).await
 }
 
-pub async fn spawn_app_with(extra: &[&str]) -> TestApp {
+/// A server on a fresh database, with `edit` applied to the test settings.
+pub async fn spawn_app_with(edit: impl FnOnce(&mut Settings)) -> TestApp {
     let (url, store) = fresh_database().await;
-    spawn_app_on(url, store, extra).await
+    spawn_app_on(url, store, edit).await
 }
 
 /// Another server on an existing test database.
-pub async fn spawn_app_on(url: String, store: Store, extra: &[&str]) -> TestApp {
+pub async fn spawn_app_on(url: String, store: Store, edit: impl FnOnce(&mut Settings)) -> TestApp {
     // Server warnings and errors show up in a failing test's output.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
         .with_test_writer()
         .try_init();
-    let server = wavalidate::app::start(serve_args(extra), &url)
+    let mut settings = test_settings(&url);
+    edit(&mut settings);
+    let server = wavalidate::app::start(settings)
         .await
         .expect("server starts");
     TestApp {
@@ -418,63 +429,42 @@ pub fn metric(page: &str, name: &str, labels: &[&str]) -> f64 {
         .sum()
 }
 
-/// Flags that point workers at this fake gateway (`kind` "waha" or "evolution"), with
-/// pacing off; flags given after these override them.
-pub fn gateway_args(gateway: &crate::fakes::Gateway, kind: &str) -> Vec<String> {
-    let url = format!("http://{}", gateway.addr);
-    let mut args: Vec<String> = match kind {
-        "waha" => vec![
-            "--checker",
-            "waha",
-            "--waha-url",
-            &url,
-            "--waha-api-key",
-            "secret",
-        ],
-        _ => vec![
-            "--checker",
-            "evolution",
-            "--evolution-url",
-            &url,
-            "--evolution-instance",
-            "main",
-            "--evolution-api-key",
-            "secret",
-        ],
+/// Points the workers at this fake gateway (`kind` "waha" or "evolution"), with pacing
+/// off; a test's own edits come after these.
+pub fn use_gateway(s: &mut Settings, gateway: &crate::fakes::Gateway, kind: &str) {
+    let url = Some(format!("http://{}", gateway.addr));
+    let key = Some(Secret::new("secret"));
+    match kind {
+        "waha" => {
+            s.checker.backend = CheckerKind::Waha;
+            s.checker.waha.url = url;
+            s.checker.waha.api_key = key;
+        }
+        _ => {
+            s.checker.backend = CheckerKind::Evolution;
+            s.checker.evolution.url = url;
+            s.checker.evolution.instance = Some("main".into());
+            s.checker.evolution.api_key = key;
+        }
     }
-    .into_iter()
-    .map(String::from)
-    .collect();
     // Fast by default; tests about pacing set their own limits after these.
-    for a in [
-        "--rate-per-sec",
-        "1000",
-        "--max-concurrency",
-        "8",
-        "--daily-cap",
-        "0",
-        "--retry-base-ms",
-        "10",
-        "--retry-max-ms",
-        "50",
-        "--rate-limit-backoff-ms",
-        "50",
-        "--breaker-failures",
-        "1000",
-    ] {
-        args.push(a.to_string());
-    }
-    args
+    s.pacing.rate_per_sec = Some(1000.0);
+    s.pacing.max_concurrency = Some(8);
+    s.pacing.daily_cap = Some(0);
+    s.workers.retry_base = ms(10);
+    s.workers.retry_max = ms(50);
+    s.pacing.rate_limit_backoff = ms(50);
+    s.pacing.breaker_failures = 1000;
 }
 
 /// A server on a fresh database whose workers ask this fake gateway.
 pub async fn spawn_gateway_app(
     gateway: &crate::fakes::Gateway,
     kind: &str,
-    extra: &[&str],
+    edit: impl FnOnce(&mut Settings),
 ) -> TestApp {
     let (url, store) = fresh_database().await;
-    spawn_gateway_app_on(url, store, gateway, kind, extra).await
+    spawn_gateway_app_on(url, store, gateway, kind, edit).await
 }
 
 pub async fn spawn_gateway_app_on(
@@ -482,10 +472,11 @@ pub async fn spawn_gateway_app_on(
     store: Store,
     gateway: &crate::fakes::Gateway,
     kind: &str,
-    extra: &[&str],
+    edit: impl FnOnce(&mut Settings),
 ) -> TestApp {
-    let mut args = gateway_args(gateway, kind);
-    args.extend(extra.iter().map(|s| s.to_string()));
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    spawn_app_on(url, store, &refs).await
+    spawn_app_on(url, store, |s| {
+        use_gateway(s, gateway, kind);
+        edit(s);
+    })
+    .await
 }

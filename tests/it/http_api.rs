@@ -253,7 +253,11 @@ async fn keys_in_headers_and_another_accounts_batch() {
 
 #[tokio::test]
 async fn server_sent_events_stream_every_result_then_completed() {
-    let app = spawn_app_with(&["--sim-latency-ms", "100", "--workers", "1"]).await;
+    let app = spawn_app_with(|s| {
+        s.checker.simulated.latency = ms(100);
+        s.workers.loops = 1;
+    })
+    .await;
     let (_, key) = app.account(1000).await;
     let mut client = app.client().await;
     let sub = submit(&mut client, &key, &us_numbers(0, 250)).await;

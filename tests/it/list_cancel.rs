@@ -24,7 +24,10 @@ fn list_req(
 #[tokio::test]
 async fn list_pages_newest_first_filters_by_status_and_stays_in_the_account() {
     // No workers: batches stay processing unless every entry is invalid.
-    let app = spawn_app_with(&["--role", "api"]).await;
+    let app = spawn_app_with(|s| {
+        s.server.role = Role::Api;
+    })
+    .await;
     let (_, key) = app.account(1000).await;
     let (_, other) = app.account(1000).await;
     let mut client = app.client().await;
@@ -115,7 +118,10 @@ async fn cancel_stops_unchecked_numbers_refunds_them_once_and_ends_watchers() {
     // the third until the cancel has committed, so a worker is mid-call during it.
     let gw = crate::fakes::evolution(&[], "secret", "main").await;
     gw.state.hold_from(2);
-    let app = spawn_gateway_app(&gw, "evolution", &["--workers", "1"]).await;
+    let app = spawn_gateway_app(&gw, "evolution", |s| {
+        s.workers.loops = 1;
+    })
+    .await;
     let (account, key) = app.account(1000).await;
     let mut client = app.client().await;
     let sub = submit(&mut client, &key, &us_numbers(0, 300)).await;
@@ -187,7 +193,10 @@ async fn cancel_stops_unchecked_numbers_refunds_them_once_and_ends_watchers() {
 
 #[tokio::test]
 async fn cancel_over_http_and_of_another_accounts_batch() {
-    let app = spawn_app_with(&["--role", "api"]).await;
+    let app = spawn_app_with(|s| {
+        s.server.role = Role::Api;
+    })
+    .await;
     let (_, alice) = app.account(100).await;
     let (_, bob) = app.account(100).await;
     let mut client = app.client().await;

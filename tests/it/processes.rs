@@ -30,11 +30,10 @@ async fn submit_work_and_watch_on_different_processes() {
     )
     .await;
     // No periodic re-read: the results reach this process only through the notifications.
-    let watcher_app = spawn_app_on(
-        url,
-        store,
-        &["--role", "api", "--watch-backstop-ms", "600000"],
-    )
+    let watcher_app = spawn_app_on(url, store, |s| {
+        s.server.role = Role::Api;
+        s.api.watch_backstop = ms(600000);
+    })
     .await;
     let (_, key) = watcher_app.account(1000).await;
 
@@ -51,7 +50,10 @@ async fn submit_work_and_watch_on_different_processes() {
 #[tokio::test]
 async fn a_killed_workers_numbers_are_reclaimed_when_their_lease_expires() {
     let (url, store) = fresh_database().await;
-    let api = spawn_app_on(url.clone(), store.clone(), &["--role", "api"]).await;
+    let api = spawn_app_on(url.clone(), store.clone(), |s| {
+        s.server.role = Role::Api;
+    })
+    .await;
     let (account, key) = api.account(1000).await;
     // This worker hangs in its check and dies without answering.
     let mut doomed = spawn_process(
@@ -109,7 +111,10 @@ async fn a_killed_workers_numbers_are_reclaimed_when_their_lease_expires() {
 #[tokio::test]
 async fn sigterm_hands_in_flight_numbers_back_and_exits_cleanly() {
     let (url, store) = fresh_database().await;
-    let api = spawn_app_on(url.clone(), store.clone(), &["--role", "api"]).await;
+    let api = spawn_app_on(url.clone(), store.clone(), |s| {
+        s.server.role = Role::Api;
+    })
+    .await;
     let (_, key) = api.account(1000).await;
     let mut worker = spawn_process(
         &url,
@@ -150,7 +155,10 @@ async fn sigterm_hands_in_flight_numbers_back_and_exits_cleanly() {
         "an interrupted check does not count as an attempt"
     );
     // Nothing lost: another worker finishes the batch.
-    let _next = spawn_app_on(url, store.clone(), &["--role", "worker"]).await;
+    let _next = spawn_app_on(url, store.clone(), |s| {
+        s.server.role = Role::Worker;
+    })
+    .await;
     wait_until("the batch to finish", || async {
         sqlx::query_scalar::<_, i64>("SELECT count(*) FROM batch_numbers WHERE state = 1")
             .fetch_one(store.pool())

@@ -52,11 +52,10 @@ async fn open_gate(conn: &mut sqlx::PgConnection, key: i64) {
 async fn a_cancel_that_meets_a_result_write_of_its_batch_neither_deadlocks_nor_fails() {
     // One worker loop, one chunk of 50 per claim: the write covers numbers 0-49.
     let (url, store) = fresh_database().await;
-    let app = spawn_app_on(
-        url.clone(),
-        store.clone(),
-        &["--workers", "1", "--sim-batch", "50"],
-    )
+    let app = spawn_app_on(url.clone(), store.clone(), |s| {
+        s.workers.loops = 1;
+        s.checker.simulated.per_call = 50;
+    })
     .await;
     let pool = store.pool().clone();
     hold_updates(
@@ -112,18 +111,11 @@ async fn a_cancel_that_meets_a_result_write_of_its_batch_neither_deadlocks_nor_f
 #[tokio::test]
 async fn cancels_racing_result_writes_never_deadlock_nor_fail() {
     let (url, store) = fresh_database().await;
-    let app = spawn_app_on(
-        url.clone(),
-        store.clone(),
-        &[
-            "--workers",
-            "8",
-            "--sim-batch",
-            "50",
-            "--sim-latency-ms",
-            "5",
-        ],
-    )
+    let app = spawn_app_on(url.clone(), store.clone(), |s| {
+        s.workers.loops = 8;
+        s.checker.simulated.per_call = 50;
+        s.checker.simulated.latency = ms(5);
+    })
     .await;
     let mut clients = Vec::new();
     for c in 0..4 {
@@ -191,11 +183,11 @@ async fn a_claim_checked_in_many_calls_keeps_its_lease_and_asks_each_number_once
     // third of the 2 s lease, and the chunk's five calls take 2.5 s, longer than the lease.
     let gw = fakes::waha(&[], "secret", "default").await;
     gw.state.set_latency(Duration::from_millis(50));
-    let app = spawn_gateway_app(
-        &gw,
-        "waha",
-        &["--workers", "2", "--lease-secs", "2", "--rate-per-sec", "0"],
-    )
+    let app = spawn_gateway_app(&gw, "waha", |s| {
+        s.workers.loops = 2;
+        s.workers.lease = secs(2);
+        s.pacing.rate_per_sec = Some(0.0);
+    })
     .await;
     let (_, key) = app.account(100).await;
     let mut client = app.client().await;
@@ -213,7 +205,11 @@ async fn a_claim_checked_in_many_calls_keeps_its_lease_and_asks_each_number_once
 async fn a_worker_that_lost_its_lease_stops_asking_for_numbers_it_no_longer_holds() {
     let gw = fakes::waha(&[], "secret", "default").await;
     gw.state.hold_from(0);
-    let app = spawn_gateway_app(&gw, "waha", &["--workers", "1", "--rate-per-sec", "0"]).await;
+    let app = spawn_gateway_app(&gw, "waha", |s| {
+        s.workers.loops = 1;
+        s.pacing.rate_per_sec = Some(0.0);
+    })
+    .await;
     let (_, key) = app.account(100).await;
     let mut client = app.client().await;
     let numbers = us_numbers(0, 50);
@@ -259,7 +255,10 @@ async fn a_worker_that_lost_its_lease_stops_asking_for_numbers_it_no_longer_hold
 #[tokio::test]
 async fn watchers_that_end_together_leave_no_batch_registered() {
     // No workers: each batch waits until it is cancelled, which ends both its watchers at once.
-    let app = spawn_app_with(&["--role", "api"]).await;
+    let app = spawn_app_with(|s| {
+        s.server.role = Role::Api;
+    })
+    .await;
     let (_, key) = app.account(1000).await;
     let mut client = app.client().await;
     let mut batches = Vec::new();
@@ -310,13 +309,10 @@ async fn results_whose_commit_was_never_acknowledged_still_reach_local_watchers(
     let proxy = PgProxy::start(&url).await;
     // Watchers here get results only from this process's workers or from a re-read:
     // no periodic re-read.
-    let app = spawn_gateway_app_on(
-        proxy.url(&url),
-        store.clone(),
-        &gw,
-        "evolution",
-        &["--workers", "1", "--watch-backstop-ms", "600000"],
-    )
+    let app = spawn_gateway_app_on(proxy.url(&url), store.clone(), &gw, "evolution", |s| {
+        s.workers.loops = 1;
+        s.api.watch_backstop = ms(600000);
+    })
     .await;
     let pool = store.pool().clone();
     hold_updates(&pool, "batches", "NEW.completed <> OLD.completed", 42).await;

@@ -9,16 +9,12 @@ use wavalidate::pb;
 
 #[tokio::test]
 async fn retention_prunes_finished_batches_but_keeps_the_ledger_and_running_ones() {
-    let app = spawn_app_with(&[
-        "--retention",
-        "1s",
-        "--retention-every",
-        "100ms",
-        "--sim-latency-ms",
-        "600000",
-        "--shutdown-grace-secs",
-        "0",
-    ])
+    let app = spawn_app_with(|s| {
+        s.maintenance.retention = secs(1);
+        s.maintenance.retention_every = ms(100);
+        s.checker.simulated.latency = ms(600000);
+        s.workers.shutdown_grace = secs(0);
+    })
     .await;
     let (account, key) = app.account(10).await;
     let mut client = app.client().await;
@@ -61,7 +57,11 @@ async fn retention_prunes_finished_batches_but_keeps_the_ledger_and_running_ones
 
 #[tokio::test]
 async fn a_request_id_retried_after_retention_deleted_its_batch_is_answered_not_charged() {
-    let app = spawn_app_with(&["--retention", "1s", "--retention-every", "100ms"]).await;
+    let app = spawn_app_with(|s| {
+        s.maintenance.retention = secs(1);
+        s.maintenance.retention_every = ms(100);
+    })
+    .await;
     let (account, key) = app.account(10).await;
     let mut client = app.client().await;
     let request = pb::SubmitBatchRequest {
@@ -123,7 +123,10 @@ async fn a_request_id_retried_after_retention_deleted_its_batch_is_answered_not_
 
 #[tokio::test]
 async fn a_watcher_that_stops_reading_is_closed_and_frees_its_resources() {
-    let app = spawn_app_with(&["--watch-stall-secs", "1"]).await;
+    let app = spawn_app_with(|s| {
+        s.api.watch_stall = secs(1);
+    })
+    .await;
     let (_, key) = app.account(1000).await;
     // A client with the HTTP/2 windows of the spec (64 KiB), not hyper's generous ones.
     let channel = tonic::transport::Channel::from_shared(format!("http://{}", app.addr))
@@ -164,7 +167,11 @@ async fn a_watcher_that_stops_reading_is_closed_and_frees_its_resources() {
 
 #[tokio::test]
 async fn a_client_that_disconnects_mid_stream_frees_its_watch() {
-    let app = spawn_app_with(&["--sim-latency-ms", "600000", "--shutdown-grace-secs", "0"]).await;
+    let app = spawn_app_with(|s| {
+        s.checker.simulated.latency = ms(600000);
+        s.workers.shutdown_grace = secs(0);
+    })
+    .await;
     let (_, key) = app.account(10).await;
     let mut client = app.client().await;
     let sub = submit(&mut client, &key, &["+14155552671".into(), "junk".into()]).await;
@@ -245,25 +252,17 @@ async fn watchers_miss_nothing_when_the_listening_connection_is_killed() {
     // Workers in one server; the watcher in another (API only, reaching PostgreSQL
     // through a proxy), which learns of results only by LISTEN: no periodic re-read.
     let (url, store) = fresh_database().await;
-    let _workers = spawn_app_on(
-        url.clone(),
-        store.clone(),
-        &[
-            "--role",
-            "worker",
-            "--sim-latency-ms",
-            "150",
-            "--workers",
-            "1",
-        ],
-    )
+    let _workers = spawn_app_on(url.clone(), store.clone(), |s| {
+        s.server.role = Role::Worker;
+        s.checker.simulated.latency = ms(150);
+        s.workers.loops = 1;
+    })
     .await;
     let proxy = crate::pgproxy::PgProxy::start(&url).await;
-    let watcher = spawn_app_on(
-        proxy.url(&url),
-        store.clone(),
-        &["--role", "api", "--watch-backstop-ms", "600000"],
-    )
+    let watcher = spawn_app_on(proxy.url(&url), store.clone(), |s| {
+        s.server.role = Role::Api;
+        s.api.watch_backstop = ms(600000);
+    })
     .await;
     let (_, key) = watcher.account(1000).await;
     let mut client = watcher.client().await;
@@ -296,7 +295,11 @@ async fn watchers_miss_nothing_when_the_listening_connection_is_killed() {
 
 #[tokio::test]
 async fn a_database_outage_turns_health_off_fails_fast_and_loses_nothing() {
-    let app = spawn_app_with(&["--sim-latency-ms", "100", "--workers", "1"]).await;
+    let app = spawn_app_with(|s| {
+        s.checker.simulated.latency = ms(100);
+        s.workers.loops = 1;
+    })
+    .await;
     let (_, key) = app.account(1000).await;
     let mut client = app.client().await;
     let sub = submit(&mut client, &key, &us_numbers(0, 500)).await;
@@ -347,7 +350,10 @@ async fn a_database_outage_turns_health_off_fails_fast_and_loses_nothing() {
 
 #[tokio::test]
 async fn a_key_over_its_rate_gets_resource_exhausted_with_a_retry_hint() {
-    let app = spawn_app_with(&["--key-rate-per-sec", "5"]).await;
+    let app = spawn_app_with(|s| {
+        s.api.key_rate_per_sec = 5;
+    })
+    .await;
     let (_, key) = app.account(10).await;
     let (_, other) = app.account(10).await;
     let mut client = app.client().await;
@@ -562,12 +568,12 @@ async fn tls_serves_grpc_and_json_with_a_given_certificate() {
     let (cert, key_file) = (dir.join("cert.pem"), dir.join("key.pem"));
     std::fs::write(&cert, certified.cert.pem()).unwrap();
     std::fs::write(&key_file, certified.signing_key.serialize_pem()).unwrap();
-    let app = spawn_app_with(&[
-        "--tls-cert",
-        cert.to_str().unwrap(),
-        "--tls-key",
-        key_file.to_str().unwrap(),
-    ])
+    let app = spawn_app_with(|s| {
+        s.server.tls = Some(wavalidate::settings::TlsFiles {
+            cert: cert.clone(),
+            key: key_file.clone(),
+        })
+    })
     .await;
     let (_, key) = app.account(7).await;
     let port = app.addr.port();
@@ -740,11 +746,10 @@ async fn a_real_postgres_restart_mid_batch_loses_nothing() {
     let store = wavalidate::store::Store::connect_migrated(&url)
         .await
         .unwrap();
-    let app = spawn_app_on(
-        url,
-        store.clone(),
-        &["--sim-latency-ms", "100", "--workers", "1"],
-    )
+    let app = spawn_app_on(url, store.clone(), |s| {
+        s.checker.simulated.latency = ms(100);
+        s.workers.loops = 1;
+    })
     .await;
     let (account, key) = app.account(1000).await;
     let mut client = app.client().await;

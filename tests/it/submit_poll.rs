@@ -100,7 +100,11 @@ async fn dedups_after_normalization_keeps_order_and_counts_add_up() {
 
 #[tokio::test]
 async fn poll_shows_progress_with_counters_that_add_up() {
-    let app = spawn_app_with(&["--sim-latency-ms", "150", "--workers", "1"]).await;
+    let app = spawn_app_with(|s| {
+        s.checker.simulated.latency = ms(150);
+        s.workers.loops = 1;
+    })
+    .await;
     let (_, key) = app.account(1000).await;
     let mut client = app.client().await;
     let numbers = us_numbers(0, 300);

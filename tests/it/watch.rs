@@ -4,7 +4,11 @@ use wavalidate::pb::{self, NumberStatus};
 #[tokio::test]
 async fn watch_streams_each_result_once_as_it_is_written_then_completes() {
     // One worker, 100 numbers a call, 300 ms a call: three visible steps.
-    let app = spawn_app_with(&["--sim-latency-ms", "300", "--workers", "1"]).await;
+    let app = spawn_app_with(|s| {
+        s.checker.simulated.latency = ms(300);
+        s.workers.loops = 1;
+    })
+    .await;
     let (_, key) = app.account(1000).await;
     let mut client = app.client().await;
     let sub = submit(&mut client, &key, &us_numbers(0, 300)).await;
@@ -53,14 +57,11 @@ async fn watch_streams_each_result_once_as_it_is_written_then_completes() {
 async fn results_reach_watchers_in_the_workers_process_without_a_re_read() {
     // No periodic re-read, and the process skips reading back its own notifications:
     // the workers hand what they commit to the hub themselves.
-    let app = spawn_app_with(&[
-        "--sim-latency-ms",
-        "200",
-        "--workers",
-        "1",
-        "--watch-backstop-ms",
-        "600000",
-    ])
+    let app = spawn_app_with(|s| {
+        s.checker.simulated.latency = ms(200);
+        s.workers.loops = 1;
+        s.api.watch_backstop = ms(600000);
+    })
     .await;
     let (_, key) = app.account(1000).await;
     let mut client = app.client().await;
@@ -100,7 +101,11 @@ async fn watching_a_completed_batch_replays_everything_and_ends() {
 
 #[tokio::test]
 async fn many_watchers_of_one_batch_each_see_everything() {
-    let app = spawn_app_with(&["--sim-latency-ms", "50", "--workers", "2"]).await;
+    let app = spawn_app_with(|s| {
+        s.checker.simulated.latency = ms(50);
+        s.workers.loops = 2;
+    })
+    .await;
     let (_, key) = app.account(1000).await;
     let mut client = app.client().await;
     let sub = submit(&mut client, &key, &us_numbers(0, 500)).await;

@@ -63,13 +63,12 @@ impl Receiver {
     }
 }
 
-const FAST: [&str; 5] = [
-    "--webhook-allow-private",
-    "--webhook-retry-base-ms",
-    "50",
-    "--webhook-poll-ms",
-    "50",
-];
+/// Loopback receivers allowed, retries and outbox reads every 50 ms.
+fn fast_webhooks(s: &mut Settings) {
+    s.webhooks.allow_private = true;
+    s.webhooks.retry_base = ms(50);
+    s.webhooks.poll = ms(50);
+}
 
 fn with_callback(key: &str, numbers: Vec<String>, url: &str) -> pb::SubmitBatchRequest {
     pb::SubmitBatchRequest {
@@ -83,7 +82,7 @@ fn with_callback(key: &str, numbers: Vec<String>, url: &str) -> pb::SubmitBatchR
 #[tokio::test]
 async fn a_signed_summary_is_retried_until_delivered_then_never_again() {
     let hook = receiver(2).await;
-    let app = spawn_app_with(&FAST).await;
+    let app = spawn_app_with(fast_webhooks).await;
     let (account, key) = app.account(100).await;
     let mut client = app.client().await;
     let mut numbers = us_numbers(0, 5);
@@ -144,11 +143,10 @@ async fn a_signed_summary_is_retried_until_delivered_then_never_again() {
 async fn a_pending_delivery_survives_a_crash_and_goes_out_once_after_restart() {
     let hook = receiver(usize::MAX).await;
     let (url, store) = fresh_database().await;
-    let api = spawn_app_on(
-        url.clone(),
-        store.clone(),
-        &["--role", "api", "--webhook-allow-private"],
-    )
+    let api = spawn_app_on(url.clone(), store.clone(), |s| {
+        s.server.role = Role::Api;
+        s.webhooks.allow_private = true;
+    })
     .await;
     let (_, key) = api.account(100).await;
     let mut first = spawn_process(

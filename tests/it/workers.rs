@@ -3,16 +3,12 @@ use wavalidate::pb::NumberStatus;
 
 #[tokio::test]
 async fn checker_errors_end_as_errors_never_as_not_on_whatsapp() {
-    let app = spawn_app_with(&[
-        "--sim-error-rate",
-        "1",
-        "--max-attempts",
-        "3",
-        "--retry-base-ms",
-        "10",
-        "--retry-max-ms",
-        "50",
-    ])
+    let app = spawn_app_with(|s| {
+        s.checker.simulated.error_rate = 1.0;
+        s.workers.max_attempts = 3;
+        s.workers.retry_base = ms(10);
+        s.workers.retry_max = ms(50);
+    })
     .await;
     let (account, key) = app.account(100).await;
     let mut client = app.client().await;
@@ -53,7 +49,11 @@ async fn checker_errors_end_as_errors_never_as_not_on_whatsapp() {
 #[tokio::test]
 async fn invalid_numbers_never_reach_the_checker() {
     // With every check failing, only entries that reached the checker can end in error.
-    let app = spawn_app_with(&["--sim-error-rate", "1", "--max-attempts", "1"]).await;
+    let app = spawn_app_with(|s| {
+        s.checker.simulated.error_rate = 1.0;
+        s.workers.max_attempts = 1;
+    })
+    .await;
     let (_, key) = app.account(100).await;
     let mut client = app.client().await;
     let sub = submit(
@@ -83,7 +83,10 @@ async fn invalid_numbers_never_reach_the_checker() {
 async fn one_accounts_backlog_does_not_stall_another_accounts_batch() {
     // Workers off while the queue fills, so the order is decided by the claim alone.
     let (url, store) = fresh_database().await;
-    let api = spawn_app_on(url.clone(), store.clone(), &["--role", "api"]).await;
+    let api = spawn_app_on(url.clone(), store.clone(), |s| {
+        s.server.role = Role::Api;
+    })
+    .await;
     let (_, big) = api.account(100_000).await;
     let (small_account, small) = api.account(1000).await;
     let mut client = api.client().await;
@@ -92,18 +95,11 @@ async fn one_accounts_backlog_does_not_stall_another_accounts_batch() {
     }
     let mine = submit(&mut client, &small, &us_numbers(9000, 100)).await;
 
-    let _workers = spawn_app_on(
-        url,
-        store.clone(),
-        &[
-            "--role",
-            "worker",
-            "--workers",
-            "1",
-            "--sim-latency-ms",
-            "20",
-        ],
-    )
+    let _workers = spawn_app_on(url, store.clone(), |s| {
+        s.server.role = Role::Worker;
+        s.workers.loops = 1;
+        s.checker.simulated.latency = ms(20);
+    })
     .await;
     wait_completed(&mut client, &small, &mine.batch_id).await;
     let others_done: i64 = sqlx::query_scalar(
@@ -127,7 +123,10 @@ async fn a_stale_or_repeated_write_neither_overwrites_nor_refunds_twice() {
     use wavalidate::store::queue::{Answer, ChunkEnd, Completion};
 
     let (url, store) = fresh_database().await;
-    let api = spawn_app_on(url, store.clone(), &["--role", "api"]).await;
+    let api = spawn_app_on(url, store.clone(), |s| {
+        s.server.role = Role::Api;
+    })
+    .await;
     let (account, key) = api.account(10).await;
     let mut client = api.client().await;
     let sub = submit(&mut client, &key, &["+14155552671".into()]).await;
@@ -214,11 +213,10 @@ async fn the_queue_tables_are_vacuumed_once_dead_rows_pile_up() {
     .execute(store.pool())
     .await
     .unwrap();
-    let app = spawn_app_on(
-        url,
-        store,
-        &["--vacuum-dead-rows", "1", "--vacuum-every", "100ms"],
-    )
+    let app = spawn_app_on(url, store, |s| {
+        s.maintenance.vacuum_dead_rows = 1;
+        s.maintenance.vacuum_every = ms(100);
+    })
     .await;
     let pool = app.store.pool().clone();
     let stats = || async {
@@ -259,14 +257,11 @@ async fn the_queue_tables_are_vacuumed_once_dead_rows_pile_up() {
 #[tokio::test]
 async fn a_chunk_checked_in_several_calls_shows_each_calls_results_at_once() {
     // 10 numbers a call against chunks of 50: one claim, five calls, five writes.
-    let app = spawn_app_with(&[
-        "--sim-batch",
-        "10",
-        "--sim-latency-ms",
-        "300",
-        "--workers",
-        "1",
-    ])
+    let app = spawn_app_with(|s| {
+        s.checker.simulated.per_call = 10;
+        s.checker.simulated.latency = ms(300);
+        s.workers.loops = 1;
+    })
     .await;
     let (_, key) = app.account(100).await;
     let mut client = app.client().await;
@@ -337,7 +332,7 @@ async fn numbers_queued_before_the_chunk_migration_are_checked_after_it() {
             .unwrap();
     assert_eq!(chunks, [(0, 49, 1), (50, 99, 0), (100, 119, 0)]);
 
-    let app = spawn_app_on(url, store, &[]).await;
+    let app = spawn_app_on(url, store, |_| {}).await;
     let mut client = app.client().await;
     let done = wait_completed(&mut client, key.expose(), &batch.to_string()).await;
     assert_eq!((done.completed, done.pending), (120, 0));
@@ -347,7 +342,12 @@ async fn numbers_queued_before_the_chunk_migration_are_checked_after_it() {
 async fn a_write_that_never_lands_leaves_its_numbers_to_be_claimed_again() {
     // One chunk of 50 checked in five calls; the database refuses the first call's
     // results (numbers 0-9) until the test lets it.
-    let app = spawn_app_with(&["--sim-batch", "10", "--workers", "1", "--lease-secs", "2"]).await;
+    let app = spawn_app_with(|s| {
+        s.checker.simulated.per_call = 10;
+        s.workers.loops = 1;
+        s.workers.lease = secs(2);
+    })
+    .await;
     sqlx::raw_sql(
         "CREATE TABLE refuse_writes ();
          INSERT INTO refuse_writes DEFAULT VALUES;

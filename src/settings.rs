@@ -1,0 +1,618 @@
+//! Typed settings of `wavalidate serve`: every knob the command line and the `WAV_*`
+//! variables set, with its default, checked in one place (`validate`). Tests and the
+//! benchmark build a `Settings` directly and change the fields they care about.
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::ValueEnum;
+
+use crate::checker::paced::PacingConfig;
+
+#[derive(Debug, Clone, Default)]
+pub struct Settings {
+    pub database: DatabaseSettings,
+    pub server: ServerSettings,
+    pub api: ApiSettings,
+    pub workers: WorkerSettings,
+    pub checker: CheckerSettings,
+    pub pacing: PacingSettings,
+    pub webhooks: WebhookSettings,
+    pub maintenance: MaintenanceSettings,
+}
+
+#[derive(Debug, Clone)]
+pub struct DatabaseSettings {
+    /// PostgreSQL URL; created when missing, migrated at start.
+    pub url: Secret,
+    /// Largest number of connections in this process's pool.
+    pub max_connections: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    /// Address for gRPC and the JSON API (port 0 picks a free port).
+    pub listen: SocketAddr,
+    pub role: Role,
+    /// Serve TLS instead of plaintext.
+    pub tls: Option<TlsFiles>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct ApiSettings {
+    /// Requests per second per API key, bursts of twice that; 0: no limit.
+    pub key_rate_per_sec: u32,
+    /// A watch whose client reads nothing this long is closed.
+    pub watch_stall: Duration,
+    /// Watched batches are re-read this often in case a notification was missed.
+    pub watch_backstop: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct WorkerSettings {
+    /// Concurrent claim-check-write loops in this process.
+    pub loops: usize,
+    /// Lease on claimed chunks, renewed while they are worked on.
+    pub lease: Duration,
+    /// Checker attempts per number before it ends as NUMBER_STATUS_ERROR.
+    pub max_attempts: i32,
+    /// First retry delay; doubles per attempt, jittered, up to `retry_max`.
+    pub retry_base: Duration,
+    pub retry_max: Duration,
+    /// How often an idle worker looks for work without a wake-up.
+    pub idle_poll: Duration,
+    /// How long in-flight checks may finish after SIGTERM.
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct CheckerSettings {
+    pub backend: CheckerKind,
+    pub simulated: SimulatedSettings,
+    pub waha: WahaSettings,
+    pub evolution: EvolutionSettings,
+    pub whatsapp_web: WhatsappWebSettings,
+    /// Timeout of one gateway HTTP request.
+    pub http_timeout: Duration,
+    /// How long a checked answer is reused for the same number; zero: never.
+    pub cache_ttl: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct SimulatedSettings {
+    /// Latency of each call.
+    pub latency: Duration,
+    /// Numbers per call, so per worker claim.
+    pub per_call: usize,
+    /// Share (0..1) of checks that fail with a retryable error.
+    pub error_rate: f64,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct WahaSettings {
+    pub url: Option<String>,
+    pub session: String,
+    pub api_key: Option<Secret>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct EvolutionSettings {
+    pub url: Option<String>,
+    pub instance: Option<String>,
+    pub api_key: Option<Secret>,
+}
+
+#[derive(Debug, Clone)]
+pub struct WhatsappWebSettings {
+    /// SQLite file holding the linked session.
+    pub session_db: String,
+}
+
+/// Pacing that protects the checking account. `None` takes the backend's default
+/// (`PacingSettings::resolve`): careful for gateways, unlimited for the simulated checker.
+#[derive(Debug, Clone)]
+pub struct PacingSettings {
+    pub rate_per_sec: Option<f64>,
+    pub max_concurrency: Option<usize>,
+    pub daily_cap: Option<i64>,
+    /// Consecutive failed calls that open the circuit breaker.
+    pub breaker_failures: u32,
+    pub breaker_cooldown: Duration,
+    /// First pause after an upstream rate limit, doubling per repeat up to the max.
+    pub rate_limit_backoff: Duration,
+    pub rate_limit_backoff_max: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct WebhookSettings {
+    /// Let callback URLs reach loopback and private addresses.
+    pub allow_private: bool,
+    /// First retry delay; doubles per attempt up to an hour, for up to 24 hours.
+    pub retry_base: Duration,
+    /// How often the outbox is read when idle.
+    pub poll: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct MaintenanceSettings {
+    /// Finished batches are deleted this long after completion.
+    pub retention: Duration,
+    pub retention_every: Duration,
+    /// With autovacuum off, vacuum the queue tables once they hold this many dead rows; 0: never.
+    pub vacuum_dead_rows: i64,
+    pub vacuum_every: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Role {
+    /// Serve the gRPC and JSON APIs (and stream results); no workers.
+    Api,
+    /// Run workers only; serves just grpc.health.v1 and /metrics on --listen.
+    Worker,
+    /// Both.
+    All,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CheckerKind {
+    /// Deterministic answers computed from the number; no network.
+    Simulated,
+    /// A WAHA gateway (WAV_WAHA_URL, WAV_WAHA_SESSION, WAV_WAHA_API_KEY).
+    Waha,
+    /// An Evolution API gateway (WAV_EVOLUTION_URL, WAV_EVOLUTION_INSTANCE, WAV_EVOLUTION_API_KEY).
+    Evolution,
+    /// A linked WhatsApp Web session (needs the `whatsapp-web` build feature and `wavalidate whatsapp link`).
+    WhatsappWeb,
+}
+
+impl CheckerKind {
+    /// The backend's name, which keys the result cache and the daily cap.
+    pub fn name(self) -> &'static str {
+        match self {
+            CheckerKind::Simulated => "simulated",
+            CheckerKind::Waha => "waha",
+            CheckerKind::Evolution => "evolution",
+            CheckerKind::WhatsappWeb => "whatsapp-web",
+        }
+    }
+}
+
+/// A value that never shows up in logs or debug output (keys, URLs with passwords).
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl Default for DatabaseSettings {
+    fn default() -> DatabaseSettings {
+        DatabaseSettings {
+            url: Secret::default(),
+            max_connections: 16,
+        }
+    }
+}
+
+impl Default for ServerSettings {
+    fn default() -> ServerSettings {
+        ServerSettings {
+            listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            role: Role::All,
+            tls: None,
+        }
+    }
+}
+
+impl Default for ApiSettings {
+    fn default() -> ApiSettings {
+        ApiSettings {
+            key_rate_per_sec: 50,
+            watch_stall: Duration::from_secs(30),
+            watch_backstop: Duration::from_millis(2000),
+        }
+    }
+}
+
+impl Default for WorkerSettings {
+    fn default() -> WorkerSettings {
+        WorkerSettings {
+            loops: 4,
+            lease: Duration::from_secs(30),
+            max_attempts: 5,
+            retry_base: Duration::from_millis(1000),
+            retry_max: Duration::from_millis(60_000),
+            idle_poll: Duration::from_millis(1000),
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Default for CheckerSettings {
+    fn default() -> CheckerSettings {
+        CheckerSettings {
+            backend: CheckerKind::Simulated,
+            simulated: SimulatedSettings::default(),
+            waha: WahaSettings {
+                session: "default".into(),
+                ..WahaSettings::default()
+            },
+            evolution: EvolutionSettings::default(),
+            whatsapp_web: WhatsappWebSettings::default(),
+            http_timeout: Duration::from_millis(15_000),
+            cache_ttl: Duration::from_secs(7 * 24 * 3600),
+        }
+    }
+}
+
+impl Default for SimulatedSettings {
+    fn default() -> SimulatedSettings {
+        SimulatedSettings {
+            latency: Duration::ZERO,
+            // With no upstream limit, statement costs dominate; 500 rows a statement is
+            // where they flatten out.
+            per_call: 500,
+            error_rate: 0.0,
+        }
+    }
+}
+
+impl Default for WhatsappWebSettings {
+    fn default() -> WhatsappWebSettings {
+        WhatsappWebSettings {
+            session_db: "whatsapp-session.db".into(),
+        }
+    }
+}
+
+impl Default for PacingSettings {
+    fn default() -> PacingSettings {
+        PacingSettings {
+            rate_per_sec: None,
+            max_concurrency: None,
+            daily_cap: None,
+            breaker_failures: 5,
+            breaker_cooldown: Duration::from_secs(60),
+            rate_limit_backoff: Duration::from_millis(5_000),
+            rate_limit_backoff_max: Duration::from_millis(300_000),
+        }
+    }
+}
+
+impl Default for WebhookSettings {
+    fn default() -> WebhookSettings {
+        WebhookSettings {
+            allow_private: false,
+            retry_base: Duration::from_millis(5_000),
+            poll: Duration::from_millis(1_000),
+        }
+    }
+}
+
+impl Default for MaintenanceSettings {
+    fn default() -> MaintenanceSettings {
+        MaintenanceSettings {
+            retention: Duration::from_secs(30 * 24 * 3600),
+            retention_every: Duration::from_secs(600),
+            vacuum_dead_rows: 200_000,
+            vacuum_every: Duration::from_secs(5),
+        }
+    }
+}
+
+impl PacingSettings {
+    /// The pacing in force for `backend`: what was set, else the backend's default.
+    /// Gateways and WhatsApp Web check through a real account: 1 check/s, one call at a
+    /// time, 1,000 a day. The simulated checker has nothing to protect.
+    pub fn resolve(&self, backend: CheckerKind) -> PacingConfig {
+        let careful = backend != CheckerKind::Simulated;
+        PacingConfig {
+            rate_per_sec: self.rate_per_sec.unwrap_or(if careful { 1.0 } else { 0.0 }),
+            max_concurrency: self
+                .max_concurrency
+                .unwrap_or(if careful { 1 } else { 1024 }),
+            daily_cap: self.daily_cap.unwrap_or(if careful { 1000 } else { 0 }),
+            breaker_failures: self.breaker_failures,
+            breaker_cooldown: self.breaker_cooldown,
+            rate_limit_backoff: self.rate_limit_backoff,
+            rate_limit_backoff_max: self.rate_limit_backoff_max,
+        }
+    }
+}
+
+/// A setting that cannot work, named as the operator gives it.
+#[derive(Debug, thiserror::Error)]
+#[error("{flag} ({env}): {problem}")]
+pub struct SettingsError {
+    pub flag: &'static str,
+    pub env: &'static str,
+    pub problem: String,
+}
+
+fn check(
+    ok: bool,
+    flag: &'static str,
+    env: &'static str,
+    problem: impl FnOnce() -> String,
+) -> Result<(), SettingsError> {
+    if ok {
+        Ok(())
+    } else {
+        Err(SettingsError {
+            flag,
+            env,
+            problem: problem(),
+        })
+    }
+}
+
+/// An http(s) base URL, without a trailing slash.
+fn base_url(
+    value: Option<&str>,
+    flag: &'static str,
+    env: &'static str,
+    example: &str,
+) -> Result<String, SettingsError> {
+    let value = value.map(str::trim).filter(|v| !v.is_empty());
+    let value = value.ok_or_else(|| SettingsError {
+        flag,
+        env,
+        problem: format!("is not set: give the gateway's base URL, e.g. {example}"),
+    })?;
+    let url = reqwest::Url::parse(value).map_err(|e| SettingsError {
+        flag,
+        env,
+        problem: format!("{value:?} is not a URL: {e}"),
+    })?;
+    check(matches!(url.scheme(), "http" | "https"), flag, env, || {
+        format!("{value:?} must be an http:// or https:// URL")
+    })?;
+    Ok(value.trim_end_matches('/').to_string())
+}
+
+fn required<'a>(
+    value: Option<&'a str>,
+    flag: &'static str,
+    env: &'static str,
+    what: &str,
+) -> Result<&'a str, SettingsError> {
+    value
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| SettingsError {
+            flag,
+            env,
+            problem: format!("is not set: {what}"),
+        })
+}
+
+impl Settings {
+    /// Checks every value once, before anything starts; the first problem found is
+    /// reported as one line naming its flag and variable.
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        let ms = Duration::from_millis;
+        check(
+            !self.database.url.expose().trim().is_empty(),
+            "--database-url",
+            "DATABASE_URL",
+            || "no database: set DATABASE_URL or pass --database-url".into(),
+        )?;
+        check(
+            self.database.max_connections >= 1,
+            "--db-max-connections",
+            "WAV_DB_MAX_CONNECTIONS",
+            || "must be at least 1".into(),
+        )?;
+        let w = &self.workers;
+        check(w.loops >= 1, "--workers", "WAV_WORKERS", || {
+            "must be at least 1".into()
+        })?;
+        check(
+            w.lease >= Duration::from_secs(1),
+            "--lease-secs",
+            "WAV_LEASE_SECS",
+            || "must be at least 1 second".into(),
+        )?;
+        check(
+            w.max_attempts >= 1,
+            "--max-attempts",
+            "WAV_MAX_ATTEMPTS",
+            || "must be at least 1".into(),
+        )?;
+        check(
+            w.retry_max >= w.retry_base,
+            "--retry-max-ms",
+            "WAV_RETRY_MAX_MS",
+            || "must not be below --retry-base-ms".into(),
+        )?;
+        check(
+            w.idle_poll >= ms(10),
+            "--idle-poll-ms",
+            "WAV_IDLE_POLL_MS",
+            || "must be at least 10 ms".into(),
+        )?;
+        let api = &self.api;
+        check(
+            api.watch_stall >= Duration::from_secs(1),
+            "--watch-stall-secs",
+            "WAV_WATCH_STALL_SECS",
+            || "must be at least 1 second".into(),
+        )?;
+        check(
+            api.watch_backstop >= ms(50),
+            "--watch-backstop-ms",
+            "WAV_WATCH_BACKSTOP_MS",
+            || "must be at least 50 ms".into(),
+        )?;
+        let c = &self.checker;
+        check(
+            c.http_timeout >= ms(1),
+            "--http-timeout-ms",
+            "WAV_HTTP_TIMEOUT_MS",
+            || "must be at least 1 ms".into(),
+        )?;
+        check(
+            c.simulated.per_call >= 1,
+            "--sim-batch",
+            "WAV_SIM_BATCH",
+            || "must be at least 1".into(),
+        )?;
+        check(
+            (0.0..=1.0).contains(&c.simulated.error_rate),
+            "--sim-error-rate",
+            "WAV_SIM_ERROR_RATE",
+            || "must be between 0 and 1".into(),
+        )?;
+        match c.backend {
+            CheckerKind::Simulated | CheckerKind::WhatsappWeb => {}
+            CheckerKind::Waha => {
+                base_url(
+                    c.waha.url.as_deref(),
+                    "--waha-url",
+                    "WAV_WAHA_URL",
+                    "http://127.0.0.1:3000",
+                )?;
+                required(
+                    Some(c.waha.session.as_str()),
+                    "--waha-session",
+                    "WAV_WAHA_SESSION",
+                    "give the WAHA session name",
+                )?;
+            }
+            CheckerKind::Evolution => {
+                base_url(
+                    c.evolution.url.as_deref(),
+                    "--evolution-url",
+                    "WAV_EVOLUTION_URL",
+                    "http://127.0.0.1:8080",
+                )?;
+                required(
+                    c.evolution.instance.as_deref(),
+                    "--evolution-instance",
+                    "WAV_EVOLUTION_INSTANCE",
+                    "give the Evolution API instance name",
+                )?;
+                required(
+                    c.evolution.api_key.as_ref().map(Secret::expose),
+                    "--evolution-api-key",
+                    "WAV_EVOLUTION_API_KEY",
+                    "Evolution API requires its apikey header",
+                )?;
+            }
+        }
+        let p = &self.pacing;
+        check(
+            p.rate_per_sec.is_none_or(|r| r >= 0.0 && r.is_finite()),
+            "--rate-per-sec",
+            "WAV_RATE_PER_SEC",
+            || "must be a number of checks per second, 0 for none".into(),
+        )?;
+        check(
+            p.max_concurrency.is_none_or(|c| c >= 1),
+            "--max-concurrency",
+            "WAV_MAX_CONCURRENCY",
+            || "must be at least 1".into(),
+        )?;
+        check(
+            p.daily_cap.is_none_or(|c| c >= 0),
+            "--daily-cap",
+            "WAV_DAILY_CAP",
+            || "must not be negative (0 for none)".into(),
+        )?;
+        check(
+            self.webhooks.poll >= ms(10),
+            "--webhook-poll-ms",
+            "WAV_WEBHOOK_POLL_MS",
+            || "must be at least 10 ms".into(),
+        )?;
+        let m = &self.maintenance;
+        check(
+            m.retention_every >= ms(100),
+            "--retention-every",
+            "WAV_RETENTION_EVERY",
+            || "must be at least 100ms".into(),
+        )?;
+        check(
+            m.vacuum_every >= ms(100),
+            "--vacuum-every",
+            "WAV_VACUUM_EVERY",
+            || "must be at least 100ms".into(),
+        )?;
+        check(
+            m.vacuum_dead_rows >= 0,
+            "--vacuum-dead-rows",
+            "WAV_VACUUM_DEAD_ROWS",
+            || "must not be negative (0: never)".into(),
+        )?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn valid() -> Settings {
+        let mut s = Settings::default();
+        s.database.url = Secret::new("postgres://127.0.0.1/x");
+        s
+    }
+
+    #[test]
+    fn defaults_are_valid_once_there_is_a_database() {
+        assert!(valid().validate().is_ok());
+        let err = Settings::default().validate().unwrap_err().to_string();
+        assert!(err.contains("DATABASE_URL"), "{err}");
+    }
+
+    #[test]
+    fn a_bad_value_is_one_line_naming_its_flag_and_variable() {
+        let mut s = valid();
+        s.workers.lease = Duration::ZERO;
+        assert_eq!(
+            s.validate().unwrap_err().to_string(),
+            "--lease-secs (WAV_LEASE_SECS): must be at least 1 second"
+        );
+        let mut s = valid();
+        s.checker.backend = CheckerKind::Evolution;
+        s.checker.evolution.url = Some("http://127.0.0.1:8080".into());
+        let err = s.validate().unwrap_err().to_string();
+        assert!(
+            err.starts_with("--evolution-instance (WAV_EVOLUTION_INSTANCE)"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn pacing_defaults_follow_the_backend() {
+        let p = PacingSettings::default();
+        assert_eq!(p.resolve(CheckerKind::Waha).rate_per_sec, 1.0);
+        assert_eq!(p.resolve(CheckerKind::Waha).daily_cap, 1000);
+        assert_eq!(p.resolve(CheckerKind::Simulated).rate_per_sec, 0.0);
+        let set = PacingSettings {
+            daily_cap: Some(0),
+            ..PacingSettings::default()
+        };
+        assert_eq!(set.resolve(CheckerKind::Waha).daily_cap, 0);
+    }
+}
