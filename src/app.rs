@@ -110,7 +110,7 @@ async fn migrate(store: &Store, url: &str, shutdown: &CancellationToken) -> anyh
         };
         match attempt.await {
             Ok(()) => return Ok(()),
-            Err(err) if shutdown.is_cancelled() => return Err(err),
+            Err(err) if shutdown.is_cancelled() => return Err(err.into()),
             Err(err) => {
                 tracing::warn!(error = %err, "migrations failed; is PostgreSQL up? retrying");
                 tokio::time::sleep(delay).await;

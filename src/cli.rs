@@ -334,7 +334,7 @@ pub enum AccountCommand {
         #[arg(long, env = "WAV_ACCOUNT_NAME")]
         name: String,
         /// Opening balance.
-        #[arg(long, env = "WAV_CREDITS", default_value_t = 0)]
+        #[arg(long, env = "WAV_CREDITS", default_value_t = 0, value_parser = clap::value_parser!(i64).range(0..))]
         credits: i64,
     },
     /// Show the account's webhook signing secret (or rotate it first with --rotate).
@@ -349,7 +349,8 @@ pub enum AccountCommand {
     Credit {
         #[arg(long, env = "WAV_ACCOUNT_ID")]
         account_id: Uuid,
-        #[arg(long, env = "WAV_AMOUNT")]
+        /// Credits to add (at least 1).
+        #[arg(long, env = "WAV_AMOUNT", value_parser = clap::value_parser!(i64).range(1..))]
         amount: i64,
     },
 }

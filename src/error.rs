@@ -1,10 +1,12 @@
-//! The one error type of the API, and its one mapping to `tonic::Status`.
-use std::collections::HashMap;
+//! The API's one error type. Each kind has an `ErrorCode`, and each transport derives its
+//! status from that code in one small function (`grpc::status`, `http::error`): adding a
+//! kind is one variant, its message and its code.
+use std::time::Duration;
 
-use tonic::{Code, Status};
-use tonic_types::{ErrorDetails, StatusExt};
+use serde_json::{Value, json};
 
-const DOMAIN: &str = "wavalidate";
+use crate::domain::phone::MAX_BATCH_ENTRIES;
+use crate::store::StoreError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -12,10 +14,12 @@ pub enum ApiError {
     Unauthenticated(&'static str),
     #[error("{0}")]
     InvalidArgument(String),
-    /// A request field is wrong; `field` is its path, e.g. `phone_numbers`.
+    /// A request field is wrong; `field` is its path, e.g. `phone_numbers[3]`.
     #[error("{description}")]
     BadField { field: String, description: String },
-    #[error("{submitted} entries submitted; a batch holds at most {max}: split the list", max = crate::domain::phone::MAX_BATCH_ENTRIES)]
+    #[error(
+        "{submitted} entries submitted; a batch holds at most {MAX_BATCH_ENTRIES}: split the list"
+    )]
     BatchTooLarge { submitted: usize },
     #[error("insufficient credits: the batch needs {required}, the balance is {available}")]
     InsufficientCredits { required: i64, available: i64 },
@@ -24,19 +28,170 @@ pub enum ApiError {
     #[error("batch not found")]
     NotFound,
     #[error("too many requests for this API key; retry in {}s", retry_after.as_secs().max(1))]
-    RateLimited { retry_after: std::time::Duration },
+    RateLimited { retry_after: Duration },
     #[error("{0}")]
     TooLarge(String),
     #[error("the database is unavailable; retry shortly")]
-    Unavailable(#[source] sqlx::Error),
+    Unavailable(#[source] StoreError),
     /// Concurrent work kept conflicting with this request (retried inside the store first).
     #[error("the request conflicted with concurrent changes; retry it")]
-    Conflict(#[source] sqlx::Error),
+    Conflict(#[source] StoreError),
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
 }
 
+/// What kind of failure an error is, for every transport at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    Unauthenticated,
+    InvalidArgument,
+    NotFound,
+    InsufficientCredits,
+    IdempotencyKeyReused,
+    RateLimited,
+    TooLarge,
+    Unavailable,
+    Conflict,
+    Internal,
+}
+
+impl ErrorCode {
+    pub fn grpc(self) -> tonic::Code {
+        use tonic::Code;
+        match self {
+            ErrorCode::Unauthenticated => Code::Unauthenticated,
+            ErrorCode::InvalidArgument | ErrorCode::IdempotencyKeyReused => Code::InvalidArgument,
+            ErrorCode::NotFound => Code::NotFound,
+            ErrorCode::InsufficientCredits => Code::FailedPrecondition,
+            ErrorCode::RateLimited | ErrorCode::TooLarge => Code::ResourceExhausted,
+            ErrorCode::Unavailable => Code::Unavailable,
+            ErrorCode::Conflict => Code::Aborted,
+            ErrorCode::Internal => Code::Internal,
+        }
+    }
+
+    /// The HTTP status, ProWebLook's where their API has the case.
+    pub fn http(self) -> http::StatusCode {
+        use http::StatusCode;
+        match self {
+            ErrorCode::Unauthenticated => StatusCode::UNAUTHORIZED,
+            ErrorCode::InvalidArgument => StatusCode::BAD_REQUEST,
+            ErrorCode::NotFound => StatusCode::NOT_FOUND,
+            ErrorCode::InsufficientCredits => StatusCode::PAYMENT_REQUIRED,
+            ErrorCode::IdempotencyKeyReused | ErrorCode::Conflict => StatusCode::CONFLICT,
+            ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The `reason` of google.rpc.ErrorInfo and of the JSON body, where callers act on it.
+    pub fn reason(self) -> Option<&'static str> {
+        match self {
+            ErrorCode::InsufficientCredits => Some("INSUFFICIENT_CREDITS"),
+            ErrorCode::IdempotencyKeyReused => Some("IDEMPOTENCY_KEY_REUSED"),
+            ErrorCode::RateLimited => Some("RATE_LIMITED"),
+            ErrorCode::Conflict => Some("CONFLICT"),
+            _ => None,
+        }
+    }
+
+    /// The `outcome` label of the request metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            ErrorCode::Unauthenticated => "unauthenticated",
+            ErrorCode::InvalidArgument => "invalid_argument",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::InsufficientCredits => "insufficient_credits",
+            ErrorCode::IdempotencyKeyReused => "idempotency_key_reused",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::TooLarge => "too_large",
+            ErrorCode::Unavailable => "unavailable",
+            ErrorCode::Conflict => "conflict",
+            ErrorCode::Internal => "internal",
+        }
+    }
+}
+
+/// What an error says beyond its message, for both transports: gRPC puts `field` in a
+/// BadRequest, `metadata` in the ErrorInfo of the code's reason and `retry_after` in a
+/// RetryInfo; the JSON body carries `field` and `metadata` as fields, `retry_after` as
+/// the Retry-After header.
+#[derive(Debug, Default)]
+pub struct ErrorDetails {
+    pub field: Option<String>,
+    pub metadata: Vec<(&'static str, Value)>,
+    pub retry_after: Option<Duration>,
+}
+
 impl ApiError {
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            ApiError::Unauthenticated(_) => ErrorCode::Unauthenticated,
+            ApiError::InvalidArgument(_)
+            | ApiError::BadField { .. }
+            | ApiError::BatchTooLarge { .. } => ErrorCode::InvalidArgument,
+            ApiError::InsufficientCredits { .. } => ErrorCode::InsufficientCredits,
+            ApiError::IdempotencyKeyReused(_) => ErrorCode::IdempotencyKeyReused,
+            ApiError::NotFound => ErrorCode::NotFound,
+            ApiError::RateLimited { .. } => ErrorCode::RateLimited,
+            ApiError::TooLarge(_) => ErrorCode::TooLarge,
+            ApiError::Unavailable(_) => ErrorCode::Unavailable,
+            ApiError::Conflict(_) => ErrorCode::Conflict,
+            ApiError::Internal(_) => ErrorCode::Internal,
+        }
+    }
+
+    pub fn details(&self) -> ErrorDetails {
+        match self {
+            ApiError::BadField { field, .. } => ErrorDetails {
+                field: Some(field.clone()),
+                ..ErrorDetails::default()
+            },
+            ApiError::BatchTooLarge { submitted } => ErrorDetails {
+                field: Some("phone_numbers".into()),
+                metadata: vec![
+                    ("submitted", json!(submitted)),
+                    ("max_allowed", json!(MAX_BATCH_ENTRIES)),
+                ],
+                ..ErrorDetails::default()
+            },
+            ApiError::InsufficientCredits {
+                required,
+                available,
+            } => ErrorDetails {
+                metadata: vec![
+                    ("required", json!(required)),
+                    ("available", json!(available)),
+                ],
+                ..ErrorDetails::default()
+            },
+            ApiError::IdempotencyKeyReused(request_id) => ErrorDetails {
+                metadata: vec![("request_id", json!(request_id))],
+                ..ErrorDetails::default()
+            },
+            ApiError::RateLimited { retry_after } => ErrorDetails {
+                retry_after: Some(*retry_after),
+                ..ErrorDetails::default()
+            },
+            _ => ErrorDetails::default(),
+        }
+    }
+
+    /// ProWebLook's wording of the error, for the JSON API that mirrors theirs, where
+    /// their API has the case; otherwise the message.
+    pub fn peer_message(&self) -> String {
+        match self {
+            ApiError::BatchTooLarge { .. } => format!(
+                "Batch size exceeds the maximum allowed limit of {MAX_BATCH_ENTRIES} numbers."
+            ),
+            ApiError::InsufficientCredits { .. } => "Insufficient WA API credits.".into(),
+            ApiError::NotFound => "Batch not found.".into(),
+            other => other.to_string(),
+        }
+    }
+
     /// Logs what the caller is not told in detail (database down, internal errors); both APIs call this.
     pub fn log(&self) {
         match self {
@@ -59,85 +214,53 @@ impl ApiError {
     }
 }
 
-impl From<sqlx::Error> for ApiError {
-    fn from(err: sqlx::Error) -> ApiError {
+impl From<StoreError> for ApiError {
+    fn from(err: StoreError) -> ApiError {
         match err {
-            // Connection-level failures: the database is down or unreachable.
-            sqlx::Error::PoolTimedOut
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::Io(_)
-            | sqlx::Error::Tls(_)
-            | sqlx::Error::Protocol(_)
-            | sqlx::Error::WorkerCrashed => ApiError::Unavailable(err),
-            // Shutting down, not accepting connections, out of connections, gone.
-            sqlx::Error::Database(ref db)
-                if db.code().is_some_and(|c| {
-                    c.starts_with("57P")
-                        || c.starts_with("08")
-                        || c == "53300"
-                        || c == "3D000"
-                        || (c == "55000" && db.message().contains("accepting connections"))
-                }) =>
-            {
-                ApiError::Unavailable(err)
-            }
-            ref e if crate::store::is_conflict(e) => ApiError::Conflict(err),
-            other => ApiError::Internal(other.into()),
+            StoreError::Unavailable(_) => ApiError::Unavailable(err),
+            StoreError::Conflict(_) => ApiError::Conflict(err),
+            StoreError::InsufficientCredits {
+                required,
+                available,
+            } => ApiError::InsufficientCredits {
+                required,
+                available,
+            },
+            StoreError::RequestIdReused(request_id) => ApiError::IdempotencyKeyReused(request_id),
+            StoreError::Query(_) | StoreError::Migrate(_) => ApiError::Internal(err.into()),
         }
     }
 }
 
-impl From<ApiError> for Status {
-    fn from(err: ApiError) -> Status {
+/// The gRPC status of an error: its code's, with the details grpc clients read.
+impl From<ApiError> for tonic::Status {
+    fn from(err: ApiError) -> tonic::Status {
+        use tonic_types::{ErrorDetails as Rpc, StatusExt};
         err.log();
+        let code = err.code();
+        let details = err.details();
         let message = err.to_string();
-        match err {
-            ApiError::Unauthenticated(_) => Status::unauthenticated(message),
-            ApiError::InvalidArgument(_) => Status::invalid_argument(message),
-            ApiError::BadField { field, description } => Status::with_error_details(
-                Code::InvalidArgument,
-                message,
-                ErrorDetails::with_bad_request_violation(field, description),
-            ),
-            ApiError::BatchTooLarge { .. } => Status::with_error_details(
-                Code::InvalidArgument,
-                message.clone(),
-                ErrorDetails::with_bad_request_violation("phone_numbers", message),
-            ),
-            ApiError::InsufficientCredits {
-                required,
-                available,
-            } => Status::with_error_details(
-                Code::FailedPrecondition,
-                message,
-                ErrorDetails::with_error_info(
-                    "INSUFFICIENT_CREDITS",
-                    DOMAIN,
-                    HashMap::from([
-                        ("required".to_string(), required.to_string()),
-                        ("available".to_string(), available.to_string()),
-                    ]),
-                ),
-            ),
-            ApiError::IdempotencyKeyReused(request_id) => Status::with_error_details(
-                Code::InvalidArgument,
-                message,
-                ErrorDetails::with_error_info(
-                    "IDEMPOTENCY_KEY_REUSED",
-                    DOMAIN,
-                    HashMap::from([("request_id".to_string(), request_id)]),
-                ),
-            ),
-            ApiError::NotFound => Status::not_found(message),
-            ApiError::RateLimited { retry_after } => {
-                let mut details = ErrorDetails::with_retry_info(Some(retry_after));
-                details.set_error_info("RATE_LIMITED", DOMAIN, HashMap::new());
-                Status::with_error_details(Code::ResourceExhausted, message, details)
-            }
-            ApiError::TooLarge(_) => Status::resource_exhausted(message),
-            ApiError::Unavailable(_) => Status::unavailable(message),
-            ApiError::Conflict(_) => Status::aborted(message),
-            ApiError::Internal(_) => Status::internal(message),
+        if details.field.is_none() && code.reason().is_none() {
+            return tonic::Status::new(code.grpc(), message);
         }
+        let mut rpc = Rpc::new();
+        if let Some(field) = details.field {
+            rpc.add_bad_request_violation(field, message.clone());
+        }
+        if let Some(reason) = code.reason() {
+            let metadata: std::collections::HashMap<String, String> = details
+                .metadata
+                .into_iter()
+                .map(|(k, v)| {
+                    let text = v.as_str().map_or_else(|| v.to_string(), str::to_string);
+                    (k.to_string(), text)
+                })
+                .collect();
+            rpc.set_error_info(reason, "wavalidate", metadata);
+        }
+        if let Some(after) = details.retry_after {
+            rpc.set_retry_info(Some(after));
+        }
+        tonic::Status::with_error_details(code.grpc(), message, rpc)
     }
 }

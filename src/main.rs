@@ -118,7 +118,7 @@ async fn key(command: KeyCommand, url: &str) -> anyhow::Result<()> {
 
 /// Admin commands run against a migrated schema, so they work on a fresh database too.
 async fn connected(url: &str) -> anyhow::Result<Store> {
-    Store::connect_migrated(url).await
+    Ok(Store::connect_migrated(url).await?)
 }
 
 #[cfg(feature = "whatsapp-web")]

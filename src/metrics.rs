@@ -63,24 +63,11 @@ pub fn router(
     )
 }
 
-/// The outcome label of an API call: "ok" or the error's kind.
+/// The outcome label of an API call: "ok" or the error's code.
 pub fn outcome<T>(result: &Result<T, ApiError>) -> &'static str {
     match result {
         Ok(_) => "ok",
-        Err(e) => match e {
-            ApiError::Unauthenticated(_) => "unauthenticated",
-            ApiError::InvalidArgument(_)
-            | ApiError::BadField { .. }
-            | ApiError::BatchTooLarge { .. } => "invalid_argument",
-            ApiError::InsufficientCredits { .. } => "insufficient_credits",
-            ApiError::IdempotencyKeyReused(_) => "idempotency_key_reused",
-            ApiError::NotFound => "not_found",
-            ApiError::RateLimited { .. } => "rate_limited",
-            ApiError::TooLarge(_) => "too_large",
-            ApiError::Unavailable(_) => "unavailable",
-            ApiError::Conflict(_) => "conflict",
-            ApiError::Internal(_) => "internal",
-        },
+        Err(e) => e.code().label(),
     }
 }
 

@@ -271,117 +271,31 @@ pub fn result_json(row: &ResultRow) -> ResultJson {
     json
 }
 
+/// The JSON error of an API error: its code's HTTP status and reason, ProWebLook's
+/// wording where they have the case, and the details as fields.
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         self.log();
-        let message = self.to_string();
-        let (code, body) = match self {
-            ApiError::Unauthenticated(m) => (
-                StatusCode::UNAUTHORIZED,
-                ErrorBody {
-                    error: m.into(),
-                    ..Default::default()
-                },
-            ),
-            ApiError::InvalidArgument(m) => (
-                StatusCode::BAD_REQUEST,
-                ErrorBody {
-                    error: m,
-                    ..Default::default()
-                },
-            ),
-            ApiError::BadField { field, description } => (
-                StatusCode::BAD_REQUEST,
-                ErrorBody {
-                    error: description,
-                    field: Some(field),
-                    ..Default::default()
-                },
-            ),
-            ApiError::BatchTooLarge { submitted } => (
-                StatusCode::BAD_REQUEST,
-                ErrorBody {
-                    error: format!(
-                        "Batch size exceeds the maximum allowed limit of {} numbers.",
-                        crate::domain::phone::MAX_BATCH_ENTRIES
-                    ),
-                    field: Some("phone_numbers".into()),
-                    submitted: Some(submitted),
-                    max_allowed: Some(crate::domain::phone::MAX_BATCH_ENTRIES),
-                    ..Default::default()
-                },
-            ),
-            ApiError::InsufficientCredits {
-                required,
-                available,
-            } => (
-                StatusCode::PAYMENT_REQUIRED,
-                ErrorBody {
-                    error: "Insufficient WA API credits.".into(),
-                    reason: Some("INSUFFICIENT_CREDITS".into()),
-                    required: Some(required),
-                    available: Some(available),
-                    ..Default::default()
-                },
-            ),
-            ApiError::IdempotencyKeyReused(_) => (
-                StatusCode::CONFLICT,
-                ErrorBody {
-                    error: message,
-                    reason: Some("IDEMPOTENCY_KEY_REUSED".into()),
-                    ..Default::default()
-                },
-            ),
-            ApiError::RateLimited { retry_after } => {
-                let body = ErrorBody {
-                    error: message,
-                    reason: Some("RATE_LIMITED".into()),
-                    ..Default::default()
-                };
-                let mut resp = (StatusCode::TOO_MANY_REQUESTS, Json(body)).into_response();
-                let secs = retry_after.as_secs().max(1).to_string();
-                resp.headers_mut()
-                    .insert("retry-after", secs.parse().expect("digits"));
-                return resp;
-            }
-            ApiError::TooLarge(m) => (
-                StatusCode::PAYLOAD_TOO_LARGE,
-                ErrorBody {
-                    error: m,
-                    ..Default::default()
-                },
-            ),
-            ApiError::NotFound => (
-                StatusCode::NOT_FOUND,
-                ErrorBody {
-                    error: "Batch not found.".into(),
-                    ..Default::default()
-                },
-            ),
-            ApiError::Unavailable(_) => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                ErrorBody {
-                    error: message,
-                    ..Default::default()
-                },
-            ),
-            ApiError::Conflict(_) => (
-                StatusCode::CONFLICT,
-                ErrorBody {
-                    error: message,
-                    reason: Some("CONFLICT".into()),
-                    ..Default::default()
-                },
-            ),
-            ApiError::Internal(_) => (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                ErrorBody {
-                    error: message,
-                    ..Default::default()
-                },
-            ),
-        };
-        (code, Json(body)).into_response()
+        let code = self.code();
+        let details = self.details();
+        let mut body = serde_json::Map::new();
+        body.insert("error".into(), self.peer_message().into());
+        if let Some(field) = details.field {
+            body.insert("field".into(), field.into());
+        }
+        if let Some(reason) = code.reason() {
+            body.insert("reason".into(), reason.into());
+        }
+        for (name, value) in details.metadata {
+            body.insert(name.into(), value);
+        }
+        let mut resp = (code.http(), Json(body)).into_response();
+        if let Some(after) = details.retry_after {
+            let secs = after.as_secs().max(1).to_string();
+            resp.headers_mut()
+                .insert("retry-after", secs.parse().expect("digits"));
+        }
+        resp
     }
 }
 

@@ -1,13 +1,12 @@
 //! Accounts, API keys and the credit ledger.
 use uuid::Uuid;
 
-use super::Store;
+use super::{Result, Store, StoreError};
 use crate::domain::api_key::ApiKey;
 
 impl Store {
     /// Creates an account with an opening balance and its first API key.
-    pub async fn create_account(&self, name: &str, credits: i64) -> anyhow::Result<(Uuid, ApiKey)> {
-        anyhow::ensure!(credits >= 0, "credits must not be negative");
+    pub async fn create_account(&self, name: &str, credits: i64) -> Result<(Uuid, ApiKey)> {
         let id = Uuid::new_v4();
         let key = ApiKey::generate();
         let mut tx = self.pool.begin().await?;
@@ -34,8 +33,7 @@ impl Store {
     }
 
     /// Adds credits with a ledger entry; returns the new balance, or None for an unknown account.
-    pub async fn add_credits(&self, account_id: Uuid, amount: i64) -> anyhow::Result<Option<i64>> {
-        anyhow::ensure!(amount > 0, "amount must be positive");
+    pub async fn add_credits(&self, account_id: Uuid, amount: i64) -> Result<Option<i64>> {
         let mut tx = self.pool.begin().await?;
         let balance: Option<i64> = sqlx::query_scalar(
             "UPDATE accounts SET credits = credits + $2 WHERE id = $1 RETURNING credits",
@@ -60,7 +58,7 @@ impl Store {
     }
 
     /// A new key for an existing account, or None when the account does not exist.
-    pub async fn create_key(&self, account_id: Uuid) -> anyhow::Result<Option<ApiKey>> {
+    pub async fn create_key(&self, account_id: Uuid) -> Result<Option<ApiKey>> {
         let key = ApiKey::generate();
         let inserted = sqlx::query(
             "INSERT INTO api_keys (key_hash, account_id) SELECT $1, id FROM accounts WHERE id = $2",
@@ -73,7 +71,7 @@ impl Store {
     }
 
     /// Revokes a key; false when no such active key exists.
-    pub async fn revoke_key(&self, key: &ApiKey) -> anyhow::Result<bool> {
+    pub async fn revoke_key(&self, key: &ApiKey) -> Result<bool> {
         let done = sqlx::query(
             "UPDATE api_keys SET revoked_at = now() WHERE key_hash = $1 AND revoked_at IS NULL",
         )
@@ -83,19 +81,21 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
-    pub async fn account_for_key(&self, key: &ApiKey) -> Result<Option<Uuid>, sqlx::Error> {
+    pub async fn account_for_key(&self, key: &ApiKey) -> Result<Option<Uuid>> {
         sqlx::query_scalar(
             "SELECT account_id FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL",
         )
         .bind(key.hash())
         .fetch_optional(&self.pool)
         .await
+        .map_err(StoreError::from)
     }
 
-    pub async fn balance(&self, account_id: Uuid) -> Result<i64, sqlx::Error> {
+    pub async fn balance(&self, account_id: Uuid) -> Result<i64> {
         sqlx::query_scalar("SELECT credits FROM accounts WHERE id = $1")
             .bind(account_id)
             .fetch_one(&self.pool)
             .await
+            .map_err(StoreError::from)
     }
 }

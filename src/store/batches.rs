@@ -6,10 +6,9 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::queue::CHUNK_NUMBERS;
-use super::{QUEUED_CHANNEL, Store};
+use super::{QUEUED_CHANNEL, Result, Store, StoreError};
 use crate::domain::batch::NumberState;
 use crate::domain::phone::{Entry, Parsed};
-use crate::error::ApiError;
 
 /// A batch to store: its unique entries and what identifies the request.
 pub struct NewBatch<'a> {
@@ -93,7 +92,7 @@ impl Store {
         backend: &str,
         e164: &[&str],
         ttl: Duration,
-    ) -> Result<HashMap<String, CachedAnswer>, sqlx::Error> {
+    ) -> Result<HashMap<String, CachedAnswer>> {
         if e164.is_empty() {
             return Ok(HashMap::new());
         }
@@ -117,7 +116,7 @@ impl Store {
     /// The account row is locked only by the final debit, just before commit,
     /// so one account's concurrent submits overlap their inserts instead of
     /// queueing behind each other's.
-    pub async fn submit_batch(&self, new: NewBatch<'_>) -> Result<BatchRow, ApiError> {
+    pub async fn submit_batch(&self, new: NewBatch<'_>) -> Result<BatchRow> {
         let total = new.entries.len() as i64;
         let mut invalid = 0i64;
         let mut cached = 0i64;
@@ -141,7 +140,7 @@ impl Store {
             if new.request_id.is_some() {
                 match self.existing_batch(&new).await {
                     Ok(batch) => return Ok(batch),
-                    Err(err @ ApiError::IdempotencyKeyReused(_)) => return Err(err),
+                    Err(err @ StoreError::RequestIdReused(_)) => return Err(err),
                     Err(_) => {}
                 }
             }
@@ -173,7 +172,7 @@ impl Store {
         invalid: i64,
         cached: i64,
         start: i64,
-    ) -> Result<Stored, sqlx::Error> {
+    ) -> Result<Stored> {
         let queued = total - invalid - cached;
         let mut tx = self.pool.begin().await?;
         // The request (and batch) rows go first, so a concurrent twin waits on the request key and then sees this batch.
@@ -218,7 +217,7 @@ impl Store {
         account_id: Uuid,
         covering: i64,
         queued: i64,
-    ) -> Result<Option<i64>, sqlx::Error> {
+    ) -> Result<Option<i64>> {
         sqlx::query_scalar(
             "WITH v AS (
                 SELECT coalesce((SELECT min(fair_key) FROM queue_chunks),
@@ -232,15 +231,16 @@ impl Store {
         .bind(queued)
         .fetch_optional(&self.pool)
         .await
+        .map_err(StoreError::from)
     }
 
-    async fn insufficient(&self, account_id: Uuid, required: i64) -> ApiError {
+    async fn insufficient(&self, account_id: Uuid, required: i64) -> StoreError {
         match sqlx::query_scalar("SELECT credits FROM accounts WHERE id = $1")
             .bind(account_id)
             .fetch_one(&self.pool)
             .await
         {
-            Ok(available) => ApiError::InsufficientCredits {
+            Ok(available) => StoreError::InsufficientCredits {
                 required,
                 available,
             },
@@ -270,7 +270,7 @@ impl Store {
     /// The batch an earlier request with this request_id created. Its row may be gone
     /// (retention deletes finished batches); the request is kept for good, and a retry
     /// is then answered from it: the same batch id and total, completed.
-    async fn existing_batch(&self, new: &NewBatch<'_>) -> Result<BatchRow, ApiError> {
+    async fn existing_batch(&self, new: &NewBatch<'_>) -> Result<BatchRow> {
         let request_id = new.request_id.unwrap_or_default();
         let row: Option<(Vec<u8>, Uuid, i32, DateTime<Utc>)> = sqlx::query_as(
             "SELECT request_hash, batch_id, total_numbers, created_at FROM batch_requests
@@ -280,12 +280,13 @@ impl Store {
         .bind(request_id)
         .fetch_optional(&self.pool)
         .await?;
-        // The twin that held the key rolled back after we saw the conflict: rare; the client retries.
-        let (hash, id, total_numbers, created_at) = row.ok_or_else(|| {
-            ApiError::Internal(anyhow::anyhow!("request_id conflict vanished; retry"))
-        })?;
+        // The twin that held the key rolled back after we saw the conflict: rare; the
+        // request raced a failed twin and can simply be sent again.
+        let Some((hash, id, total_numbers, created_at)) = row else {
+            return Err(StoreError::Conflict(sqlx::Error::RowNotFound));
+        };
         if hash != new.fingerprint {
-            return Err(ApiError::IdempotencyKeyReused(request_id.to_string()));
+            return Err(StoreError::RequestIdReused(request_id.to_string()));
         }
         Ok(match self.batch(new.account_id, id).await? {
             Some(batch) => batch,
@@ -305,11 +306,7 @@ impl Store {
     }
 
     /// The batch, if it belongs to the account.
-    pub async fn batch(
-        &self,
-        account_id: Uuid,
-        batch_id: Uuid,
-    ) -> Result<Option<BatchRow>, sqlx::Error> {
+    pub async fn batch(&self, account_id: Uuid, batch_id: Uuid) -> Result<Option<BatchRow>> {
         sqlx::query_as(concat!(
             "SELECT ",
             batch_columns!(),
@@ -319,6 +316,7 @@ impl Store {
         .bind(account_id)
         .fetch_optional(&self.pool)
         .await
+        .map_err(StoreError::from)
     }
 
     /// The batch and all its results in index order, from one snapshot so the counters match the rows.
@@ -326,7 +324,7 @@ impl Store {
         &self,
         account_id: Uuid,
         batch_id: Uuid,
-    ) -> Result<Option<(BatchRow, Vec<ResultRow>)>, sqlx::Error> {
+    ) -> Result<Option<(BatchRow, Vec<ResultRow>)>> {
         let mut tx = self.pool.begin().await?;
         sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
             .execute(&mut *tx)
@@ -362,7 +360,7 @@ impl Store {
         completed: Option<bool>,
         after: Option<(DateTime<Utc>, Uuid)>,
         limit: i64,
-    ) -> Result<Vec<BatchRow>, sqlx::Error> {
+    ) -> Result<Vec<BatchRow>> {
         sqlx::query_as(concat!(
             "SELECT ",
             batch_columns!(),
@@ -380,6 +378,7 @@ impl Store {
         .bind(limit)
         .fetch_all(&self.pool)
         .await
+        .map_err(StoreError::from)
     }
 
     /// Cancels what is still queued or being checked: those numbers end as
@@ -390,7 +389,7 @@ impl Store {
         &self,
         account_id: Uuid,
         batch_id: Uuid,
-    ) -> Result<Option<(BatchRow, i64)>, sqlx::Error> {
+    ) -> Result<Option<(BatchRow, i64)>> {
         super::retry_conflicts(|| self.cancel_once(account_id, batch_id)).await
     }
 
@@ -398,7 +397,7 @@ impl Store {
         &self,
         account_id: Uuid,
         batch_id: Uuid,
-    ) -> Result<Option<(BatchRow, i64)>, sqlx::Error> {
+    ) -> Result<Option<(BatchRow, i64)>> {
         let mut tx = self.pool.begin().await?;
         let found: Option<(Uuid,)> =
             sqlx::query_as("SELECT id FROM batches WHERE id = $1 AND account_id = $2")
@@ -490,7 +489,7 @@ impl Store {
     /// Deletes up to `limit` batches that completed more than `age` ago (numbers and
     /// deliveries go with them; the ledger stays). Small statements that skip
     /// locked rows, so pruning never blocks workers. Returns how many were deleted.
-    pub async fn prune_batches(&self, age: Duration, limit: i64) -> Result<u64, sqlx::Error> {
+    pub async fn prune_batches(&self, age: Duration, limit: i64) -> Result<u64> {
         // Numbers have no foreign key to their batch (it cost every insert): delete them here.
         let done: i64 = sqlx::query_scalar(
             "WITH gone AS (
@@ -515,7 +514,7 @@ impl Store {
         &self,
         batch_id: Uuid,
         only: Option<&[i32]>,
-    ) -> Result<Vec<ResultRow>, sqlx::Error> {
+    ) -> Result<Vec<ResultRow>> {
         // Two statements, so the index list is a primary-key lookup, not a filter
         // comparing every row of the batch with every index asked for.
         match only {
@@ -537,6 +536,7 @@ impl Store {
         }
         .fetch_all(&self.pool)
         .await
+        .map_err(StoreError::from)
     }
 }
 
@@ -565,7 +565,7 @@ async fn insert_batch(
     invalid: i64,
     cached: i64,
     fair_start: i64,
-) -> Result<Option<BatchRow>, sqlx::Error> {
+) -> Result<Option<BatchRow>> {
     let (entries, cache) = (new.entries, new.cached);
     let n = entries.len();
     let mut idx = Vec::with_capacity(n);
@@ -688,4 +688,5 @@ async fn insert_batch(
     .bind(chunk_fair)
     .fetch_optional(tx)
     .await
+    .map_err(StoreError::from)
 }

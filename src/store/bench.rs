@@ -1,13 +1,13 @@
 //! Statements only the benchmark uses: a synthetic backlog, queued at SQL speed.
 use uuid::Uuid;
 
-use super::Store;
 use super::queue::CHUNK_NUMBERS;
+use super::{Result, Store, StoreError};
 
 impl Store {
     /// Queues `n` valid numbers for `account_id` in batches of 1,000, charging nothing:
     /// load for `wavalidate bench --backlog`, not a way to submit work.
-    pub async fn enqueue_backlog(&self, account_id: Uuid, n: i64) -> Result<(), sqlx::Error> {
+    pub async fn enqueue_backlog(&self, account_id: Uuid, n: i64) -> Result<()> {
         // Queued at the account's place in the fair queue, as a real submission would be.
         let start = self
             .reserve_fair_slots(account_id, 0, n)
@@ -50,22 +50,21 @@ impl Store {
     }
 
     /// Whether any number is still queued (the bench waits for its queue to drain).
-    pub async fn any_queued(&self) -> Result<bool, sqlx::Error> {
+    pub async fn any_queued(&self) -> Result<bool> {
         sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM batches WHERE completed_at IS NULL)")
             .fetch_one(&self.pool)
             .await
+            .map_err(StoreError::from)
     }
 
     /// Numbers checked (or given up on) since `since`.
-    pub async fn finished_since(
-        &self,
-        since: chrono::DateTime<chrono::Utc>,
-    ) -> Result<i64, sqlx::Error> {
+    pub async fn finished_since(&self, since: chrono::DateTime<chrono::Utc>) -> Result<i64> {
         sqlx::query_scalar(
             "SELECT count(*) FROM batch_numbers WHERE state <> 1 AND checked_at >= $1",
         )
         .bind(since)
         .fetch_one(&self.pool)
         .await
+        .map_err(StoreError::from)
     }
 }

@@ -1,6 +1,6 @@
 //! Housekeeping statements: keeping the queue's tables vacuumed.
-use super::Store;
 use super::queue::CHUNK_NUMBERS;
+use super::{Result, Store, StoreError};
 
 impl Store {
     /// Dead row versions in the queue's tables that autovacuum will not clear (it is off
@@ -8,7 +8,7 @@ impl Store {
     /// None when autovacuum looks after both. A dead chunk counts for the numbers it
     /// held, so one threshold in numbers serves both: its dead entry in the claim index
     /// is what every claim reads past.
-    pub async fn dead_rows_to_vacuum(&self) -> Result<Option<i64>, sqlx::Error> {
+    pub async fn dead_rows_to_vacuum(&self) -> Result<Option<i64>> {
         sqlx::query_scalar(
             "WITH t AS (
                 SELECT s.relname, s.n_dead_tup,
@@ -24,13 +24,14 @@ impl Store {
         .bind(CHUNK_NUMBERS as i64)
         .fetch_optional(&self.pool)
         .await
+        .map_err(StoreError::from)
     }
 
     /// Vacuums and analyzes the tables every claim and submit touches. SKIP_LOCKED: if
     /// another replica (or autovacuum) is at it already, this one does nothing.
     /// INDEX_CLEANUP ON: the dead entries to clear are in the queue index, which
     /// vacuum would otherwise leave when few heap pages hold dead rows.
-    pub async fn vacuum_queue(&self) -> Result<(), sqlx::Error> {
+    pub async fn vacuum_queue(&self) -> Result<()> {
         sqlx::raw_sql(
             "VACUUM (SKIP_LOCKED, INDEX_CLEANUP ON, ANALYZE) queue_chunks, batch_numbers, batches, accounts",
         )

@@ -23,6 +23,8 @@ use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 
 pub mod accounts;
+mod error;
+pub use error::{Result, StoreError};
 pub mod batches;
 pub mod bench;
 pub mod maintenance;
@@ -56,7 +58,7 @@ pub struct Store {
 
 impl Store {
     /// Connects lazily: the server starts (and reports NOT_SERVING) while the database is down.
-    pub fn connect_lazy(url: &str, max_connections: u32) -> anyhow::Result<Store> {
+    pub fn connect_lazy(url: &str, max_connections: u32) -> Result<Store> {
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             // Requests fail fast with UNAVAILABLE instead of hanging while the database is away.
@@ -69,7 +71,7 @@ impl Store {
     }
 
     /// Connects for a one-off command: creates the database if needed and applies migrations.
-    pub async fn connect_migrated(url: &str) -> anyhow::Result<Store> {
+    pub async fn connect_migrated(url: &str) -> Result<Store> {
         Store::create_database_if_missing(url).await?;
         let store = Store::connect_lazy(url, 5)?;
         store.migrate().await?;
@@ -86,7 +88,7 @@ impl Store {
     }
 
     /// Creates the URL's database when it does not exist, so a fresh server needs no manual setup.
-    pub async fn create_database_if_missing(url: &str) -> anyhow::Result<()> {
+    pub async fn create_database_if_missing(url: &str) -> Result<()> {
         use sqlx::migrate::MigrateDatabase;
         if !sqlx::Postgres::database_exists(url).await? {
             // A replica starting at the same moment may win the race; that is fine.
@@ -100,31 +102,23 @@ impl Store {
         Ok(())
     }
 
-    pub async fn migrate(&self) -> anyhow::Result<()> {
+    pub async fn migrate(&self) -> Result<()> {
         MIGRATOR.run(&self.pool).await?;
         Ok(())
     }
 
-    pub async fn ping(&self) -> Result<(), sqlx::Error> {
-        sqlx::query("SELECT 1")
-            .execute(&self.pool)
-            .await
-            .map(|_| ())
+    pub async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
     }
-}
-
-/// Whether PostgreSQL aborted the statement for a deadlock (40P01) or a serialization
-/// failure (40001): running it again is safe and usually succeeds.
-pub fn is_conflict(err: &sqlx::Error) -> bool {
-    matches!(err, sqlx::Error::Database(db) if matches!(db.code().as_deref(), Some("40P01" | "40001")))
 }
 
 /// Runs a statement (or a whole transaction) again when PostgreSQL aborted it for a
 /// deadlock or a serialization failure; it rolled back whole, so nothing is doubled.
-pub(crate) async fn retry_conflicts<T, F, Fut>(mut attempt: F) -> Result<T, sqlx::Error>
+pub(crate) async fn retry_conflicts<T, F, Fut>(mut attempt: F) -> Result<T>
 where
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, sqlx::Error>>,
+    Fut: std::future::Future<Output = Result<T>>,
 {
     const TRIES: u32 = 5;
     let mut delay = Duration::from_millis(5);
@@ -132,7 +126,7 @@ where
     loop {
         tried += 1;
         match attempt().await {
-            Err(err) if tried < TRIES && is_conflict(&err) => {
+            Err(err) if tried < TRIES && err.is_conflict() => {
                 tracing::debug!(error = %err, tried, "conflict with concurrent work; trying again");
                 tokio::time::sleep(delay.mul_f64(0.5 + rand::random::<f64>())).await;
                 delay *= 4;

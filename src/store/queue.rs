@@ -4,7 +4,7 @@ use std::time::Duration;
 use uuid::Uuid;
 
 use super::batches::ResultRow;
-use super::{RESULTS_CHANNEL, Store, retry_conflicts};
+use super::{RESULTS_CHANNEL, Result, Store, StoreError, retry_conflicts};
 use crate::domain::batch::NumberState;
 
 /// Numbers per queue chunk: submitting cuts a batch's queued numbers into chunks of this
@@ -100,7 +100,7 @@ struct ClaimRow {
 impl Store {
     /// Leases up to `chunks` queue chunks, in fair order, under a new token, and reads
     /// their pending numbers: one row written per chunk, none per number.
-    pub async fn claim(&self, chunks: i64, lease: Duration) -> Result<Claim, sqlx::Error> {
+    pub async fn claim(&self, chunks: i64, lease: Duration) -> Result<Claim> {
         let token = Uuid::new_v4();
         let mut tx = self.pool.begin().await?;
         // Walk the queue index in fair order whatever the statistics say. Without them
@@ -166,7 +166,7 @@ impl Store {
         token: Uuid,
         chunks: &[ChunkKey],
         lease: Duration,
-    ) -> Result<Vec<ChunkKey>, sqlx::Error> {
+    ) -> Result<Vec<ChunkKey>> {
         let renewed: Vec<(Uuid, i32)> = sqlx::query_as(
             // Chunks are locked in ascending key order (see the lock order in store/mod.rs).
             "WITH l AS (
@@ -196,7 +196,7 @@ impl Store {
     }
 
     /// Hands chunks back untouched (shutdown): the attempt did not happen.
-    pub async fn release(&self, token: Uuid, chunks: &[ChunkKey]) -> Result<u64, sqlx::Error> {
+    pub async fn release(&self, token: Uuid, chunks: &[ChunkKey]) -> Result<u64> {
         let done = sqlx::query(
             "WITH l AS (
                 SELECT q.batch_id, q.first_idx FROM queue_chunks q
@@ -230,7 +230,7 @@ impl Store {
         token: Uuid,
         cache_as: Option<&str>,
         work: &Completion<'_>,
-    ) -> Result<Vec<WrittenRow>, sqlx::Error> {
+    ) -> Result<Vec<WrittenRow>> {
         if work.answers.is_empty() && work.retries.is_empty() && work.ends.is_empty() {
             return Ok(Vec::new());
         }
@@ -238,12 +238,7 @@ impl Store {
     }
 
     /// Reserves up to `n` checks of today's cap for `backend`; returns how many were granted.
-    pub async fn reserve_daily_checks(
-        &self,
-        backend: &str,
-        n: i64,
-        cap: i64,
-    ) -> Result<i64, sqlx::Error> {
+    pub async fn reserve_daily_checks(&self, backend: &str, n: i64, cap: i64) -> Result<i64> {
         let mut tx = self.pool.begin().await?;
         sqlx::query(
             "INSERT INTO checker_usage (backend, day, used) VALUES ($1, (now() AT TIME ZONE 'utc')::date, 0)
@@ -270,7 +265,7 @@ impl Store {
     }
 
     /// Gives back reserved checks that were not made.
-    pub async fn return_daily_checks(&self, backend: &str, n: i64) -> Result<(), sqlx::Error> {
+    pub async fn return_daily_checks(&self, backend: &str, n: i64) -> Result<()> {
         sqlx::query(
             "UPDATE checker_usage SET used = greatest(0, used - $2)
              WHERE backend = $1 AND day = (now() AT TIME ZONE 'utc')::date",
@@ -283,7 +278,7 @@ impl Store {
     }
 
     /// Numbers waiting to be checked, and how long the oldest has waited (seconds).
-    pub async fn queue_stats(&self) -> Result<(i64, f64), sqlx::Error> {
+    pub async fn queue_stats(&self) -> Result<(i64, f64)> {
         sqlx::query_as(
             "SELECT coalesce(sum(total_numbers - completed - failed - cancelled), 0)::bigint,
                     coalesce(extract(epoch FROM now() - min(created_at))::float8, 0)
@@ -291,6 +286,7 @@ impl Store {
         )
         .fetch_one(&self.pool)
         .await
+        .map_err(StoreError::from)
     }
 }
 
@@ -308,7 +304,7 @@ async fn write_answers(
     cache_as: Option<&str>,
     work: &Completion<'_>,
     origin: Uuid,
-) -> Result<Vec<WrittenRow>, sqlx::Error> {
+) -> Result<Vec<WrittenRow>> {
     let (answers, retries, ends) = (work.answers, work.retries, work.ends);
     sqlx::query_as(
         "WITH r AS (
@@ -435,6 +431,7 @@ async fn write_answers(
     .bind(ChunkEnd::Defer as i16)
     .fetch_all(pool)
     .await
+    .map_err(StoreError::from)
 }
 
 /// The chunks' keys as the two arrays a statement unnests.

@@ -3,7 +3,7 @@ use std::time::Duration;
 
 use uuid::Uuid;
 
-use super::Store;
+use super::{Result, Store, StoreError};
 
 /// A delivery claimed for one attempt.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -17,11 +17,7 @@ pub struct Delivery {
 
 impl Store {
     /// Claims due deliveries under a short lease, so replicas never send one at the same time.
-    pub async fn claim_deliveries(
-        &self,
-        limit: i64,
-        lease: Duration,
-    ) -> Result<Vec<Delivery>, sqlx::Error> {
+    pub async fn claim_deliveries(&self, limit: i64, lease: Duration) -> Result<Vec<Delivery>> {
         sqlx::query_as(
             "WITH c AS (
                 SELECT id FROM webhook_deliveries
@@ -38,9 +34,10 @@ impl Store {
         .bind(lease.as_secs_f64())
         .fetch_all(&self.pool)
         .await
+        .map_err(StoreError::from)
     }
 
-    pub async fn delivery_succeeded(&self, id: i64) -> Result<(), sqlx::Error> {
+    pub async fn delivery_succeeded(&self, id: i64) -> Result<()> {
         sqlx::query("UPDATE webhook_deliveries SET delivered_at = now(), lease_until = NULL, last_error = NULL WHERE id = $1")
             .bind(id)
             .execute(&self.pool)
@@ -49,12 +46,7 @@ impl Store {
     }
 
     /// Schedules the next attempt, or gives up once the delivery is past its 24 hours.
-    pub async fn delivery_failed(
-        &self,
-        id: i64,
-        error: &str,
-        retry_in: Duration,
-    ) -> Result<(), sqlx::Error> {
+    pub async fn delivery_failed(&self, id: i64, error: &str, retry_in: Duration) -> Result<()> {
         sqlx::query(
             "UPDATE webhook_deliveries
              SET lease_until = NULL, last_error = $2,
@@ -71,11 +63,7 @@ impl Store {
     }
 
     /// The account's webhook signing secret, rotated first when asked; None for an unknown account.
-    pub async fn webhook_secret(
-        &self,
-        account_id: Uuid,
-        rotate: bool,
-    ) -> Result<Option<String>, sqlx::Error> {
+    pub async fn webhook_secret(&self, account_id: Uuid, rotate: bool) -> Result<Option<String>> {
         let query = if rotate {
             "UPDATE accounts SET webhook_secret = replace(gen_random_uuid()::text || gen_random_uuid()::text, '-', '')
              WHERE id = $1 RETURNING webhook_secret"
@@ -86,5 +74,6 @@ impl Store {
             .bind(account_id)
             .fetch_optional(&self.pool)
             .await
+            .map_err(StoreError::from)
     }
 }
