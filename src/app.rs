@@ -8,8 +8,6 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
 
-use crate::api::ops::{CachePolicy, Ops, OpsConfig};
-use crate::api::service::Service;
 use crate::checker::evolution::Evolution;
 use crate::checker::paced::Paced;
 use crate::checker::simulated::Simulated;
@@ -17,8 +15,10 @@ use crate::checker::variants::Variants;
 use crate::checker::waha::Waha;
 use crate::checker::{Backend, DynChecker};
 use crate::events::EventHub;
+use crate::grpc::GrpcService;
 use crate::health;
 use crate::pb::wa_validation_service_server::WaValidationServiceServer;
+use crate::service::{CachePolicy, ServiceConfig, ValidationService};
 use crate::settings::{CheckerKind, Role, Settings};
 use crate::store::Store;
 use crate::webhooks::{WebhookConfig, Webhooks};
@@ -89,15 +89,6 @@ fn announce_checker(settings: &Settings) {
     } else {
         tracing::info!(backend = c.backend.name(), "checker backend");
     }
-}
-
-/// Reflection knows our service, health and both reflection versions, so every grpcurl lists them all.
-fn reflection() -> tonic_reflection::server::Builder<'static> {
-    tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(crate::pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET)
 }
 
 /// Applies migrations, retrying while the database is not up yet.
@@ -190,8 +181,8 @@ pub async fn start(settings: Settings) -> anyhow::Result<Server> {
     let listener = TcpListener::bind(settings.server.listen).await?;
     let addr = listener.local_addr()?;
     let mut grpc = Routes::new(health_service)
-        .add_service(reflection().build_v1()?)
-        .add_service(reflection().build_v1alpha()?);
+        .add_service(crate::grpc::reflection().build_v1()?)
+        .add_service(crate::grpc::reflection().build_v1alpha()?);
     let mut json = axum::Router::new();
     if role != Role::Worker {
         let c = &settings.checker;
@@ -204,33 +195,33 @@ pub async fn start(settings: Settings) -> anyhow::Result<Server> {
                 c.cache_ttl
             },
         };
-        let config = OpsConfig {
+        let config = ServiceConfig {
             cache,
             allow_private_callbacks: settings.webhooks.allow_private,
             watch_stall: settings.api.watch_stall,
             key_rate_per_sec: settings.api.key_rate_per_sec,
         };
-        let ops = Arc::new(Ops::new(
+        let core = Arc::new(ValidationService::new(
             store.clone(),
             hub.clone(),
             shutdown.clone(),
             config,
         ));
-        let tidy = (ops.clone(), shutdown.clone());
+        let tidy = (core.clone(), shutdown.clone());
         tokio::spawn(async move {
-            let (ops, shutdown) = tidy;
+            let (core, shutdown) = tidy;
             while !shutdown.is_cancelled() {
                 tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(60)) => ops.forget_idle_keys(),
+                    _ = tokio::time::sleep(Duration::from_secs(60)) => core.forget_idle_keys(),
                     _ = shutdown.cancelled() => {}
                 }
             }
         });
         grpc = grpc.add_service(
-            WaValidationServiceServer::new(Service::new(ops.clone()))
-                .max_decoding_message_size(crate::api::http::MAX_BODY_BYTES),
+            WaValidationServiceServer::new(GrpcService::new(core.clone()))
+                .max_decoding_message_size(crate::grpc::MAX_MESSAGE_BYTES),
         );
-        json = crate::api::http::router(ops);
+        json = crate::http::router(core);
     }
     let json = json.merge(crate::metrics::router(store.clone(), hub.clone()));
     // gRPC paths are routed to tonic, everything else to the JSON API.

@@ -36,6 +36,12 @@ pub enum ApiError {
     /// Concurrent work kept conflicting with this request (retried inside the store first).
     #[error("the request conflicted with concurrent changes; retry it")]
     Conflict(#[source] StoreError),
+    /// A watch ended because this server is stopping.
+    #[error("server shutting down; watch again")]
+    ShuttingDown,
+    /// A watch whose client read nothing for this long was closed.
+    #[error("the stream was closed because the client read nothing for {}s; watch again to resume", .0.as_secs())]
+    Stalled(Duration),
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
 }
@@ -52,6 +58,7 @@ pub enum ErrorCode {
     TooLarge,
     Unavailable,
     Conflict,
+    Stalled,
     Internal,
 }
 
@@ -63,7 +70,9 @@ impl ErrorCode {
             ErrorCode::InvalidArgument | ErrorCode::IdempotencyKeyReused => Code::InvalidArgument,
             ErrorCode::NotFound => Code::NotFound,
             ErrorCode::InsufficientCredits => Code::FailedPrecondition,
-            ErrorCode::RateLimited | ErrorCode::TooLarge => Code::ResourceExhausted,
+            ErrorCode::RateLimited | ErrorCode::TooLarge | ErrorCode::Stalled => {
+                Code::ResourceExhausted
+            }
             ErrorCode::Unavailable => Code::Unavailable,
             ErrorCode::Conflict => Code::Aborted,
             ErrorCode::Internal => Code::Internal,
@@ -82,6 +91,7 @@ impl ErrorCode {
             ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Stalled => StatusCode::REQUEST_TIMEOUT,
             ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -109,6 +119,7 @@ impl ErrorCode {
             ErrorCode::TooLarge => "too_large",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Conflict => "conflict",
+            ErrorCode::Stalled => "stalled",
             ErrorCode::Internal => "internal",
         }
     }
@@ -137,8 +148,9 @@ impl ApiError {
             ApiError::NotFound => ErrorCode::NotFound,
             ApiError::RateLimited { .. } => ErrorCode::RateLimited,
             ApiError::TooLarge(_) => ErrorCode::TooLarge,
-            ApiError::Unavailable(_) => ErrorCode::Unavailable,
+            ApiError::Unavailable(_) | ApiError::ShuttingDown => ErrorCode::Unavailable,
             ApiError::Conflict(_) => ErrorCode::Conflict,
+            ApiError::Stalled(_) => ErrorCode::Stalled,
             ApiError::Internal(_) => ErrorCode::Internal,
         }
     }
@@ -229,38 +241,5 @@ impl From<StoreError> for ApiError {
             StoreError::RequestIdReused(request_id) => ApiError::IdempotencyKeyReused(request_id),
             StoreError::Query(_) | StoreError::Migrate(_) => ApiError::Internal(err.into()),
         }
-    }
-}
-
-/// The gRPC status of an error: its code's, with the details grpc clients read.
-impl From<ApiError> for tonic::Status {
-    fn from(err: ApiError) -> tonic::Status {
-        use tonic_types::{ErrorDetails as Rpc, StatusExt};
-        err.log();
-        let code = err.code();
-        let details = err.details();
-        let message = err.to_string();
-        if details.field.is_none() && code.reason().is_none() {
-            return tonic::Status::new(code.grpc(), message);
-        }
-        let mut rpc = Rpc::new();
-        if let Some(field) = details.field {
-            rpc.add_bad_request_violation(field, message.clone());
-        }
-        if let Some(reason) = code.reason() {
-            let metadata: std::collections::HashMap<String, String> = details
-                .metadata
-                .into_iter()
-                .map(|(k, v)| {
-                    let text = v.as_str().map_or_else(|| v.to_string(), str::to_string);
-                    (k.to_string(), text)
-                })
-                .collect();
-            rpc.set_error_info(reason, "wavalidate", metadata);
-        }
-        if let Some(after) = details.retry_after {
-            rpc.set_retry_info(Some(after));
-        }
-        tonic::Status::with_error_details(code.grpc(), message, rpc)
     }
 }

@@ -1,5 +1,4 @@
 //! wavalidate: batch WhatsApp number validation over gRPC, backed by PostgreSQL.
-pub mod api;
 pub mod app;
 pub mod bench;
 pub mod checker;
@@ -8,10 +7,13 @@ pub mod client;
 pub mod domain;
 pub mod error;
 pub mod events;
+pub mod grpc;
 pub mod health;
+pub mod http;
 pub mod metrics;
 pub mod retention;
 pub mod server;
+pub mod service;
 pub mod settings;
 pub mod store;
 pub mod vacuum;

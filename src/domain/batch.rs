@@ -1,11 +1,119 @@
-//! Batch identifiers, number states and the request fingerprint used for idempotency.
+//! Batches as callers see them: ids, each number's state and result, a batch's
+//! progress, the events of a watch, and the request fingerprint used for idempotency.
+use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use crate::pb;
+use crate::error::ApiError;
 
-pub fn parse_batch_id(text: &str) -> Option<Uuid> {
-    Uuid::try_parse(text.trim()).ok()
+/// A batch id as a caller gives it: a UUID.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct BatchId(pub Uuid);
+
+impl BatchId {
+    pub fn parse(text: &str) -> Result<BatchId, ApiError> {
+        Uuid::try_parse(text.trim()).map(BatchId).map_err(|_| {
+            ApiError::bad_field(
+                "batch_id",
+                format!("{text:?} is not a batch id: expected a UUID such as 67e55044-10b1-426f-9247-bb680e5fe0c8"),
+            )
+        })
+    }
+}
+
+impl std::fmt::Display for BatchId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// A batch is processing until every number has its final state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchStatus {
+    Processing,
+    Completed,
+}
+
+/// A batch's progress; the counters add up to `total_numbers`.
+#[derive(Debug, Clone)]
+pub struct BatchSummary {
+    pub id: Uuid,
+    pub status: BatchStatus,
+    pub total_numbers: i32,
+    /// Definite answers: on WhatsApp, not on WhatsApp, invalid.
+    pub completed: i32,
+    pub failed: i32,
+    pub cancelled: i32,
+    pub credits_charged: i64,
+    pub credits_refunded: i64,
+    pub request_id: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub completed_at: Option<DateTime<Utc>>,
+}
+
+impl BatchSummary {
+    pub fn pending(&self) -> i32 {
+        self.total_numbers - self.completed - self.failed - self.cancelled
+    }
+}
+
+/// One entry of a batch and what became of it so far.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NumberResult {
+    /// Position among the batch's unique entries.
+    pub index: i32,
+    /// The entry as submitted.
+    pub phone_number: String,
+    pub state: NumberState,
+    pub e164: Option<String>,
+    pub wa_id: Option<String>,
+    pub is_business: bool,
+    /// ISO 3166-1 alpha-2.
+    pub region: Option<String>,
+    /// Why it is invalid, failed or cancelled (a pending number's last retry error is not shown).
+    pub error: Option<String>,
+    pub checked_at: Option<DateTime<Utc>>,
+    pub from_cache: bool,
+    pub normalization_note: Option<String>,
+}
+
+/// What a watch of a batch delivers: each result once, then the final counters.
+#[derive(Debug, Clone)]
+pub enum WatchEvent {
+    Result(NumberResult),
+    Completed(Counts),
+}
+
+/// How many numbers ended each way.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Counts {
+    pub total_numbers: i32,
+    /// Definite answers: on WhatsApp, not on WhatsApp, invalid.
+    pub completed: i32,
+    pub failed: i32,
+    pub cancelled: i32,
+}
+
+impl Counts {
+    pub fn new(total_numbers: i32) -> Counts {
+        Counts {
+            total_numbers,
+            ..Counts::default()
+        }
+    }
+
+    pub fn add(&mut self, state: NumberState) {
+        match state {
+            s if s.is_definite() => self.completed += 1,
+            NumberState::Error => self.failed += 1,
+            NumberState::Cancelled => self.cancelled += 1,
+            _ => {}
+        }
+    }
+
+    pub fn pending(&self) -> i32 {
+        self.total_numbers - self.completed - self.failed - self.cancelled
+    }
 }
 
 /// A number's state, stored as the proto's `NumberStatus` value.
@@ -32,14 +140,15 @@ impl NumberState {
         }
     }
 
-    pub fn to_proto(self) -> pb::NumberStatus {
+    /// The state's name in results, as in the proto without its prefix.
+    pub fn name(self) -> &'static str {
         match self {
-            NumberState::Pending => pb::NumberStatus::Pending,
-            NumberState::OnWhatsApp => pb::NumberStatus::OnWhatsapp,
-            NumberState::NotOnWhatsApp => pb::NumberStatus::NotOnWhatsapp,
-            NumberState::InvalidNumber => pb::NumberStatus::InvalidNumber,
-            NumberState::Error => pb::NumberStatus::Error,
-            NumberState::Cancelled => pb::NumberStatus::Cancelled,
+            NumberState::Pending => "PENDING",
+            NumberState::OnWhatsApp => "ON_WHATSAPP",
+            NumberState::NotOnWhatsApp => "NOT_ON_WHATSAPP",
+            NumberState::InvalidNumber => "INVALID_NUMBER",
+            NumberState::Error => "ERROR",
+            NumberState::Cancelled => "CANCELLED",
         }
     }
 
@@ -94,8 +203,8 @@ mod tests {
 
     #[test]
     fn batch_ids_parse_only_uuids() {
-        assert!(parse_batch_id("67e55044-10b1-426f-9247-bb680e5fe0c8").is_some());
-        assert!(parse_batch_id("not-a-uuid").is_none());
-        assert!(parse_batch_id("").is_none());
+        assert!(BatchId::parse(" 67e55044-10b1-426f-9247-bb680e5fe0c8").is_ok());
+        assert!(BatchId::parse("not-a-uuid").is_err());
+        assert!(BatchId::parse("").is_err());
     }
 }

@@ -427,13 +427,5 @@ mod tests {
                 proptest::prop_assert!(v.e164[1..].bytes().all(|b| b.is_ascii_digit()));
             }
         }
-
-        /// Arbitrary bytes never panic the request decoders.
-        #[test]
-        fn request_decoding_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512)) {
-            use prost::Message;
-            let _ = crate::pb::SubmitBatchRequest::decode(bytes.as_slice());
-            let _ = serde_json::from_slice::<crate::api::http::SubmitBody>(&bytes);
-        }
     }
 }

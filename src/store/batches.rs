@@ -7,7 +7,7 @@ use uuid::Uuid;
 
 use super::queue::CHUNK_NUMBERS;
 use super::{QUEUED_CHANNEL, Result, Store, StoreError};
-use crate::domain::batch::NumberState;
+use crate::domain::batch::{BatchStatus, BatchSummary, NumberResult, NumberState};
 use crate::domain::phone::{Entry, Parsed};
 
 /// A batch to store: its unique entries and what identifies the request.
@@ -70,6 +70,48 @@ impl BatchRow {
 impl ResultRow {
     pub fn state(&self) -> NumberState {
         NumberState::from_db(self.state)
+    }
+}
+
+impl From<BatchRow> for BatchSummary {
+    fn from(row: BatchRow) -> BatchSummary {
+        BatchSummary {
+            id: row.id,
+            status: if row.completed_at.is_some() {
+                BatchStatus::Completed
+            } else {
+                BatchStatus::Processing
+            },
+            total_numbers: row.total_numbers,
+            completed: row.completed,
+            failed: row.failed,
+            cancelled: row.cancelled,
+            credits_charged: row.credits_charged,
+            credits_refunded: row.credits_refunded,
+            request_id: row.request_id,
+            created_at: row.created_at,
+            completed_at: row.completed_at,
+        }
+    }
+}
+
+impl From<ResultRow> for NumberResult {
+    fn from(row: ResultRow) -> NumberResult {
+        let state = row.state();
+        NumberResult {
+            index: row.idx,
+            phone_number: row.input,
+            state,
+            e164: row.e164,
+            wa_id: row.wa_id,
+            is_business: row.is_business,
+            region: row.region,
+            // A retry's last error is kept on the row, but a pending number has no answer yet.
+            error: row.error.filter(|_| state != NumberState::Pending),
+            checked_at: row.checked_at,
+            from_cache: row.from_cache,
+            normalization_note: row.normalization_note,
+        }
     }
 }
 

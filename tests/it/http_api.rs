@@ -316,6 +316,8 @@ async fn the_openapi_document_describes_the_http_api() {
         "/api/v1/wavalidation/batch",
         "/api/v1/wavalidation/batch/{batch_id}",
         "/api/v1/wavalidation/batch/{batch_id}/events",
+        "/api/v1/wavalidation/batch/{batch_id}/cancel",
+        "/api/v1/wavalidation/batches",
         "/api/v1/balance",
     ] {
         assert!(doc["paths"][path].is_object(), "{path} missing");

@@ -1,9 +1,43 @@
-//! Where a request's API key comes from, and which account it opens.
+//! Where a request's API key comes from, which account it opens, and how fast each
+//! key may call.
+use std::num::NonZeroU32;
+
 use uuid::Uuid;
 
 use crate::domain::api_key::ApiKey;
 use crate::error::ApiError;
 use crate::store::Store;
+
+/// Requests per second per key (bursts of twice that); None: no limit.
+pub struct KeyLimiter(Option<governor::DefaultKeyedRateLimiter<Vec<u8>>>);
+
+impl KeyLimiter {
+    pub fn new(per_sec: u32) -> KeyLimiter {
+        KeyLimiter(NonZeroU32::new(per_sec).map(|rate| {
+            let burst = rate.saturating_mul(NonZeroU32::new(2).expect("2"));
+            governor::RateLimiter::keyed(governor::Quota::per_second(rate).allow_burst(burst))
+        }))
+    }
+
+    fn check(&self, key: &ApiKey) -> Result<(), ApiError> {
+        if let Some(limiter) = &self.0
+            && let Err(not_until) = limiter.check_key(&key.hash())
+        {
+            use governor::clock::{Clock, DefaultClock};
+            let retry_after = not_until.wait_time_from(DefaultClock::default().now());
+            return Err(ApiError::RateLimited { retry_after });
+        }
+        Ok(())
+    }
+
+    /// Forgets idle keys' state, so memory follows the active keys only.
+    pub fn forget_idle(&self) {
+        if let Some(limiter) = &self.0 {
+            limiter.retain_recent();
+            limiter.shrink_to_fit();
+        }
+    }
+}
 
 /// The places a key may be given: the request body (or query), and two headers.
 #[derive(Debug, Default, Clone, Copy)]
@@ -69,11 +103,19 @@ pub fn presented_key(sources: KeySources<'_>) -> Result<ApiKey, ApiError> {
     ))
 }
 
-pub async fn authenticate(store: &Store, key: &ApiKey) -> Result<Uuid, ApiError> {
-    store
-        .account_for_key(key)
+/// The account behind the presented key, within the key's request rate.
+pub async fn authenticate(
+    store: &Store,
+    limiter: &KeyLimiter,
+    keys: KeySources<'_>,
+) -> Result<Uuid, ApiError> {
+    let key = presented_key(keys)?;
+    let account = store
+        .account_for_key(&key)
         .await?
-        .ok_or(ApiError::Unauthenticated("Invalid API key."))
+        .ok_or(ApiError::Unauthenticated("Invalid API key."))?;
+    limiter.check(&key)?;
+    Ok(account)
 }
 
 #[cfg(test)]

@@ -1,0 +1,59 @@
+//! Authentication as axum extractors: handlers take the caller's account as an argument.
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{FromRef, FromRequest, FromRequestParts, Query, Request};
+use axum::http::request::Parts;
+use serde::de::DeserializeOwned;
+use uuid::Uuid;
+
+use super::types::KeyQuery;
+use crate::error::ApiError;
+use crate::service::{KeySources, ValidationService};
+
+/// The account of a request whose key comes as `Authorization: Bearer <key>`,
+/// `X-Api-Key: <key>` or the `api_key` query parameter.
+pub struct Caller(pub Uuid);
+
+/// A JSON body and the account of its key: the body's `api_key` field or the headers.
+pub struct CallerJson<T>(pub Uuid, pub T);
+
+/// A body that may carry the caller's key.
+pub trait BodyKey {
+    fn api_key(&self) -> &str;
+}
+
+impl<S> FromRequestParts<S> for Caller
+where
+    Arc<ValidationService>: FromRef<S>,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Caller, ApiError> {
+        let core = Arc::<ValidationService>::from_ref(state);
+        let query = Query::<KeyQuery>::try_from_uri(&parts.uri)
+            .ok()
+            .and_then(|q| q.0.api_key);
+        let keys = KeySources::from_headers(&parts.headers, query.as_deref().unwrap_or(""));
+        Ok(Caller(core.authenticate(keys).await?))
+    }
+}
+
+impl<S, T> FromRequest<S> for CallerJson<T>
+where
+    Arc<ValidationService>: FromRef<S>,
+    S: Send + Sync,
+    T: DeserializeOwned + BodyKey + Send,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<CallerJson<T>, ApiError> {
+        let core = Arc::<ValidationService>::from_ref(state);
+        let headers = req.headers().clone();
+        // The body first: a malformed one is refused before any key is looked up.
+        let Json(body) = Json::<T>::from_request(req, state).await?;
+        let keys = KeySources::from_headers(&headers, body.api_key());
+        Ok(CallerJson(core.authenticate(keys).await?, body))
+    }
+}
