@@ -9,8 +9,9 @@ use tokio::sync::{Notify, broadcast};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::store::batches::ResultRow;
-use crate::store::queue::WrittenRow;
+use crate::store::notify::ResultsNotice;
+use crate::store::rows::ResultRow;
+use crate::store::rows::WrittenRow;
 use crate::store::{QUEUED_CHANNEL, RESULTS_CHANNEL, Store};
 
 /// Results just written for one batch. Watchers skip the ones they already sent.
@@ -230,58 +231,23 @@ impl EventHub {
     }
 
     fn on_results(self: &Arc<Self>, payload: &str) {
-        let Some((batch_id, indexes, origin)) = parse_payload(payload) else {
+        let Some(notice) = ResultsNotice::parse(payload) else {
             tracing::warn!(payload, "ignoring malformed results notification");
             return;
         };
         // Written by this process's workers, which published the rows themselves.
-        if origin == Some(self.store.origin()) {
+        if notice.origin == Some(self.store.origin()) {
             return;
         }
-        if self.is_watched(&batch_id) {
-            tokio::spawn(self.clone().refresh(batch_id, Some(indexes)));
+        if self.is_watched(&notice.batch_id) {
+            tokio::spawn(self.clone().refresh(notice.batch_id, Some(notice.indexes)));
         }
     }
-}
-
-/// `"<batch_id> <idx>,<idx>,... [<origin>]"`, as written by `Store::complete` (with the
-/// writing store's origin) and by cancelling (without).
-fn parse_payload(payload: &str) -> Option<(Uuid, Vec<i32>, Option<Uuid>)> {
-    let mut parts = payload.split(' ');
-    let id = Uuid::parse_str(parts.next()?).ok()?;
-    let indexes = parts
-        .next()?
-        .split(',')
-        .map(str::parse)
-        .collect::<Result<Vec<i32>, _>>()
-        .ok()?;
-    let origin = match parts.next() {
-        Some(origin) => Some(Uuid::parse_str(origin).ok()?),
-        None => None,
-    };
-    parts.next().is_none().then_some((id, indexes, origin))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_notification_payloads() {
-        let (id, origin) = (Uuid::new_v4(), Uuid::new_v4());
-        assert_eq!(
-            parse_payload(&format!("{id} 0,5,7")),
-            Some((id, vec![0, 5, 7], None))
-        );
-        assert_eq!(
-            parse_payload(&format!("{id} 3 {origin}")),
-            Some((id, vec![3], Some(origin)))
-        );
-        assert_eq!(parse_payload("nonsense"), None);
-        assert_eq!(parse_payload(&format!("{id} 1,x")), None);
-        assert_eq!(parse_payload(&format!("{id} 1 nope")), None);
-        assert_eq!(parse_payload(&format!("{id} 1 {origin} more")), None);
-    }
 
     #[tokio::test]
     async fn the_last_subscription_to_go_frees_its_batch_whatever_receivers_linger() {

@@ -8,10 +8,10 @@ use uuid::Uuid;
 use crate::checker::{DynChecker, Outcome};
 use crate::domain::batch::NumberState;
 use crate::events::EventHub;
+use crate::store::CHUNK_NUMBERS;
 use crate::store::Store;
-use crate::store::queue::{
-    Answer, CHUNK_NUMBERS, ChunkEnd, ChunkKey, Claim, Claimed, Completion, Retry,
-};
+use crate::store::queue::Completion;
+use crate::store::rows::{Answer, ChunkEnd, ChunkKey, Claim, Claimed, Retry};
 
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {

@@ -16,7 +16,7 @@ use crate::domain::batch::{Counts, NumberResult, WatchEvent};
 use crate::error::ApiError;
 use crate::events::EventHub;
 use crate::store::Store;
-use crate::store::batches::ResultRow;
+use crate::store::rows::ResultRow;
 
 pub type WatchItem = Result<WatchEvent, ApiError>;
 pub type WatchStream = Pin<Box<dyn Stream<Item = WatchItem> + Send>>;

@@ -98,4 +98,19 @@ impl Store {
             .await
             .map_err(StoreError::from)
     }
+
+    /// The account's webhook signing secret, rotated first when asked; None for an unknown account.
+    pub async fn webhook_secret(&self, account_id: Uuid, rotate: bool) -> Result<Option<String>> {
+        let query = if rotate {
+            "UPDATE accounts SET webhook_secret = replace(gen_random_uuid()::text || gen_random_uuid()::text, '-', '')
+             WHERE id = $1 RETURNING webhook_secret"
+        } else {
+            "SELECT webhook_secret FROM accounts WHERE id = $1"
+        };
+        sqlx::query_scalar(query)
+            .bind(account_id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(StoreError::from)
+    }
 }

@@ -5,9 +5,10 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use super::queue::CHUNK_NUMBERS;
-use super::{QUEUED_CHANNEL, Result, Store, StoreError};
-use crate::domain::batch::{BatchStatus, BatchSummary, NumberResult, NumberState};
+use super::notify::results_payload;
+use super::rows::{BatchRow, CachedAnswer, ResultRow};
+use super::{CHUNK_NUMBERS, QUEUED_CHANNEL, Result, Store, StoreError};
+use crate::domain::batch::NumberState;
 use crate::domain::phone::{Entry, Parsed};
 
 /// A batch to store: its unique entries and what identifies the request.
@@ -19,100 +20,6 @@ pub struct NewBatch<'a> {
     /// Answers from the result cache, by E.164; these numbers are done at once.
     pub cached: &'a HashMap<String, CachedAnswer>,
     pub callback_url: Option<&'a str>,
-}
-
-/// A live check's answer kept for reuse.
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct CachedAnswer {
-    pub e164: String,
-    pub on_whatsapp: bool,
-    pub wa_id: Option<String>,
-    pub is_business: bool,
-    pub checked_at: DateTime<Utc>,
-}
-
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct BatchRow {
-    pub id: Uuid,
-    pub total_numbers: i32,
-    pub completed: i32,
-    pub failed: i32,
-    pub created_at: DateTime<Utc>,
-    pub completed_at: Option<DateTime<Utc>>,
-    pub credits_charged: i64,
-    pub credits_refunded: i64,
-    pub cancelled: i32,
-    pub request_id: Option<String>,
-}
-
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct ResultRow {
-    pub idx: i32,
-    pub input: String,
-    pub e164: Option<String>,
-    pub region: Option<String>,
-    pub state: i16,
-    pub wa_id: Option<String>,
-    pub is_business: bool,
-    pub error: Option<String>,
-    pub checked_at: Option<DateTime<Utc>>,
-    pub from_cache: bool,
-    pub normalization_note: Option<String>,
-}
-
-impl BatchRow {
-    /// Numbers without an answer yet; the counters always add up to the total.
-    pub fn pending(&self) -> i32 {
-        self.total_numbers - self.completed - self.failed - self.cancelled
-    }
-}
-
-impl ResultRow {
-    pub fn state(&self) -> NumberState {
-        NumberState::from_db(self.state)
-    }
-}
-
-impl From<BatchRow> for BatchSummary {
-    fn from(row: BatchRow) -> BatchSummary {
-        BatchSummary {
-            id: row.id,
-            status: if row.completed_at.is_some() {
-                BatchStatus::Completed
-            } else {
-                BatchStatus::Processing
-            },
-            total_numbers: row.total_numbers,
-            completed: row.completed,
-            failed: row.failed,
-            cancelled: row.cancelled,
-            credits_charged: row.credits_charged,
-            credits_refunded: row.credits_refunded,
-            request_id: row.request_id,
-            created_at: row.created_at,
-            completed_at: row.completed_at,
-        }
-    }
-}
-
-impl From<ResultRow> for NumberResult {
-    fn from(row: ResultRow) -> NumberResult {
-        let state = row.state();
-        NumberResult {
-            index: row.idx,
-            phone_number: row.input,
-            state,
-            e164: row.e164,
-            wa_id: row.wa_id,
-            is_business: row.is_business,
-            region: row.region,
-            // A retry's last error is kept on the row, but a pending number has no answer yet.
-            error: row.error.filter(|_| state != NumberState::Pending),
-            checked_at: row.checked_at,
-            from_cache: row.from_cache,
-            normalization_note: row.normalization_note,
-        }
-    }
 }
 
 // Macros rather than consts so queries stay `&'static str` (sqlx refuses runtime-built SQL).
@@ -128,28 +35,6 @@ macro_rules! result_columns {
 }
 
 impl Store {
-    /// Answers cached for `backend` within `ttl`, by E.164.
-    pub async fn cached_answers(
-        &self,
-        backend: &str,
-        e164: &[&str],
-        ttl: Duration,
-    ) -> Result<HashMap<String, CachedAnswer>> {
-        if e164.is_empty() {
-            return Ok(HashMap::new());
-        }
-        let rows: Vec<CachedAnswer> = sqlx::query_as(
-            "SELECT e164, on_whatsapp, wa_id, is_business, checked_at FROM number_cache
-             WHERE backend = $1 AND e164 = ANY($2) AND checked_at > now() - make_interval(secs => $3)",
-        )
-        .bind(backend)
-        .bind(e164)
-        .bind(ttl.as_secs_f64())
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows.into_iter().map(|r| (r.e164.clone(), r)).collect())
-    }
-
     /// Stores the batch, its numbers and the credit charge in one transaction.
     /// Invalid entries are refunded in the same transaction: they cost nothing,
     /// but the balance must cover the whole batch up front.
@@ -254,7 +139,7 @@ impl Store {
     /// own queued work, so an account with a long backlog is interleaved with, not
     /// ahead of, a newcomer. One short statement of its own; None when the balance is
     /// below `covering`. Returns the first slot.
-    pub(super) async fn reserve_fair_slots(
+    pub async fn reserve_fair_slots(
         &self,
         account_id: Uuid,
         covering: i64,
@@ -457,17 +342,24 @@ impl Store {
             .bind(batch_id)
             .execute(&mut *tx)
             .await?;
-        let (cancelled, idxs): (i64, Option<String>) = sqlx::query_as(
+        // `n` is read so it runs: a plain SELECT in WITH runs only when referenced.
+        let (cancelled, _notified): (i64, i64) = sqlx::query_as(concat!(
             "WITH u AS (
                 UPDATE batch_numbers
                 SET state = $2, checked_at = now(), error = 'cancelled before it was checked'
                 WHERE batch_id = $1 AND state = $3
-                RETURNING idx)
-             SELECT count(*), string_agg(idx::text, ',' ORDER BY idx) FROM u",
-        )
+                RETURNING idx),
+             -- Watchers on every replica learn of the cancelled numbers like of any result.
+             n AS (
+                SELECT pg_notify($4, ",
+            results_payload!("$1", "string_agg(idx::text, ',' ORDER BY idx)", "NULL"),
+            ") FROM u HAVING count(*) > 0)
+             SELECT (SELECT count(*) FROM u), (SELECT count(*) FROM n)"
+        ))
         .bind(batch_id)
         .bind(NumberState::Cancelled as i16)
         .bind(NumberState::Pending as i16)
+        .bind(super::RESULTS_CHANNEL)
         .fetch_one(&mut *tx)
         .await?;
         if cancelled > 0 {
@@ -498,19 +390,6 @@ impl Store {
             .bind(balance)
             .execute(&mut *tx)
             .await?;
-            // Watchers on every replica learn of the cancelled numbers like of any result.
-            for chunk in idxs
-                .unwrap_or_default()
-                .split(',')
-                .collect::<Vec<_>>()
-                .chunks(1000)
-            {
-                sqlx::query("SELECT pg_notify($1, $2)")
-                    .bind(super::RESULTS_CHANNEL)
-                    .bind(format!("{batch_id} {}", chunk.join(",")))
-                    .execute(&mut *tx)
-                    .await?;
-            }
         }
         sqlx::query("DELETE FROM queue_chunks WHERE batch_id = $1")
             .bind(batch_id)
@@ -564,17 +443,19 @@ impl Store {
                 "SELECT ",
                 result_columns!(),
                 " FROM batch_numbers
-                 WHERE batch_id = $1 AND idx = ANY($2) AND state <> 1
+                 WHERE batch_id = $1 AND idx = ANY($2) AND state <> $3
                  ORDER BY idx"
             ))
             .bind(batch_id)
-            .bind(indexes),
+            .bind(indexes)
+            .bind(NumberState::Pending as i16),
             None => sqlx::query_as(concat!(
                 "SELECT ",
                 result_columns!(),
-                " FROM batch_numbers WHERE batch_id = $1 AND state <> 1 ORDER BY idx"
+                " FROM batch_numbers WHERE batch_id = $1 AND state <> $2 ORDER BY idx"
             ))
-            .bind(batch_id),
+            .bind(batch_id)
+            .bind(NumberState::Pending as i16),
         }
         .fetch_all(&self.pool)
         .await

@@ -1,5 +1,5 @@
 //! Housekeeping statements: keeping the queue's tables vacuumed.
-use super::queue::CHUNK_NUMBERS;
+use super::CHUNK_NUMBERS;
 use super::{Result, Store, StoreError};
 
 impl Store {

@@ -26,17 +26,21 @@ pub mod accounts;
 mod error;
 pub use error::{Result, StoreError};
 pub mod batches;
-pub mod bench;
+mod cache;
+mod checker_usage;
 pub mod maintenance;
+pub mod notify;
 pub mod queue;
+pub mod rows;
 pub mod webhooks;
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
-/// Channel carrying `"<batch_id> <idx>,<idx>,..."` when results are written.
-pub const RESULTS_CHANNEL: &str = "wav_results";
-/// Channel poked when numbers are queued, to wake idle workers.
-pub const QUEUED_CHANNEL: &str = "wav_queued";
+/// Numbers per queue chunk: submitting cuts a batch's queued numbers into chunks of this
+/// many, and a claim leases whole chunks (migration 9).
+pub const CHUNK_NUMBERS: usize = 50;
+
+pub use notify::{QUEUED_CHANNEL, RESULTS_CHANNEL};
 
 /// `url` with its database name replaced (tests and benchmarks make throwaway databases).
 pub fn url_with_database(url: &str, database: &str) -> String {

@@ -3,90 +3,10 @@ use std::time::Duration;
 
 use uuid::Uuid;
 
-use super::batches::ResultRow;
+use super::notify::results_payload;
+use super::rows::{Answer, ChunkEnd, ChunkKey, Claim, Claimed, Retry, WrittenRow};
 use super::{RESULTS_CHANNEL, Result, Store, StoreError, retry_conflicts};
 use crate::domain::batch::NumberState;
-
-/// Numbers per queue chunk: submitting cuts a batch's queued numbers into chunks of this
-/// many, and a claim leases whole chunks (migration 9).
-pub const CHUNK_NUMBERS: usize = 50;
-
-/// A queue chunk: a batch and the first index of the range it covers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ChunkKey {
-    pub batch_id: Uuid,
-    pub first_idx: i32,
-}
-
-/// What a claim got: the chunks leased under `token` and their numbers still pending
-/// (a chunk may have none left, when they were answered or cancelled meanwhile).
-#[derive(Debug)]
-pub struct Claim {
-    pub token: Uuid,
-    pub chunks: Vec<ChunkKey>,
-    pub numbers: Vec<Claimed>,
-}
-
-/// A number claimed by a worker until its chunk's lease runs out.
-#[derive(Debug, Clone)]
-pub struct Claimed {
-    pub batch_id: Uuid,
-    pub idx: i32,
-    /// First index of the chunk it was claimed with.
-    pub chunk: i32,
-    pub e164: String,
-    /// Including this one.
-    pub attempts: i32,
-}
-
-impl Claimed {
-    pub fn chunk_key(&self) -> ChunkKey {
-        ChunkKey {
-            batch_id: self.batch_id,
-            first_idx: self.chunk,
-        }
-    }
-}
-
-/// A final answer for a claimed number.
-#[derive(Debug, Clone)]
-pub struct Answer {
-    pub batch_id: Uuid,
-    pub idx: i32,
-    pub chunk: i32,
-    pub state: NumberState,
-    pub wa_id: Option<String>,
-    pub is_business: bool,
-    pub error: Option<String>,
-}
-
-/// A result as written, for the watchers of its batch in this process.
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct WrittenRow {
-    pub batch_id: Uuid,
-    #[sqlx(flatten)]
-    pub row: ResultRow,
-}
-
-/// A claimed number to try again later: its error so far, shown while it waits.
-#[derive(Debug, Clone)]
-pub struct Retry {
-    pub batch_id: Uuid,
-    pub idx: i32,
-    pub chunk: i32,
-    pub error: String,
-}
-
-/// How a worker lets go of a chunk once every number it claimed in it is dealt with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ChunkEnd {
-    /// Nothing pending is left in it: the chunk leaves the queue.
-    Done = 1,
-    /// Some numbers are to be tried again: after a backoff that grows with its attempts.
-    Retry = 2,
-    /// The checker paused before trying some: after `Completion::defer_for`, this claim uncounted.
-    Defer = 3,
-}
 
 #[derive(sqlx::FromRow)]
 struct ClaimRow {
@@ -123,11 +43,12 @@ impl Store {
                 RETURNING k.batch_id, k.first_idx, k.last_idx, k.attempts)
              SELECT k.batch_id, k.first_idx, k.attempts, n.idx, n.e164
              FROM k LEFT JOIN batch_numbers n
-               ON n.batch_id = k.batch_id AND n.idx BETWEEN k.first_idx AND k.last_idx AND n.state = 1",
+               ON n.batch_id = k.batch_id AND n.idx BETWEEN k.first_idx AND k.last_idx AND n.state = $4",
         )
         .bind(chunks)
         .bind(token)
         .bind(lease.as_secs_f64())
+        .bind(NumberState::Pending as i16)
         .fetch_all(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -237,46 +158,6 @@ impl Store {
         retry_conflicts(|| write_answers(&self.pool, token, cache_as, work, self.origin)).await
     }
 
-    /// Reserves up to `n` checks of today's cap for `backend`; returns how many were granted.
-    pub async fn reserve_daily_checks(&self, backend: &str, n: i64, cap: i64) -> Result<i64> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query(
-            "INSERT INTO checker_usage (backend, day, used) VALUES ($1, (now() AT TIME ZONE 'utc')::date, 0)
-             ON CONFLICT (backend, day) DO NOTHING",
-        )
-        .bind(backend)
-        .execute(&mut *tx)
-        .await?;
-        let granted: Option<i64> = sqlx::query_scalar(
-            "WITH old AS (
-                SELECT used FROM checker_usage
-                WHERE backend = $1 AND day = (now() AT TIME ZONE 'utc')::date FOR UPDATE)
-             UPDATE checker_usage c SET used = least(c.used + $2, greatest($3, c.used))
-             FROM old WHERE c.backend = $1 AND c.day = (now() AT TIME ZONE 'utc')::date
-             RETURNING c.used - old.used",
-        )
-        .bind(backend)
-        .bind(n)
-        .bind(cap)
-        .fetch_optional(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(granted.unwrap_or(0))
-    }
-
-    /// Gives back reserved checks that were not made.
-    pub async fn return_daily_checks(&self, backend: &str, n: i64) -> Result<()> {
-        sqlx::query(
-            "UPDATE checker_usage SET used = greatest(0, used - $2)
-             WHERE backend = $1 AND day = (now() AT TIME ZONE 'utc')::date",
-        )
-        .bind(backend)
-        .bind(n)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
     /// Numbers waiting to be checked, and how long the oldest has waited (seconds).
     pub async fn queue_stats(&self) -> Result<(i64, f64)> {
         sqlx::query_as(
@@ -306,7 +187,7 @@ async fn write_answers(
     origin: Uuid,
 ) -> Result<Vec<WrittenRow>> {
     let (answers, retries, ends) = (work.answers, work.retries, work.ends);
-    sqlx::query_as(
+    sqlx::query_as(concat!(
         "WITH r AS (
             SELECT * FROM unnest($1::uuid[], $2::int[], $3::int[], $4::smallint[], $5::text[], $6::bool[], $7::text[])
                 AS r(batch_id, idx, chunk, state, wa_id, is_business, error)),
@@ -329,18 +210,18 @@ async fn write_answers(
             SET state = r.state, wa_id = r.wa_id, is_business = r.is_business, error = r.error,
                 checked_at = now(), attempts = k.attempts
             FROM r JOIN k ON k.batch_id = r.batch_id AND k.first_idx = r.chunk
-            WHERE n.batch_id = r.batch_id AND n.idx = r.idx AND n.state = 1
+            WHERE n.batch_id = r.batch_id AND n.idx = r.idx AND n.state = $26
             RETURNING n.batch_id, n.idx, n.input, n.e164, n.region, n.state, n.wa_id, n.is_business,
                       n.error, n.checked_at, n.from_cache, n.normalization_note),
          -- Numbers to try again keep their last error, shown while they wait.
          retried AS (
             UPDATE batch_numbers n SET error = t.error, attempts = k.attempts
             FROM t JOIN k ON k.batch_id = t.batch_id AND k.first_idx = t.chunk
-            WHERE n.batch_id = t.batch_id AND n.idx = t.idx AND n.state = 1),
+            WHERE n.batch_id = t.batch_id AND n.idx = t.idx AND n.state = $26),
          agg AS (
             SELECT batch_id,
-                   count(*) FILTER (WHERE state <> 5)::int AS done,
-                   count(*) FILTER (WHERE state = 5)::int AS failed,
+                   count(*) FILTER (WHERE state <> $27)::int AS done,
+                   count(*) FILTER (WHERE state = $27)::int AS failed,
                    string_agg(idx::text, ',' ORDER BY idx) AS idxs
             FROM u GROUP BY batch_id),
          lb AS (
@@ -359,8 +240,9 @@ async fn write_answers(
             -- The notification rides on this data-modifying CTE, which always runs,
             -- whichever rows the final SELECT returns.
             RETURNING batches.id, batches.account_id, agg.failed::bigint AS refund,
-                      pg_notify($9, agg.batch_id::text || ' ' || agg.idxs
-                          || CASE WHEN agg.batch_id = ANY($11) THEN ' ' || $12 ELSE '' END)),
+                      pg_notify($9, ",
+        results_payload!("agg.batch_id", "agg.idxs", "CASE WHEN agg.batch_id = ANY($11) THEN $12 END"),
+        ")),
          refunds AS (
             SELECT account_id, sum(refund)::bigint AS refund FROM b WHERE refund > 0 GROUP BY account_id),
          la AS (
@@ -379,8 +261,8 @@ async fn write_answers(
             FROM b JOIN acct ON acct.id = b.account_id WHERE b.refund > 0),
          cache AS (
             INSERT INTO number_cache (backend, e164, on_whatsapp, wa_id, is_business, checked_at)
-            SELECT DISTINCT ON (e164) $10, e164, state = 2, wa_id, is_business, checked_at
-            FROM u WHERE state IN (2, 3) AND $10::text IS NOT NULL
+            SELECT DISTINCT ON (e164) $10, e164, state = $28, wa_id, is_business, checked_at
+            FROM u WHERE state IN ($28, $29) AND $10::text IS NOT NULL
               -- After the batch rows and the accounts: the order every writer takes.
               AND (SELECT count(*) FROM acct) >= 0
             ORDER BY e164
@@ -402,8 +284,8 @@ async fn write_answers(
             WHERE q.batch_id = e.batch_id AND q.first_idx = e.first_idx AND e.action IN ($24, $25))
          SELECT u.batch_id, u.idx, u.input, u.e164, u.region, u.state, u.wa_id, u.is_business, u.error,
                 u.checked_at, u.from_cache, u.normalization_note
-         FROM u WHERE u.batch_id = ANY($11)",
-    )
+         FROM u WHERE u.batch_id = ANY($11)"
+    ))
     .bind(answers.iter().map(|a| a.batch_id).collect::<Vec<_>>())
     .bind(answers.iter().map(|a| a.idx).collect::<Vec<_>>())
     .bind(answers.iter().map(|a| a.chunk).collect::<Vec<_>>())
@@ -429,6 +311,10 @@ async fn write_answers(
     .bind(ChunkEnd::Done as i16)
     .bind(ChunkEnd::Retry as i16)
     .bind(ChunkEnd::Defer as i16)
+    .bind(NumberState::Pending as i16)
+    .bind(NumberState::Error as i16)
+    .bind(NumberState::OnWhatsApp as i16)
+    .bind(NumberState::NotOnWhatsApp as i16)
     .fetch_all(pool)
     .await
     .map_err(StoreError::from)

@@ -120,7 +120,8 @@ async fn one_accounts_backlog_does_not_stall_another_accounts_batch() {
 async fn a_stale_or_repeated_write_neither_overwrites_nor_refunds_twice() {
     use std::time::Duration;
     use wavalidate::domain::batch::NumberState;
-    use wavalidate::store::queue::{Answer, ChunkEnd, Completion};
+    use wavalidate::store::queue::Completion;
+    use wavalidate::store::rows::{Answer, ChunkEnd};
 
     let (url, store) = fresh_database().await;
     let api = spawn_app_on(url, store.clone(), |s| {

@@ -17,6 +17,8 @@ use crate::pb::{
 use crate::settings::{Role, Secret, Settings};
 use crate::store::{Store, url_with_database};
 
+mod backlog;
+
 type Client = WaValidationServiceClient<Channel>;
 
 /// 1,000 distinct valid numbers for batch `b` of this run.
@@ -251,7 +253,7 @@ async fn drain_rate(store: &Store) -> anyhow::Result<Option<f64>> {
 
 /// Waits until nothing is queued.
 async fn drain(store: &Store) -> anyhow::Result<()> {
-    while store.any_queued().await? {
+    while store.queue_stats().await?.0 > 0 {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     Ok(())
@@ -405,11 +407,8 @@ pub async fn run(args: BenchArgs, database_url: Option<String>) -> anyhow::Resul
     // workers drain the queue before measuring end to end.
     let mut checked_during_submits = None;
     if let Some(own) = &mut own {
-        checked_during_submits = Some(
-            own.store
-                .finished_since(chrono::DateTime::UNIX_EPOCH)
-                .await?,
-        );
+        checked_during_submits =
+            Some(backlog::finished_since(&own.store, chrono::DateTime::UNIX_EPOCH).await?);
         let all = crate::app::start(serve_settings(&own.url, Role::All, args.workers)).await?;
         let api_only = std::mem::replace(&mut own.server, all);
         api_only.shutdown();
@@ -452,10 +451,10 @@ pub async fn run(args: BenchArgs, database_url: Option<String>) -> anyhow::Resul
         // Like for like: the workers' rate on a small unwatched backlog (big enough to time,
         // a tenth of the big one up to 100,000), then on the big one.
         let small = (args.backlog / 10).clamp(1000, 100_000);
-        store.enqueue_backlog(other, small).await?;
+        backlog::enqueue(store, other, small).await?;
         let small_per_s = drain_rate(store).await?;
         eprintln!("bench: queueing a backlog of {} numbers", args.backlog);
-        store.enqueue_backlog(other, args.backlog).await?;
+        backlog::enqueue(store, other, args.backlog).await?;
         // Watched batches beside the backlog: fair queuing gives them only their share,
         // so this counts every number finished in the window, the backlog's included.
         let since = chrono::Utc::now();
@@ -469,7 +468,7 @@ pub async fn run(args: BenchArgs, database_url: Option<String>) -> anyhow::Resul
         )
         .await?;
         let window = start.elapsed().as_secs_f64();
-        let finished = store.finished_since(since).await?;
+        let finished = backlog::finished_since(store, since).await?;
         let big_per_s = drain_rate(store).await?;
         // Then measure again over the dead rows the backlog left behind.
         let after = end_to_end(
