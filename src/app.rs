@@ -14,15 +14,15 @@ use crate::checker::simulated::Simulated;
 use crate::checker::variants::Variants;
 use crate::checker::waha::Waha;
 use crate::checker::{Backend, DynChecker};
-use crate::events::EventHub;
 use crate::grpc::GrpcService;
-use crate::health;
 use crate::pb::wa_validation_service_server::WaValidationServiceServer;
+use crate::runtime::events::EventHub;
+use crate::runtime::health;
+use crate::runtime::webhooks::{WebhookConfig, Webhooks};
+use crate::runtime::workers::{WorkerConfig, Workers};
 use crate::service::{CachePolicy, ServiceConfig, ValidationService};
 use crate::settings::{CheckerKind, Role, Settings};
 use crate::store::Store;
-use crate::webhooks::{WebhookConfig, Webhooks};
-use crate::worker::{WorkerConfig, Workers};
 
 /// A running server; `shutdown` begins a graceful stop, `wait` ends it.
 pub struct Server {
@@ -135,7 +135,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Server> {
 
     let m = &settings.maintenance;
     let retention_task = (role != Role::Api).then(|| {
-        tokio::spawn(crate::retention::run(
+        tokio::spawn(crate::runtime::retention::run(
             store.clone(),
             m.retention,
             m.retention_every,
@@ -143,11 +143,15 @@ pub async fn start(settings: Settings) -> anyhow::Result<Server> {
         ))
     });
     let vacuum_task = (role != Role::Api).then(|| {
-        let config = crate::vacuum::VacuumConfig {
+        let config = crate::runtime::vacuum::VacuumConfig {
             dead_rows: m.vacuum_dead_rows,
             every: m.vacuum_every,
         };
-        tokio::spawn(crate::vacuum::run(store.clone(), config, shutdown.clone()))
+        tokio::spawn(crate::runtime::vacuum::run(
+            store.clone(),
+            config,
+            shutdown.clone(),
+        ))
     });
     // Webhooks go out from processes that run workers, like the rest of the background work.
     let webhooks_task = if role == Role::Api {
@@ -207,15 +211,14 @@ pub async fn start(settings: Settings) -> anyhow::Result<Server> {
             shutdown.clone(),
             config,
         ));
-        let tidy = (core.clone(), shutdown.clone());
+        // The per-key rate limiter forgets idle keys, so its memory follows active ones.
+        let (tidy, stop) = (core.clone(), shutdown.clone());
         tokio::spawn(async move {
-            let (core, shutdown) = tidy;
-            while !shutdown.is_cancelled() {
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(60)) => core.forget_idle_keys(),
-                    _ = shutdown.cancelled() => {}
-                }
-            }
+            crate::runtime::every(Duration::from_secs(60), &stop, || async {
+                tidy.forget_idle_keys();
+                crate::runtime::Next::Wait
+            })
+            .await
         });
         grpc = grpc.add_service(
             WaValidationServiceServer::new(GrpcService::new(core.clone()))

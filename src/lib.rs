@@ -6,19 +6,14 @@ pub mod cli;
 pub mod client;
 pub mod domain;
 pub mod error;
-pub mod events;
 pub mod grpc;
-pub mod health;
 pub mod http;
 pub mod metrics;
-pub mod retention;
+pub mod runtime;
 pub mod server;
 pub mod service;
 pub mod settings;
 pub mod store;
-pub mod vacuum;
-pub mod webhooks;
-pub mod worker;
 
 /// Generated from `proto/wavalidation/v1/wavalidation.proto`.
 pub mod pb {

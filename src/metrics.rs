@@ -28,7 +28,7 @@ pub fn handle() -> &'static PrometheusHandle {
 }
 
 /// The Prometheus page: recorded metrics plus gauges read now.
-pub async fn page(store: &crate::store::Store, hub: &crate::events::EventHub) -> String {
+pub async fn page(store: &crate::store::Store, hub: &crate::runtime::events::EventHub) -> String {
     metrics::gauge!("wav_watchers").set(hub.watchers() as f64);
     match store.queue_stats().await {
         Ok((depth, oldest)) => {
@@ -43,7 +43,7 @@ pub async fn page(store: &crate::store::Store, hub: &crate::events::EventHub) ->
 /// `GET /metrics`, served by every role.
 pub fn router(
     store: crate::store::Store,
-    hub: std::sync::Arc<crate::events::EventHub>,
+    hub: std::sync::Arc<crate::runtime::events::EventHub>,
 ) -> axum::Router {
     axum::Router::new().route(
         "/metrics",

@@ -13,8 +13,8 @@ use crate::domain::batch::{
 use crate::domain::phone::{MAX_BATCH_ENTRIES, MAX_ENTRY_CHARS, Parsed, Region, dedup_entries};
 use crate::domain::webhook::{check_callback_target, parse_callback_url};
 use crate::error::ApiError;
-use crate::events::EventHub;
 use crate::metrics::observe;
+use crate::runtime::events::EventHub;
 use crate::store::Store;
 use crate::store::batches::NewBatch;
 

@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 use crate::domain::batch::{Counts, NumberResult, WatchEvent};
 use crate::error::ApiError;
-use crate::events::EventHub;
+use crate::runtime::events::EventHub;
 use crate::store::Store;
 use crate::store::rows::ResultRow;
 

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use super::Next;
 use crate::store::Store;
 
 pub struct VacuumConfig {
@@ -24,25 +25,23 @@ pub async fn run(store: Store, config: VacuumConfig, shutdown: CancellationToken
     if config.dead_rows <= 0 {
         return;
     }
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(config.every) => {}
-            _ = shutdown.cancelled() => return,
-        }
-        // None while autovacuum runs: PostgreSQL's daemon does it (the migration tunes it).
+    // The first count comes after a period: a fresh process has nothing to clear yet.
+    super::pause(config.every, &shutdown).await;
+    super::every(config.every, &shutdown, || async {
+        // None while autovacuum looks after the tables (the migrations tune it).
         let dead = match store.dead_rows_to_vacuum().await {
             Ok(Some(dead)) if dead >= config.dead_rows => dead,
-            Ok(_) => continue,
+            Ok(_) => return Next::Wait,
             Err(err) => {
                 tracing::warn!(error = %err, "vacuum: cannot count dead rows");
-                continue;
+                return Next::Wait;
             }
         };
         let start = std::time::Instant::now();
         let done = tokio::select! {
             done = store.vacuum_queue() => done,
             // A vacuum of a big table takes seconds; shutting down need not wait for it.
-            _ = shutdown.cancelled() => return,
+            _ = shutdown.cancelled() => return Next::Wait,
         };
         match done {
             Ok(()) => {
@@ -50,10 +49,12 @@ pub async fn run(store: Store, config: VacuumConfig, shutdown: CancellationToken
                 tracing::info!(
                     dead,
                     ms = start.elapsed().as_millis() as u64,
-                    "autovacuum is off: vacuumed the queue tables"
+                    "vacuumed the queue tables (autovacuum does not)"
                 );
             }
             Err(err) => tracing::warn!(error = %err, "vacuum failed; will retry"),
         }
-    }
+        Next::Wait
+    })
+    .await;
 }

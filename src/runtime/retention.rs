@@ -3,16 +3,17 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use super::Next;
 use crate::store::Store;
 
 /// Batches deleted per statement: small, so each transaction stays short.
-const CHUNK: i64 = 100;
+const BATCHES_PER_STATEMENT: i64 = 100;
 
 pub async fn run(store: Store, retention: Duration, every: Duration, shutdown: CancellationToken) {
-    loop {
+    super::every(every, &shutdown, || async {
         let mut pruned = 0;
-        loop {
-            match store.prune_batches(retention, CHUNK).await {
+        while !shutdown.is_cancelled() {
+            match store.prune_batches(retention, BATCHES_PER_STATEMENT).await {
                 Ok(0) => break,
                 Ok(n) => pruned += n,
                 Err(err) => {
@@ -20,16 +21,11 @@ pub async fn run(store: Store, retention: Duration, every: Duration, shutdown: C
                     break;
                 }
             }
-            if shutdown.is_cancelled() {
-                return;
-            }
         }
         if pruned > 0 {
             tracing::info!(pruned, "retention: pruned finished batches");
         }
-        tokio::select! {
-            _ = tokio::time::sleep(every) => {}
-            _ = shutdown.cancelled() => return,
-        }
-    }
+        Next::Wait
+    })
+    .await;
 }

@@ -5,6 +5,7 @@ use tokio_util::sync::CancellationToken;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
+use super::Next;
 use crate::store::Store;
 
 pub const SERVICE_NAME: &str = "wavalidation.v1.WaValidationService";
@@ -18,8 +19,9 @@ async fn set_all(reporter: &HealthReporter, status: ServingStatus) {
 
 /// Probes the database until shutdown, then reports NOT_SERVING for good.
 pub async fn run(store: Store, reporter: HealthReporter, shutdown: CancellationToken) {
-    let mut last = None;
-    loop {
+    let last = &std::sync::Mutex::new(None);
+    let (store, reporter) = (&store, &reporter);
+    super::every(PROBE_EVERY, &shutdown, || async move {
         let ok = matches!(
             tokio::time::timeout(PROBE_TIMEOUT, store.ping()).await,
             Ok(Ok(()))
@@ -29,15 +31,13 @@ pub async fn run(store: Store, reporter: HealthReporter, shutdown: CancellationT
         } else {
             ServingStatus::NotServing
         };
-        if last != Some(status) {
+        let changed = last.lock().expect("health").replace(status) != Some(status);
+        if changed {
             tracing::info!(?status, "health changed");
-            set_all(&reporter, status).await;
-            last = Some(status);
+            set_all(reporter, status).await;
         }
-        tokio::select! {
-            _ = tokio::time::sleep(PROBE_EVERY) => {}
-            _ = shutdown.cancelled() => break,
-        }
-    }
-    set_all(&reporter, ServingStatus::NotServing).await;
+        Next::Wait
+    })
+    .await;
+    set_all(reporter, ServingStatus::NotServing).await;
 }

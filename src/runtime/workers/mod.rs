@@ -7,11 +7,17 @@ use uuid::Uuid;
 
 use crate::checker::{DynChecker, Outcome};
 use crate::domain::batch::NumberState;
-use crate::events::EventHub;
+use crate::runtime::events::EventHub;
 use crate::store::CHUNK_NUMBERS;
 use crate::store::Store;
 use crate::store::queue::Completion;
 use crate::store::rows::{Answer, ChunkEnd, ChunkKey, Claim, Claimed, Retry};
+
+mod leases;
+mod tally;
+
+use leases::Leases;
+use tally::{ChunkTally, Settled};
 
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
@@ -355,206 +361,4 @@ fn error_answer(c: &Claimed, reason: String) -> Answer {
         error: Some(reason),
         ..answer(c, NumberState::Error, None, false)
     }
-}
-
-/// A claim's leases, kept for as long as it is worked on: renewed every third of the
-/// lease in the background, and on demand before each checker call after the first.
-/// Chunks found taken over (or cancelled) are reported once by `take_lost`.
-struct Leases {
-    store: Store,
-    token: Uuid,
-    lease: Duration,
-    state: Arc<tokio::sync::Mutex<Vec<ChunkKey>>>,
-    lost: Arc<std::sync::Mutex<Vec<ChunkKey>>>,
-    keeper: tokio::task::JoinHandle<()>,
-}
-
-impl Leases {
-    fn keep(store: Store, token: Uuid, held: Vec<ChunkKey>, lease: Duration) -> Leases {
-        let state = Arc::new(tokio::sync::Mutex::new(held));
-        let lost = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let keeper = {
-            let (store, state, lost) = (store.clone(), state.clone(), lost.clone());
-            tokio::spawn(async move {
-                let mut every = tokio::time::interval(lease / 3);
-                every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                every.tick().await;
-                loop {
-                    every.tick().await;
-                    renew(&store, token, lease, &state, &lost).await;
-                }
-            })
-        };
-        Leases {
-            store,
-            token,
-            lease,
-            state,
-            lost,
-            keeper,
-        }
-    }
-
-    async fn renew_now(&self) {
-        renew(&self.store, self.token, self.lease, &self.state, &self.lost).await;
-    }
-
-    fn take_lost(&self) -> Vec<ChunkKey> {
-        std::mem::take(&mut *self.lost.lock().expect("lost leases"))
-    }
-
-    /// The chunks still held, locked against renewals while a write lets some go.
-    async fn held(&self) -> tokio::sync::MutexGuard<'_, Vec<ChunkKey>> {
-        self.state.lock().await
-    }
-
-    /// Hands the chunks still held back untouched (shutdown).
-    async fn release(&self) {
-        let held = self.state.lock().await;
-        if let Err(err) = self.store.release(self.token, &held).await {
-            tracing::warn!(error = %err, "could not release numbers; their lease will expire");
-        }
-    }
-}
-
-impl Drop for Leases {
-    fn drop(&mut self) {
-        self.keeper.abort();
-    }
-}
-
-async fn renew(
-    store: &Store,
-    token: Uuid,
-    lease: Duration,
-    state: &tokio::sync::Mutex<Vec<ChunkKey>>,
-    lost: &std::sync::Mutex<Vec<ChunkKey>>,
-) {
-    let mut held = state.lock().await;
-    if held.is_empty() {
-        return;
-    }
-    match store.renew_lease(token, &held, lease).await {
-        Ok(renewed) if renewed.len() < held.len() => {
-            let (kept, gone): (Vec<ChunkKey>, Vec<ChunkKey>) =
-                held.iter().partition(|key| renewed.contains(key));
-            tracing::info!(
-                chunks = gone.len(),
-                "lease lost (taken over or cancelled): leaving those numbers to their holder"
-            );
-            *held = kept;
-            lost.lock().expect("lost leases").extend(gone);
-        }
-        Ok(_) => {}
-        // Not a lost lease: the database did not answer. The next renewal tries again.
-        Err(err) => tracing::warn!(error = %err, "could not renew lease"),
-    }
-}
-
-/// What became of a claimed number in this claim.
-#[derive(Clone, Copy)]
-enum Settled {
-    Answered,
-    Retry,
-    /// Not tried: the checker paused; again after this long.
-    Deferred(Duration),
-}
-
-/// The chunks of one claim: how many of their numbers are still to be checked, and
-/// whether any is to be tried again or was deferred, to know how to let go of each.
-struct ChunkTally {
-    chunks: Vec<(ChunkKey, ChunkProgress)>,
-    defer_for: Duration,
-}
-
-#[derive(Default)]
-struct ChunkProgress {
-    unsettled: usize,
-    retry: bool,
-    deferred: bool,
-    ended: bool,
-}
-
-impl ChunkTally {
-    fn new(claim: &Claim) -> ChunkTally {
-        let mut chunks: Vec<(ChunkKey, ChunkProgress)> = claim
-            .chunks
-            .iter()
-            .map(|&key| (key, ChunkProgress::default()))
-            .collect();
-        chunks.sort_unstable_by_key(|(key, _)| *key);
-        for c in &claim.numbers {
-            if let Some(p) = find(&mut chunks, c.chunk_key()) {
-                p.unsettled += 1;
-            }
-        }
-        ChunkTally {
-            chunks,
-            defer_for: Duration::ZERO,
-        }
-    }
-
-    fn settle(&mut self, c: &Claimed, how: Settled) {
-        if let Some(p) = find(&mut self.chunks, c.chunk_key()) {
-            p.unsettled = p.unsettled.saturating_sub(1);
-            match how {
-                Settled::Answered => {}
-                Settled::Retry => p.retry = true,
-                Settled::Deferred(retry_in) => {
-                    p.deferred = true;
-                    self.defer_for = self.defer_for.max(retry_in);
-                }
-            }
-        }
-    }
-
-    /// The chunk's lease was taken over (or the batch cancelled): its numbers are
-    /// someone else's now, to be neither asked nor written nor let go of here.
-    fn lose(&mut self, key: ChunkKey) {
-        if let Some(p) = find(&mut self.chunks, key) {
-            p.ended = true;
-        }
-    }
-
-    fn holds(&self, key: ChunkKey) -> bool {
-        self.chunks
-            .binary_search_by_key(&key, |(k, _)| *k)
-            .is_ok_and(|i| !self.chunks[i].1.ended)
-    }
-
-    /// Chunks still held, for renewing or releasing their lease.
-    fn held(&self) -> Vec<ChunkKey> {
-        self.chunks
-            .iter()
-            .filter(|(_, p)| !p.ended)
-            .map(|(key, _)| *key)
-            .collect()
-    }
-
-    /// The chunks whose numbers are all settled (all of them on the `last` write), to let go of.
-    fn take_ends(&mut self, last: bool) -> Vec<(ChunkKey, ChunkEnd)> {
-        let mut ends = Vec::new();
-        for (key, p) in &mut self.chunks {
-            if p.ended || (p.unsettled > 0 && !last) {
-                continue;
-            }
-            p.ended = true;
-            let end = if p.deferred {
-                ChunkEnd::Defer
-            } else if p.retry || p.unsettled > 0 {
-                ChunkEnd::Retry
-            } else {
-                ChunkEnd::Done
-            };
-            ends.push((*key, end));
-        }
-        ends
-    }
-}
-
-fn find(chunks: &mut [(ChunkKey, ChunkProgress)], key: ChunkKey) -> Option<&mut ChunkProgress> {
-    chunks
-        .binary_search_by_key(&key, |(k, _)| *k)
-        .ok()
-        .map(|i| &mut chunks[i].1)
 }

@@ -9,6 +9,7 @@ use rand::Rng;
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use tokio_util::sync::CancellationToken;
 
+use super::Next;
 use crate::domain::webhook::{DELIVERY_HEADER, SIGNATURE_HEADER, is_forbidden_ip, sign};
 use crate::store::Store;
 use crate::store::webhooks::Delivery;
@@ -67,7 +68,7 @@ impl Webhooks {
     }
 
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
-        while !shutdown.is_cancelled() {
+        super::every(self.config.poll, &shutdown, || async {
             match self
                 .store
                 .claim_deliveries(16, Duration::from_secs(60))
@@ -75,16 +76,16 @@ impl Webhooks {
             {
                 Ok(due) if !due.is_empty() => {
                     futures::future::join_all(due.into_iter().map(|d| self.deliver(d))).await;
-                    continue;
+                    Next::Again
                 }
-                Ok(_) => {}
-                Err(err) => tracing::warn!(error = %err, "cannot read the webhook outbox"),
+                Ok(_) => Next::Wait,
+                Err(err) => {
+                    tracing::warn!(error = %err, "cannot read the webhook outbox");
+                    Next::Wait
+                }
             }
-            tokio::select! {
-                _ = tokio::time::sleep(self.config.poll) => {}
-                _ = shutdown.cancelled() => {}
-            }
-        }
+        })
+        .await;
     }
 
     async fn deliver(&self, d: Delivery) {
