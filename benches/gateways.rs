@@ -2,9 +2,7 @@
 //! fixed fake latency: numbers/s through the whole service, and upstream calls
 //! saved by the result cache when the same 1,000 numbers are submitted twice.
 //! Run: `cargo bench --bench gateways` (DATABASE_URL as for the tests). One JSON line per backend.
-#[allow(dead_code)]
-#[path = "../tests/it/fakes.rs"]
-mod fakes;
+use wavalidate_test_support::fakes;
 
 use std::time::{Duration, Instant};
 

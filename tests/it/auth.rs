@@ -1,8 +1,8 @@
 use tonic::{Code, Request};
 
-use crate::helpers::*;
 use wavalidate::domain::api_key::ApiKey;
 use wavalidate::pb;
+use wavalidate_test_support::*;
 
 fn balance_request(
     body_key: &str,

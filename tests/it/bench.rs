@@ -2,7 +2,7 @@
 //! one JSON line of figures beside the floor, and nothing left behind.
 use std::time::Duration;
 
-use crate::helpers::*;
+use wavalidate_test_support::*;
 
 async fn bench_databases() -> i64 {
     let admin = sqlx::PgPool::connect(&admin_url()).await.unwrap();

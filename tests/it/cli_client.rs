@@ -3,7 +3,7 @@ use std::process::Command;
 
 use serde_json::Value;
 
-use crate::helpers::*;
+use wavalidate_test_support::*;
 
 fn cli(addr: std::net::SocketAddr, key: &str, args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_wavalidate"))

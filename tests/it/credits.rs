@@ -1,8 +1,8 @@
 use tonic::Code;
 use tonic_types::StatusExt;
 
-use crate::helpers::*;
 use wavalidate::pb;
+use wavalidate_test_support::*;
 
 async fn balance(client: &mut Client, key: &str) -> i64 {
     client

@@ -2,9 +2,9 @@
 //! failure modes, pacing, the result cache and country variants.
 use std::time::{Duration, Instant};
 
-use crate::fakes::{self, Mode};
-use crate::helpers::*;
 use wavalidate::pb::{BatchStatus, NumberStatus};
+use wavalidate_test_support::fakes::{self, Mode};
+use wavalidate_test_support::*;
 
 fn statuses(p: &wavalidate::pb::PollBatchResponse) -> Vec<i32> {
     p.results.iter().map(|r| r.status).collect()
@@ -113,7 +113,8 @@ async fn waha_recovers_from_500s_rate_limits_and_timeouts() {
 
 #[tokio::test]
 async fn gateway_backends_refuse_to_start_without_their_settings() {
-    let (url, _) = fresh_database().await;
+    let db = fresh_database().await;
+    let url = db.url.clone();
     let waha = |s: &mut Settings| s.checker.backend = CheckerKind::Waha;
     let evolution = |s: &mut Settings| {
         s.checker.backend = CheckerKind::Evolution;

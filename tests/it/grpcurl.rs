@@ -1,7 +1,7 @@
 //! grpcurl, with no proto file: everything it knows comes from server reflection.
 use tokio::process::Command;
 
-use crate::helpers::*;
+use wavalidate_test_support::*;
 
 async fn grpcurl(args: &[&str]) -> String {
     let out = Command::new("grpcurl")

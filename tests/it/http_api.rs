@@ -2,7 +2,7 @@
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::helpers::*;
+use wavalidate_test_support::*;
 
 fn base(app: &TestApp) -> String {
     format!("http://{}", app.addr)

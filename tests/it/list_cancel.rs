@@ -4,8 +4,8 @@ use std::collections::HashSet;
 use serde_json::Value;
 use tonic::Code;
 
-use crate::helpers::*;
 use wavalidate::pb::{self, BatchStatus, NumberStatus};
+use wavalidate_test_support::*;
 
 fn list_req(
     key: &str,
@@ -116,7 +116,7 @@ async fn list_pages_newest_first_filters_by_status_and_stays_in_the_account() {
 async fn cancel_stops_unchecked_numbers_refunds_them_once_and_ends_watchers() {
     // Evolution answers a chunk of 50 per call; the gateway answers two calls, then holds
     // the third until the cancel has committed, so a worker is mid-call during it.
-    let gw = crate::fakes::evolution(&[], "secret", "main").await;
+    let gw = wavalidate_test_support::fakes::evolution(&[], "secret", "main").await;
     gw.state.hold_from(2);
     let app = spawn_gateway_app(&gw, "evolution", |s| {
         s.workers.loops = 1;

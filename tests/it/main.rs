@@ -1,5 +1,6 @@
 //! Integration tests: real PostgreSQL, real servers on real ports, real gRPC clients.
-mod helpers;
+//! Shared support (harness, fake gateways, a PostgreSQL proxy) is the
+//! `wavalidate-test-support` crate in `support/`.
 
 mod http_api;
 mod list_cancel;
@@ -9,14 +10,14 @@ mod auth;
 mod bench;
 mod cli_client;
 mod credits;
-mod fakes;
 mod gateways;
 mod grpcurl;
-mod pgproxy;
+mod outages;
 mod processes;
 mod python_client;
 mod races;
-mod reliability;
+mod retention;
+mod security;
 mod submit_poll;
 mod watch;
 mod webhooks;

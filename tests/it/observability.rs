@@ -1,12 +1,13 @@
 //! Prometheus metrics on /metrics, and JSON logs.
-use crate::helpers::*;
 use wavalidate::pb;
+use wavalidate_test_support::*;
 
 #[tokio::test]
 async fn metrics_move_with_requests_work_and_watchers() {
     // Each server in a process of its own: the recorder is global to a process, and the
     // figures below are this server's alone.
-    let (url, store) = fresh_database().await;
+    let db = fresh_database().await;
+    let (url, store) = (db.url.clone(), db.store.clone());
     let api = spawn_process(&url, &["--role", "api"], &[]).await;
     let (_, key) = store.create_account("metrics", 100).await.unwrap();
     let key = key.expose().to_string();
@@ -76,7 +77,8 @@ async fn metrics_move_with_requests_work_and_watchers() {
 
 #[tokio::test]
 async fn json_logs_on_request() {
-    let (url, _) = fresh_database().await;
+    let db = fresh_database().await;
+    let url = db.url.clone();
     let mut server = spawn_process(&url, &[], &[("WAV_LOG_FORMAT", "json")]).await;
     let _ = connect(server.addr).await;
     server.terminate().await;

@@ -1,5 +1,5 @@
 //! Several `wavalidate serve` processes sharing one database, killed and stopped like in production.
-use crate::helpers::*;
+use wavalidate_test_support::*;
 
 async fn leased(store: &wavalidate::store::Store) -> i64 {
     sqlx::query_scalar(
@@ -14,7 +14,8 @@ async fn leased(store: &wavalidate::store::Store) -> i64 {
 
 #[tokio::test]
 async fn submit_work_and_watch_on_different_processes() {
-    let (url, store) = fresh_database().await;
+    let db = fresh_database().await;
+    let (url, store) = (db.url.clone(), db.store.clone());
     let api_proc = spawn_process(&url, &["--role", "api"], &[]).await;
     let _worker_proc = spawn_process(
         &url,
@@ -49,7 +50,8 @@ async fn submit_work_and_watch_on_different_processes() {
 
 #[tokio::test]
 async fn a_killed_workers_numbers_are_reclaimed_when_their_lease_expires() {
-    let (url, store) = fresh_database().await;
+    let db = fresh_database().await;
+    let (url, store) = (db.url.clone(), db.store.clone());
     let api = spawn_app_on(url.clone(), store.clone(), |s| {
         s.server.role = Role::Api;
     })
@@ -110,7 +112,8 @@ async fn a_killed_workers_numbers_are_reclaimed_when_their_lease_expires() {
 
 #[tokio::test]
 async fn sigterm_hands_in_flight_numbers_back_and_exits_cleanly() {
-    let (url, store) = fresh_database().await;
+    let db = fresh_database().await;
+    let (url, store) = (db.url.clone(), db.store.clone());
     let api = spawn_app_on(url.clone(), store.clone(), |s| {
         s.server.role = Role::Api;
     })
@@ -204,7 +207,8 @@ async fn assert_ledger_matches_results(
 
 #[tokio::test]
 async fn killing_a_serving_replica_mid_batch_loses_nothing_and_charges_once() {
-    let (url, store) = fresh_database().await;
+    let db = fresh_database().await;
+    let (url, store) = (db.url.clone(), db.store.clone());
     let slow = [
         "--role",
         "all",
@@ -267,7 +271,8 @@ async fn killing_a_serving_replica_mid_batch_loses_nothing_and_charges_once() {
 
 #[tokio::test]
 async fn sigterm_under_load_ends_watchers_cleanly_and_loses_nothing() {
-    let (url, store) = fresh_database().await;
+    let db = fresh_database().await;
+    let (url, store) = (db.url.clone(), db.store.clone());
     let args = [
         "--role",
         "all",

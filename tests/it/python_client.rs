@@ -1,7 +1,7 @@
 //! A Python client generated from our proto (grpcio) against a real server.
 use tokio::process::Command;
 
-use crate::helpers::*;
+use wavalidate_test_support::*;
 
 #[tokio::test]
 async fn a_python_client_generated_from_the_proto_works() {

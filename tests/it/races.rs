@@ -5,10 +5,10 @@ use std::time::Duration;
 
 use sqlx::Connection;
 
-use crate::fakes;
-use crate::helpers::*;
-use crate::pgproxy::PgProxy;
 use wavalidate::pb::{self, NumberStatus};
+use wavalidate_test_support::fakes;
+use wavalidate_test_support::pgproxy::PgProxy;
+use wavalidate_test_support::*;
 
 /// Holds a statement's row update (after its row locks are taken) while the test holds
 /// advisory lock `key` exclusively: the statement waits in `wait_event = 'advisory'`.
@@ -51,7 +51,8 @@ async fn open_gate(conn: &mut sqlx::PgConnection, key: i64) {
 #[tokio::test]
 async fn a_cancel_that_meets_a_result_write_of_its_batch_neither_deadlocks_nor_fails() {
     // One worker loop, one chunk of 50 per claim: the write covers numbers 0-49.
-    let (url, store) = fresh_database().await;
+    let db = fresh_database().await;
+    let (url, store) = (db.url.clone(), db.store.clone());
     let app = spawn_app_on(url.clone(), store.clone(), |s| {
         s.workers.loops = 1;
         s.checker.simulated.per_call = 50;
@@ -110,7 +111,8 @@ async fn a_cancel_that_meets_a_result_write_of_its_batch_neither_deadlocks_nor_f
 
 #[tokio::test]
 async fn cancels_racing_result_writes_never_deadlock_nor_fail() {
-    let (url, store) = fresh_database().await;
+    let db = fresh_database().await;
+    let (url, store) = (db.url.clone(), db.store.clone());
     let app = spawn_app_on(url.clone(), store.clone(), |s| {
         s.workers.loops = 8;
         s.checker.simulated.per_call = 50;
@@ -305,7 +307,8 @@ async fn results_whose_commit_was_never_acknowledged_still_reach_local_watchers(
     // Evolution answers 50 numbers in one call: one claim, one write.
     let gw = fakes::evolution(&[], "secret", "main").await;
     gw.state.hold_from(0);
-    let (url, store) = fresh_database().await;
+    let db = fresh_database().await;
+    let (url, store) = (db.url.clone(), db.store.clone());
     let proxy = PgProxy::start(&url).await;
     // Watchers here get results only from this process's workers or from a re-read:
     // no periodic re-read.

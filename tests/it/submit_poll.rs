@@ -1,8 +1,8 @@
 use tonic::Code;
 use tonic_types::StatusExt;
 
-use crate::helpers::*;
 use wavalidate::pb::{self, BatchStatus, NumberStatus};
+use wavalidate_test_support::*;
 
 #[tokio::test]
 async fn dedups_after_normalization_keeps_order_and_counts_add_up() {

@@ -1,5 +1,7 @@
-use crate::helpers::*;
+use tonic::Code;
+
 use wavalidate::pb::{self, NumberStatus};
+use wavalidate_test_support::*;
 
 #[tokio::test]
 async fn watch_streams_each_result_once_as_it_is_written_then_completes() {
@@ -122,4 +124,77 @@ async fn many_watchers_of_one_batch_each_see_everything() {
         assert_each_index_once(&results, 500);
         assert_eq!(completed.completed + completed.failed, 500);
     }
+}
+
+#[tokio::test]
+async fn a_watcher_that_stops_reading_is_closed_and_frees_its_resources() {
+    let app = spawn_app_with(|s| {
+        s.api.watch_stall = secs(1);
+    })
+    .await;
+    let (_, key) = app.account(1000).await;
+    // A client with the HTTP/2 windows of the spec (64 KiB), not hyper's generous ones.
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", app.addr))
+        .unwrap()
+        .initial_stream_window_size(65_535)
+        .initial_connection_window_size(65_535)
+        .connect()
+        .await
+        .unwrap();
+    let mut client =
+        wavalidate::pb::wa_validation_service_client::WaValidationServiceClient::new(channel);
+    // 1,000 long invalid entries: done at once, and far more than the stream's buffers hold.
+    let numbers: Vec<String> = (0..1000)
+        .map(|i| format!("{}{i:04}", "x".repeat(240)))
+        .collect();
+    let sub = submit(&mut client, &key, &numbers).await;
+    let mut stream = open_watch(&mut client, &key, &sub.batch_id).await;
+    wait_until("the watch to start", || async { app.active_watches() == 1 }).await;
+    wait_until("the stalled watch to be closed", || async {
+        app.active_watches() == 0
+    })
+    .await;
+
+    let mut received = 0;
+    let status = loop {
+        match stream.message().await {
+            Ok(Some(_)) => received += 1,
+            Ok(None) => panic!("the stream ended without saying why"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(
+        received < 1000,
+        "only what was buffered arrives: {received}"
+    );
+}
+
+#[tokio::test]
+async fn a_client_that_disconnects_mid_stream_frees_its_watch() {
+    let app = spawn_app_with(|s| {
+        s.checker.simulated.latency = ms(600000);
+        s.workers.shutdown_grace = secs(0);
+    })
+    .await;
+    let (_, key) = app.account(10).await;
+    let mut client = app.client().await;
+    let sub = submit(&mut client, &key, &["+14155552671".into(), "junk".into()]).await;
+    let mut watcher = app.client().await;
+    let mut stream = open_watch(&mut watcher, &key, &sub.batch_id).await;
+    stream
+        .message()
+        .await
+        .unwrap()
+        .expect("the invalid entry's result");
+    wait_until("the watch to be open", || async {
+        app.active_watches() == 1
+    })
+    .await;
+    drop(stream);
+    drop(watcher);
+    wait_until("the watch task to notice and end", || async {
+        app.active_watches() == 0
+    })
+    .await;
 }

@@ -7,9 +7,9 @@ use axum::routing::post;
 use serde_json::Value;
 use tonic::Code;
 
-use crate::helpers::*;
 use wavalidate::domain::webhook::sign;
 use wavalidate::pb;
+use wavalidate_test_support::*;
 
 /// A receiver that fails its first `fail_first` deliveries with 500.
 struct Receiver {
@@ -142,7 +142,8 @@ async fn a_signed_summary_is_retried_until_delivered_then_never_again() {
 #[tokio::test]
 async fn a_pending_delivery_survives_a_crash_and_goes_out_once_after_restart() {
     let hook = receiver(usize::MAX).await;
-    let (url, store) = fresh_database().await;
+    let db = fresh_database().await;
+    let (url, store) = (db.url.clone(), db.store.clone());
     let api = spawn_app_on(url.clone(), store.clone(), |s| {
         s.server.role = Role::Api;
         s.webhooks.allow_private = true;
@@ -230,7 +231,8 @@ async fn private_callback_urls_are_refused_by_default_and_cost_nothing() {
 
 #[tokio::test]
 async fn the_webhook_secret_command_shows_and_rotates() {
-    let (url, store) = fresh_database().await;
+    let db = fresh_database().await;
+    let (url, store) = (db.url.clone(), db.store.clone());
     let (account, _) = store.create_account("hooks", 0).await.unwrap();
     let run = |rotate: bool| {
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_wavalidate"));

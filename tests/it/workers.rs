@@ -1,5 +1,5 @@
-use crate::helpers::*;
 use wavalidate::pb::NumberStatus;
+use wavalidate_test_support::*;
 
 #[tokio::test]
 async fn checker_errors_end_as_errors_never_as_not_on_whatsapp() {
@@ -82,7 +82,8 @@ async fn invalid_numbers_never_reach_the_checker() {
 #[tokio::test]
 async fn one_accounts_backlog_does_not_stall_another_accounts_batch() {
     // Workers off while the queue fills, so the order is decided by the claim alone.
-    let (url, store) = fresh_database().await;
+    let db = fresh_database().await;
+    let (url, store) = (db.url.clone(), db.store.clone());
     let api = spawn_app_on(url.clone(), store.clone(), |s| {
         s.server.role = Role::Api;
     })
@@ -123,7 +124,8 @@ async fn a_stale_or_repeated_write_neither_overwrites_nor_refunds_twice() {
     use wavalidate::store::queue::Completion;
     use wavalidate::store::rows::{Answer, ChunkEnd};
 
-    let (url, store) = fresh_database().await;
+    let db = fresh_database().await;
+    let (url, store) = (db.url.clone(), db.store.clone());
     let api = spawn_app_on(url, store.clone(), |s| {
         s.server.role = Role::Api;
     })
@@ -206,7 +208,8 @@ async fn a_stale_or_repeated_write_neither_overwrites_nor_refunds_twice() {
 async fn the_queue_tables_are_vacuumed_once_dead_rows_pile_up() {
     // Autovacuum off for the queue's tables, whatever the server's own setting: the
     // service must clear them itself.
-    let (url, store) = fresh_database().await;
+    let db = fresh_database().await;
+    let (url, store) = (db.url.clone(), db.store.clone());
     sqlx::raw_sql(
         "ALTER TABLE batch_numbers SET (autovacuum_enabled = off);
          ALTER TABLE queue_chunks SET (autovacuum_enabled = off);",
@@ -290,17 +293,12 @@ async fn a_chunk_checked_in_several_calls_shows_each_calls_results_at_once() {
 
 #[tokio::test]
 async fn numbers_queued_before_the_chunk_migration_are_checked_after_it() {
-    use wavalidate::store::{MIGRATOR, Store, url_with_database};
+    use wavalidate::store::Store;
 
     // A database at the schema before chunks, holding a queued batch, one number of it
     // leased by a worker of that version.
-    let url = url_with_database(
-        &base_url(),
-        &format!("wavtest_{}", uuid::Uuid::new_v4().simple()),
-    );
-    Store::create_database_if_missing(&url).await.unwrap();
-    let old = Store::connect_lazy(&url, 2).unwrap();
-    MIGRATOR.run_to(20261127000008, old.pool()).await.unwrap();
+    let db = database_at(20261127000008).await;
+    let (url, old) = (db.url.clone(), db.store.clone());
     let (account, key) = old.create_account("old", 1000).await.unwrap();
     let batch = uuid::Uuid::now_v7();
     sqlx::query(

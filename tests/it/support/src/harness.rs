@@ -1,5 +1,6 @@
-//! Test harness: a fresh database per test, real servers (in-process or as
-//! child processes) on port 0, and real gRPC clients.
+//! The test harness: a fresh database per test (dropped when the test passes, kept and
+//! named when it fails), real servers (in-process or as child processes) on port 0, and
+//! real gRPC clients.
 use std::future::Future;
 use std::net::SocketAddr;
 use std::process::Stdio;
@@ -30,11 +31,81 @@ pub fn base_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }
 
+/// A test's own database: created empty and migrated; dropped when the test passes,
+/// kept (and named on stderr) when it fails, for a look inside.
+pub struct TestDb {
+    pub url: String,
+    pub store: Store,
+    name: String,
+}
+
 /// A new, empty, migrated database for one test.
-pub async fn fresh_database() -> (String, Store) {
-    let url = url_with_database(&base_url(), &format!("wavtest_{}", Uuid::new_v4().simple()));
+pub async fn fresh_database() -> TestDb {
+    let name = format!("wavtest_{}", Uuid::new_v4().simple());
+    let url = url_with_database(&base_url(), &name);
     let store = Store::connect_migrated(&url).await.expect("test database");
-    (url, store)
+    TestDb { url, store, name }
+}
+
+/// A new database migrated only up to `version`, as an older release left it.
+pub async fn database_at(version: i64) -> TestDb {
+    let name = format!("wavtest_{}", Uuid::new_v4().simple());
+    let url = url_with_database(&base_url(), &name);
+    Store::create_database_if_missing(&url)
+        .await
+        .expect("test database");
+    let store = Store::connect_lazy(&url, 2).expect("pool");
+    wavalidate::store::MIGRATOR
+        .run_to(version, store.pool())
+        .await
+        .expect("older migrations");
+    TestDb { url, store, name }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("test failed: its database {} is kept", self.name);
+            return;
+        }
+        // Drop runs inside the test's runtime, which this blocks: drop the database from a
+        // thread of its own, and with FORCE, since the test's servers, child processes and
+        // pools (their tasks on the blocked runtime included) may still hold connections.
+        let url = self.url.clone();
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            use sqlx::migrate::MigrateDatabase;
+            runtime.block_on(sqlx::Postgres::force_drop_database(&url))?;
+            anyhow::Ok(())
+        })
+        .join();
+        if let Ok(Err(err)) = dropped {
+            eprintln!("could not drop the test database {}: {err}", self.name);
+        }
+    }
+}
+
+/// The `wavalidate` binary cargo built beside the test executable (target/debug/deps/..).
+pub fn binary() -> std::path::PathBuf {
+    if let Some(path) = std::env::var_os("WAV_BIN") {
+        return path.into();
+    }
+    let exe = std::env::current_exe().expect("test executable");
+    let dir = exe
+        .parent()
+        .expect("deps")
+        .parent()
+        .expect("target profile dir");
+    dir.join(format!("wavalidate{}", std::env::consts::EXE_SUFFIX))
+}
+
+/// Where server processes write their logs.
+fn log_dir() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join("wavalidate-test-logs");
+    std::fs::create_dir_all(&dir).expect("log dir");
+    dir
 }
 
 /// What every test server runs with: a free port, quick idle polling, and no per-key
@@ -76,6 +147,8 @@ pub struct TestApp {
     pub addr: SocketAddr,
     pub store: Store,
     server: Option<Server>,
+    /// The database the app was made with, when it made its own.
+    db: Option<TestDb>,
 }
 
 pub async fn spawn_app() -> TestApp {
@@ -84,8 +157,10 @@ pub async fn spawn_app() -> TestApp {
 
 /// A server on a fresh database, with `edit` applied to the test settings.
 pub async fn spawn_app_with(edit: impl FnOnce(&mut Settings)) -> TestApp {
-    let (url, store) = fresh_database().await;
-    spawn_app_on(url, store, edit).await
+    let db = fresh_database().await;
+    let mut app = spawn_app_on(db.url.clone(), db.store.clone(), edit).await;
+    app.db = Some(db);
+    app
 }
 
 /// Another server on an existing test database.
@@ -104,6 +179,7 @@ pub async fn spawn_app_on(url: String, store: Store, edit: impl FnOnce(&mut Sett
         addr: server.addr,
         store,
         server: Some(server),
+        db: None,
     }
 }
 
@@ -311,10 +387,9 @@ pub struct ServerProcess {
 }
 
 pub async fn spawn_process(url: &str, extra: &[&str], env: &[(&str, &str)]) -> ServerProcess {
-    let log_dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
-    let log_path = log_dir.join(format!("server-{}.log", Uuid::new_v4()));
+    let log_path = log_dir().join(format!("server-{}.log", Uuid::new_v4()));
     let log = std::fs::File::create(&log_path).expect("log file");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_wavalidate"))
+    let mut child = Command::new(binary())
         .args(TEST_SERVE_ARGS)
         .args(extra)
         .env("DATABASE_URL", url)
@@ -463,8 +538,10 @@ pub async fn spawn_gateway_app(
     kind: &str,
     edit: impl FnOnce(&mut Settings),
 ) -> TestApp {
-    let (url, store) = fresh_database().await;
-    spawn_gateway_app_on(url, store, gateway, kind, edit).await
+    let db = fresh_database().await;
+    let mut app = spawn_gateway_app_on(db.url.clone(), db.store.clone(), gateway, kind, edit).await;
+    app.db = Some(db);
+    app
 }
 
 pub async fn spawn_gateway_app_on(
