@@ -79,13 +79,13 @@ fn record(batch_id: &str, r: &pb::NumberResult) -> ResultRecord {
 }
 
 /// Writes records as CSV (with a header) or JSON lines.
-struct Sink {
+struct ResultsFile {
     csv: Option<csv::Writer<Box<dyn Write>>>,
     jsonl: Option<Box<dyn Write>>,
 }
 
-impl Sink {
-    fn open(output: Option<&str>, format: OutputFormat) -> anyhow::Result<Sink> {
+impl ResultsFile {
+    fn open(output: Option<&str>, format: OutputFormat) -> anyhow::Result<ResultsFile> {
         let out: Box<dyn Write> = match output {
             Some(path) => Box::new(std::io::BufWriter::new(
                 std::fs::File::create(path).with_context(|| format!("cannot write {path}"))?,
@@ -93,11 +93,11 @@ impl Sink {
             None => Box::new(std::io::stdout()),
         };
         Ok(match format {
-            OutputFormat::Csv => Sink {
+            OutputFormat::Csv => ResultsFile {
                 csv: Some(csv::Writer::from_writer(out)),
                 jsonl: None,
             },
-            OutputFormat::Jsonl => Sink {
+            OutputFormat::Jsonl => ResultsFile {
                 csv: None,
                 jsonl: Some(out),
             },
@@ -185,7 +185,7 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<()> {
     if numbers.is_empty() {
         bail!("no phone numbers in {}", args.file);
     }
-    let chunks: Vec<&[String]> = numbers.chunks(MAX_BATCH_ENTRIES).collect();
+    let batches: Vec<&[String]> = numbers.chunks(MAX_BATCH_ENTRIES).collect();
     let mut client = connect(&args.conn).await?;
     let balance = client
         .get_balance(pb::GetBalanceRequest {
@@ -199,8 +199,8 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<()> {
     eprintln!(
         "{} numbers in {} batch{}: up to {} credits needed, {} available",
         numbers.len(),
-        chunks.len(),
-        if chunks.len() == 1 { "" } else { "es" },
+        batches.len(),
+        if batches.len() == 1 { "" } else { "es" },
         numbers.len(),
         balance
     );
@@ -212,10 +212,10 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<()> {
 
     let mut submitted: Vec<(usize, pb::SubmitBatchResponse)> = Vec::new();
     let mut failures = Vec::new();
-    for (i, chunk) in chunks.iter().enumerate() {
+    for (i, batch) in batches.iter().enumerate() {
         let request = pb::SubmitBatchRequest {
             api_key: args.conn.api_key.clone(),
-            phone_numbers: chunk.to_vec(),
+            phone_numbers: batch.to_vec(),
             request_id: args
                 .request_id
                 .as_ref()
@@ -231,15 +231,17 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<()> {
                 eprintln!(
                     "batch {}/{}: {} ({} unique)",
                     i + 1,
-                    chunks.len(),
+                    batches.len(),
                     resp.batch_id,
                     resp.total_numbers
                 );
                 submitted.push((i, resp));
             }
             Err(status) => {
-                let err =
-                    status_error(&format!("batch {}/{} refused", i + 1, chunks.len()), status);
+                let err = status_error(
+                    &format!("batch {}/{} refused", i + 1, batches.len()),
+                    status,
+                );
                 eprintln!("{err}");
                 failures.push(err);
             }
@@ -267,7 +269,7 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<()> {
         });
         let results = futures::future::join_all(watches).await;
         bar.finish_and_clear();
-        let mut sink = Sink::open(args.output.as_deref(), args.format)?;
+        let mut sink = ResultsFile::open(args.output.as_deref(), args.format)?;
         for ((_, resp), results) in submitted.iter().zip(results) {
             match results {
                 Ok(results) => {
@@ -289,7 +291,7 @@ pub async fn submit(args: SubmitArgs) -> anyhow::Result<()> {
         0 => Ok(()),
         n => bail!(
             "{n} of {} batches failed (see above); the others' results were kept",
-            chunks.len()
+            batches.len()
         ),
     }
 }
@@ -386,7 +388,7 @@ pub async fn watch(conn: ClientArgs, batch_id: String, format: OutputFormat) -> 
         .await
         .map_err(|s| status_error("watch", s))?
         .into_inner();
-    let mut sink = Sink::open(None, format)?;
+    let mut sink = ResultsFile::open(None, format)?;
     while let Some(msg) = stream
         .message()
         .await

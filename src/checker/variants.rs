@@ -64,8 +64,8 @@ impl Checker for Variants {
         }
         let forms: Vec<String> = asks.iter().map(|(_, v)| v.clone()).collect();
         let mut answers = Vec::with_capacity(forms.len());
-        for chunk in forms.chunks(self.inner.max_batch().max(1)) {
-            answers.extend(self.inner.check(chunk).await);
+        for call in forms.chunks(self.inner.max_batch().max(1)) {
+            answers.extend(self.inner.check(call).await);
         }
         let mut per_number: Vec<Vec<Outcome>> = vec![Vec::new(); e164.len()];
         for ((i, _), answer) in asks.iter().zip(answers) {

@@ -1,11 +1,9 @@
 //! Vacuums the queue's tables when PostgreSQL's autovacuum will not.
 //!
 //! Every check leaves dead row versions behind, and the claim index only ever grows at
-//! its right end (fair keys increase), so the entries of finished chunks pile up at
-//! its left, where every claim and every submit starts reading. Nothing but vacuum
-//! removes them: with autovacuum off and one queue row per number, each claim walked
-//! 4,000 dead index pages after a million numbers (20-35 ms a claim against 5 ms), and
-//! it only got worse.
+//! its right end (fair keys increase), so the entries of finished chunks pile up at its
+//! left, where every claim and every submit starts reading. Only vacuum removes them;
+//! left alone, each claim reads further past them (docs/performance.md has the figures).
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;

@@ -153,7 +153,7 @@ impl Workers {
                         return;
                     };
                     for (c, outcome) in call.iter().zip(outcomes) {
-                        let settled = self.sort(c, outcome, &mut answers, &mut retries);
+                        let settled = self.file_outcome(c, outcome, &mut answers, &mut retries);
                         deferred += matches!(settled, Settled::Deferred(_)) as usize;
                         chunks.settle(c, settled);
                     }
@@ -219,7 +219,7 @@ impl Workers {
     }
 
     /// Files one number's outcome as an answer or a retry.
-    fn sort(
+    fn file_outcome(
         &self,
         c: &Claimed,
         outcome: Outcome,
