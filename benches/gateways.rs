@@ -2,7 +2,7 @@
 //! fixed fake latency: numbers/s through the whole service, and upstream calls
 //! saved by the result cache when the same 1,000 numbers are submitted twice.
 //! Run: `cargo bench --bench gateways` (DATABASE_URL as for the tests). One JSON line per backend.
-use wavalidate_test_support::fakes;
+use wavalidate_test_support::{fakes, fresh_database};
 
 use std::time::{Duration, Instant};
 
@@ -10,22 +10,17 @@ use std::net::SocketAddr;
 
 use wavalidate::pb::{self, wa_validation_service_client::WaValidationServiceClient};
 use wavalidate::settings::{CheckerKind, Secret, Settings};
-use wavalidate::store::{Store, url_with_database};
 
 const LATENCY_MS: u64 = 20;
 const NUMBERS: usize = 1000;
 
 async fn run(kind: &str, gateway: &fakes::Gateway) -> anyhow::Result<serde_json::Value> {
     gateway.state.set_latency(Duration::from_millis(LATENCY_MS));
-    let base = std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    let url = url_with_database(
-        &base,
-        &format!("wavbench_{}", uuid::Uuid::new_v4().simple()),
-    );
-    let store = Store::connect_migrated(&url).await?;
+    // A database of its own, dropped when the run ends.
+    let db = fresh_database().await;
+    let store = db.store.clone();
     let mut settings = Settings::default();
-    settings.database.url = Secret::new(url);
+    settings.database.url = Secret::new(db.url.clone());
     settings.server.listen = SocketAddr::from(([127, 0, 0, 1], 0));
     settings.workers.loops = 8;
     settings.pacing.rate_per_sec = Some(0.0);
