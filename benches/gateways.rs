@@ -2,14 +2,11 @@
 //! fixed fake latency: numbers/s through the whole service, and upstream calls
 //! saved by the result cache when the same 1,000 numbers are submitted twice.
 //! Run: `cargo bench --bench gateways` (DATABASE_URL as for the tests). One JSON line per backend.
-use wavalidate_test_support::{fakes, fresh_database};
+use wavalidate_test_support::{fakes, fresh_database, test_settings, use_gateway};
 
 use std::time::{Duration, Instant};
 
-use std::net::SocketAddr;
-
 use wavalidate::pb::{self, wa_validation_service_client::WaValidationServiceClient};
-use wavalidate::settings::{CheckerKind, Secret, Settings};
 
 const LATENCY_MS: u64 = 20;
 const NUMBERS: usize = 1000;
@@ -19,28 +16,10 @@ async fn run(kind: &str, gateway: &fakes::Gateway) -> anyhow::Result<serde_json:
     // A database of its own, dropped when the run ends.
     let db = fresh_database().await;
     let store = db.store.clone();
-    let mut settings = Settings::default();
-    settings.database.url = Secret::new(db.url.clone());
-    settings.server.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    let mut settings = test_settings(&db.url);
     settings.workers.loops = 8;
+    use_gateway(&mut settings, gateway, kind);
     settings.pacing.rate_per_sec = Some(0.0);
-    settings.pacing.max_concurrency = Some(8);
-    settings.pacing.daily_cap = Some(0);
-    let gw = Some(format!("http://{}", gateway.addr));
-    let key = Some(Secret::new("secret"));
-    match kind {
-        "waha" => {
-            settings.checker.backend = CheckerKind::Waha;
-            settings.checker.waha.url = gw;
-            settings.checker.waha.api_key = key;
-        }
-        _ => {
-            settings.checker.backend = CheckerKind::Evolution;
-            settings.checker.evolution.url = gw;
-            settings.checker.evolution.instance = Some("main".into());
-            settings.checker.evolution.api_key = key;
-        }
-    }
     let server = wavalidate::app::start(settings).await?;
     let (_, key) = store.create_account("bench", 1_000_000).await?;
     let key = key.expose().to_string();

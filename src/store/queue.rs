@@ -17,6 +17,20 @@ struct ClaimRow {
     e164: Option<String>,
 }
 
+/// `l`: the chunks of `$1`/`$2` (batch ids, first indexes) still held under token `$3`,
+/// locked in ascending key order (the store's lock order, store/mod.rs).
+macro_rules! held_chunks_locked {
+    () => {
+        "WITH l AS (
+            SELECT q.batch_id, q.first_idx FROM queue_chunks q
+            JOIN unnest($1::uuid[], $2::int[]) AS r(batch_id, first_idx)
+              ON q.batch_id = r.batch_id AND q.first_idx = r.first_idx
+            WHERE q.lease_token = $3
+            ORDER BY q.batch_id, q.first_idx
+            FOR NO KEY UPDATE OF q)"
+    };
+}
+
 impl Store {
     /// Leases up to `chunks` queue chunks, in fair order, under a new token, and reads
     /// their pending numbers: one row written per chunk, none per number.
@@ -88,19 +102,12 @@ impl Store {
         chunks: &[ChunkKey],
         lease: Duration,
     ) -> Result<Vec<ChunkKey>> {
-        let renewed: Vec<(Uuid, i32)> = sqlx::query_as(
-            // Chunks are locked in ascending key order (see the lock order in store/mod.rs).
-            "WITH l AS (
-                SELECT q.batch_id, q.first_idx FROM queue_chunks q
-                JOIN unnest($1::uuid[], $2::int[]) AS r(batch_id, first_idx)
-                  ON q.batch_id = r.batch_id AND q.first_idx = r.first_idx
-                WHERE q.lease_token = $3
-                ORDER BY q.batch_id, q.first_idx
-                FOR NO KEY UPDATE OF q)
-             UPDATE queue_chunks q SET lease_until = now() + make_interval(secs => $4)
+        let renewed: Vec<(Uuid, i32)> = sqlx::query_as(concat!(
+            held_chunks_locked!(),
+            " UPDATE queue_chunks q SET lease_until = now() + make_interval(secs => $4)
              FROM l WHERE q.batch_id = l.batch_id AND q.first_idx = l.first_idx
-             RETURNING q.batch_id, q.first_idx",
-        )
+             RETURNING q.batch_id, q.first_idx"
+        ))
         .bind(batch_ids(chunks))
         .bind(first_idxs(chunks))
         .bind(token)
@@ -118,17 +125,11 @@ impl Store {
 
     /// Hands chunks back untouched (shutdown): the attempt did not happen.
     pub async fn release(&self, token: Uuid, chunks: &[ChunkKey]) -> Result<u64> {
-        let done = sqlx::query(
-            "WITH l AS (
-                SELECT q.batch_id, q.first_idx FROM queue_chunks q
-                JOIN unnest($1::uuid[], $2::int[]) AS r(batch_id, first_idx)
-                  ON q.batch_id = r.batch_id AND q.first_idx = r.first_idx
-                WHERE q.lease_token = $3
-                ORDER BY q.batch_id, q.first_idx
-                FOR NO KEY UPDATE OF q)
-             UPDATE queue_chunks q SET lease_token = NULL, lease_until = NULL, attempts = q.attempts - 1
-             FROM l WHERE q.batch_id = l.batch_id AND q.first_idx = l.first_idx",
-        )
+        let done = sqlx::query(concat!(
+            held_chunks_locked!(),
+            " UPDATE queue_chunks q SET lease_token = NULL, lease_until = NULL, attempts = q.attempts - 1
+             FROM l WHERE q.batch_id = l.batch_id AND q.first_idx = l.first_idx"
+        ))
         .bind(batch_ids(chunks))
         .bind(first_idxs(chunks))
         .bind(token)

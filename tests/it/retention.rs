@@ -4,6 +4,23 @@ use tonic::Code;
 use wavalidate::pb;
 use wavalidate_test_support::*;
 
+/// Waits until retention has deleted the batch: polling it answers NOT_FOUND.
+async fn wait_pruned(client: &Client, key: &str, batch_id: &str) {
+    wait_until("the finished batch to be pruned", || {
+        let mut c = client.clone();
+        let (k, id) = (key.to_string(), batch_id.to_string());
+        async move {
+            c.poll_batch(pb::PollBatchRequest {
+                api_key: k,
+                batch_id: id,
+            })
+            .await
+            .is_err_and(|s| s.code() == Code::NotFound)
+        }
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn retention_prunes_finished_batches_but_keeps_the_ledger_and_running_ones() {
     let app = spawn_app_with(|s| {
@@ -18,19 +35,7 @@ async fn retention_prunes_finished_batches_but_keeps_the_ledger_and_running_ones
     let finished = submit(&mut client, &key, &["junk".into(), "nope".into()]).await;
     let running = submit(&mut client, &key, &["+14155552671".into()]).await;
     assert_eq!(finished.status, pb::BatchStatus::Completed as i32);
-    wait_until("the finished batch to be pruned", || {
-        let mut c = client.clone();
-        let (k, id) = (key.clone(), finished.batch_id.clone());
-        async move {
-            c.poll_batch(pb::PollBatchRequest {
-                api_key: k,
-                batch_id: id,
-            })
-            .await
-            .is_err_and(|s| s.code() == Code::NotFound)
-        }
-    })
-    .await;
+    wait_pruned(&client, &key, &finished.batch_id).await;
     poll(&mut client, &key, &running.batch_id).await;
     let ledger: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM credit_ledger WHERE account_id = $1 AND batch_id = $2",
@@ -71,19 +76,7 @@ async fn a_request_id_retried_after_retention_deleted_its_batch_is_answered_not_
         .unwrap()
         .into_inner();
     wait_completed(&mut client, &key, &first.batch_id).await;
-    wait_until("the finished batch to be pruned", || {
-        let mut c = client.clone();
-        let (k, id) = (key.clone(), first.batch_id.clone());
-        async move {
-            c.poll_batch(pb::PollBatchRequest {
-                api_key: k,
-                batch_id: id,
-            })
-            .await
-            .is_err_and(|s| s.code() == Code::NotFound)
-        }
-    })
-    .await;
+    wait_pruned(&client, &key, &first.batch_id).await;
     let ledger = || async {
         sqlx::query_scalar::<_, i64>("SELECT count(*) FROM credit_ledger WHERE account_id = $1")
             .bind(account)
