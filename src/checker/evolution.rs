@@ -1,19 +1,21 @@
 //! Evolution API (self-hosted): many numbers per request.
 //! `POST {url}/chat/whatsappNumbers/{instance}` with header `apikey` and body
-//! `{"numbers": [...]}` answers `[{"exists": bool, "jid": "...", "number": "..."}]`.
+//! `{"numbers": [...]}` answers `[{"exists": bool, "jid": "...", "number": "..."}]`;
+//! `GET {url}/instance/connectionState/{instance}` says `open`, `connecting` or `close`.
 use std::collections::HashMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use serde::Deserialize;
 
-use super::http::{base_url, client, mentions_rate_limit, status_error, transport_error};
-use super::{Backend, CallError, CallResult, Outcome, wa_id_from_jid};
+use super::http::{base_url, body, client, excerpt};
+use super::{Backend, CallError, CallResult, Outcome, Probe, wa_id_from_jid};
 use crate::settings::EvolutionSettings;
 
 pub struct Evolution {
     client: reqwest::Client,
-    endpoint: String,
+    url: String,
+    instance: String,
     api_key: String,
 }
 
@@ -33,11 +35,15 @@ fn digits(s: &str) -> String {
 impl Evolution {
     /// From validated settings (`Settings::validate` checked URL, instance and key).
     pub fn new(settings: &EvolutionSettings, timeout: Duration) -> anyhow::Result<Evolution> {
-        let url = base_url(settings.url.as_deref().unwrap_or_default());
-        let instance = settings.instance.as_deref().unwrap_or_default().trim();
         Ok(Evolution {
             client: client(timeout)?,
-            endpoint: format!("{url}/chat/whatsappNumbers/{instance}"),
+            url: base_url(settings.url.as_deref().unwrap_or_default()),
+            instance: settings
+                .instance
+                .as_deref()
+                .unwrap_or_default()
+                .trim()
+                .to_string(),
             api_key: settings
                 .api_key
                 .as_ref()
@@ -78,6 +84,16 @@ fn map_rows(e164: &[String], rows: Vec<Row>) -> Vec<Outcome> {
         .collect()
 }
 
+#[derive(Deserialize)]
+struct ConnectionState {
+    instance: InstanceState,
+}
+
+#[derive(Deserialize)]
+struct InstanceState {
+    state: String,
+}
+
 #[async_trait]
 impl Backend for Evolution {
     fn name(&self) -> &'static str {
@@ -92,40 +108,64 @@ impl Backend for Evolution {
         let numbers: Vec<String> = e164.iter().map(|n| digits(n)).collect();
         let sent = self
             .client
-            .post(&self.endpoint)
+            .post(format!(
+                "{}/chat/whatsappNumbers/{}",
+                self.url, self.instance
+            ))
             .header("apikey", &self.api_key)
             .json(&serde_json::json!({ "numbers": numbers }))
             .send()
             .await;
-        let resp = match sent {
-            Ok(resp) => resp,
-            Err(err) => return CallResult::failed(vec![], transport_error(&err, "Evolution API")),
-        };
-        if let Some(err) = status_error(&resp, "Evolution API") {
-            return CallResult::failed(vec![], err);
-        }
-        let body = match resp.text().await {
+        let body = match body(sent, "Evolution API").await {
             Ok(body) => body,
-            Err(err) => return CallResult::failed(vec![], transport_error(&err, "Evolution API")),
+            Err(trouble) => return CallResult::failed(vec![], trouble),
         };
         match serde_json::from_str::<Vec<Row>>(&body) {
+            // No row for any number: the instance is not connected to WhatsApp.
             Ok(rows) if rows.is_empty() => CallResult::failed(
                 vec![],
-                CallError::Failed(
+                CallError::LoggedOut(
                     "Evolution API answered an empty list: no row for any number (is the instance connected?)".into(),
                 ),
             ),
             Ok(rows) => CallResult::ok(map_rows(e164, rows)),
-            Err(_) if mentions_rate_limit(&body) => {
-                CallResult::failed(vec![], CallError::RateLimited { retry_after: None })
-            }
             Err(_) => CallResult::failed(
                 vec![],
                 CallError::Failed(format!(
                     "Evolution API answered something unexpected: {}",
-                    body.chars().take(120).collect::<String>()
+                    excerpt(&body)
                 )),
             ),
+        }
+    }
+
+    async fn probe(&self) -> Probe {
+        let sent = self
+            .client
+            .get(format!(
+                "{}/instance/connectionState/{}",
+                self.url, self.instance
+            ))
+            .header("apikey", &self.api_key)
+            .send()
+            .await;
+        let body = match body(sent, "Evolution API").await {
+            Ok(body) => body,
+            Err(trouble) => return Probe::Trouble(trouble),
+        };
+        match serde_json::from_str::<ConnectionState>(&body) {
+            Ok(c) if c.instance.state == "open" => Probe::Working,
+            Ok(c) if c.instance.state == "connecting" => Probe::Trouble(CallError::Unreachable(
+                format!("Evolution API instance {} is connecting", self.instance),
+            )),
+            Ok(c) => Probe::Trouble(CallError::LoggedOut(format!(
+                "Evolution API instance {} is {}: connect it again",
+                self.instance, c.instance.state
+            ))),
+            Err(_) => Probe::Trouble(CallError::Failed(format!(
+                "Evolution API answered something unexpected: {}",
+                excerpt(&body)
+            ))),
         }
     }
 }

@@ -1,4 +1,5 @@
-//! What the HTTP gateway backends share: one pooled client, and how HTTP failures are classified.
+//! What the HTTP gateway backends share: one pooled client, and how a gateway's answer
+//! is read: a body, or the kind of trouble it reports.
 use std::time::Duration;
 
 use reqwest::{Response, StatusCode};
@@ -20,38 +21,65 @@ pub fn base_url(url: &str) -> String {
     url.trim().trim_end_matches('/').to_string()
 }
 
-/// A non-success status as a call error; None for 2xx.
-pub fn status_error(resp: &Response, gateway: &str) -> Option<CallError> {
+/// The body of a 2xx answer, or what the gateway's status and body say went wrong.
+pub async fn body(sent: reqwest::Result<Response>, gateway: &str) -> Result<String, CallError> {
+    let resp = sent.map_err(|e| transport_error(&e, gateway))?;
     let status = resp.status();
+    let retry_after = resp
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs);
+    let body = resp
+        .text()
+        .await
+        .map_err(|e| transport_error(&e, gateway))?;
     if status.is_success() {
-        return None;
+        return Ok(body);
     }
-    if status == StatusCode::TOO_MANY_REQUESTS {
-        let retry_after = resp
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
-        return Some(CallError::RateLimited { retry_after });
+    Err(status_error(status, retry_after, &body, gateway))
+}
+
+/// The trouble a non-2xx answer reports: the account's (rate limit, session, settings)
+/// or a failed request.
+fn status_error(
+    status: StatusCode,
+    retry_after: Option<Duration>,
+    body: &str,
+    gateway: &str,
+) -> CallError {
+    let lower = body.to_ascii_lowercase();
+    if status == StatusCode::TOO_MANY_REQUESTS || mentions_rate_limit(body) {
+        return CallError::RateLimited { retry_after };
     }
-    let hint = match status {
-        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => " (check the gateway API key)",
-        StatusCode::NOT_FOUND => " (check the gateway URL and session/instance name)",
-        _ => "",
-    };
-    Some(CallError::Failed(format!(
-        "{gateway} answered HTTP {status}{hint}"
-    )))
+    match status {
+        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => CallError::Misconfigured(format!(
+            "{gateway} answered HTTP {status} (check the gateway API key)"
+        )),
+        StatusCode::NOT_FOUND => CallError::Misconfigured(format!(
+            "{gateway} answered HTTP {status} (check the gateway URL and session/instance name)"
+        )),
+        // WAHA, for a session that is not WORKING (after waiting a few seconds for it).
+        StatusCode::UNPROCESSABLE_ENTITY => CallError::LoggedOut(format!(
+            "{gateway} answered HTTP {status}: the session is not working ({})",
+            excerpt(body)
+        )),
+        // Evolution API, for an instance whose WhatsApp connection is closed.
+        _ if lower.contains("connection closed") => CallError::LoggedOut(format!(
+            "{gateway}: the instance's WhatsApp connection is closed"
+        )),
+        _ => CallError::Failed(format!("{gateway} answered HTTP {status}")),
+    }
 }
 
 pub fn transport_error(err: &reqwest::Error, gateway: &str) -> CallError {
     if err.is_timeout() {
-        CallError::Failed(format!("{gateway} did not answer in time"))
+        CallError::Unreachable(format!("{gateway} did not answer in time"))
     } else if err.is_connect() {
-        CallError::Failed(format!("cannot connect to {gateway}"))
+        CallError::Unreachable(format!("cannot connect to {gateway}"))
     } else {
-        CallError::Failed(format!("{gateway} request failed: {err}"))
+        CallError::Unreachable(format!("{gateway} request failed: {err}"))
     }
 }
 
@@ -61,4 +89,9 @@ pub fn mentions_rate_limit(body: &str) -> bool {
     lower.contains("rate-overlimit")
         || lower.contains("rate limit")
         || lower.contains("too many requests")
+}
+
+/// The start of a body, for a message.
+pub fn excerpt(body: &str) -> String {
+    body.chars().take(120).collect()
 }

@@ -11,6 +11,7 @@ use async_trait::async_trait;
 
 pub mod evolution;
 mod http;
+pub mod isolate;
 pub mod paced;
 pub mod registration;
 pub mod simulated;
@@ -38,13 +39,53 @@ pub enum Outcome {
     },
 }
 
-/// Why a backend call failed as a whole (or stopped part-way).
+/// Why a backend call failed as a whole (or stopped part-way). Every kind but `Failed`
+/// is the checking account's trouble, never its numbers'.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CallError {
     /// HTTP 429 / rate-overlimit: back off, do not count against the numbers.
     RateLimited { retry_after: Option<Duration> },
-    /// The upstream is unreachable, failing or misconfigured.
+    /// The account's session does not work (not linked, stopped, failed): it needs the
+    /// operator (re-link or restart) or time to come back.
+    LoggedOut(String),
+    /// WhatsApp barred the account, for this long when it says.
+    Banned {
+        reason: String,
+        until: Option<Duration>,
+    },
+    /// The gateway refused our settings: API key, session or instance name.
+    Misconfigured(String),
+    /// The gateway did not answer: connection refused, timed out.
+    Unreachable(String),
+    /// A request failed (5xx, an answer we cannot read): the gateway's fault, or a
+    /// number in it. Only this kind is worth splitting a request over.
     Failed(String),
+}
+
+impl CallError {
+    /// Why, in a line.
+    pub fn reason(&self) -> String {
+        match self {
+            CallError::RateLimited {
+                retry_after: Some(after),
+            } => format!("rate limited upstream; retry after {}s", after.as_secs()),
+            CallError::RateLimited { retry_after: None } => "rate limited upstream".into(),
+            CallError::Banned { reason, .. } => reason.clone(),
+            CallError::LoggedOut(reason)
+            | CallError::Misconfigured(reason)
+            | CallError::Unreachable(reason)
+            | CallError::Failed(reason) => reason.clone(),
+        }
+    }
+}
+
+/// What a cheap look at an account's session says (no number is checked).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Probe {
+    /// The session works: the account can check numbers.
+    Working,
+    /// Not usable now, for this reason (the same kinds as a call's errors).
+    Trouble(CallError),
 }
 
 /// The answers a backend got before it stopped (in input order), and why it stopped.
@@ -80,6 +121,16 @@ pub trait Backend: Send + Sync + 'static {
     /// Whether answers are worth keeping in the result cache (an upstream call saved).
     fn cacheable(&self) -> bool {
         true
+    }
+    /// Whether one request carries all of a call's numbers, so a failed call says nothing
+    /// about each and is worth splitting (Evolution, WhatsApp Web); false where every
+    /// number is its own request and a call already answers per number (WAHA).
+    fn one_request_per_call(&self) -> bool {
+        true
+    }
+    /// A cheap look at the session (its status, not a number check).
+    async fn probe(&self) -> Probe {
+        Probe::Working
     }
 }
 

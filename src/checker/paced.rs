@@ -10,7 +10,8 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use rand::Rng;
 use tokio::sync::Semaphore;
 
-use super::{Backend, CallError, Checker, Outcome};
+use super::isolate::isolate;
+use super::{Backend, CallError, CallResult, Checker, Outcome};
 use crate::store::Store;
 
 #[derive(Debug, Clone)]
@@ -232,22 +233,18 @@ impl Checker for Paced {
         }
         let n = e164.len();
         let _permit = self.permits.acquire().await.expect("semaphore open");
-        if let Some(limiter) = &self.limiter {
-            let cells = NonZeroU32::new(n.clamp(1, self.burst) as u32).expect("non-zero");
-            let _ = limiter.until_n_ready(cells).await;
-        }
-        let started = Instant::now();
-        let result = self.backend.check(e164).await;
-        let backend = self.backend.name();
-        metrics::histogram!("wav_upstream_call_seconds", "backend" => backend)
-            .record(started.elapsed().as_secs_f64());
-        let label = match &result.error {
-            None => "ok",
-            Some(CallError::RateLimited { .. }) => "rate_limited",
-            Some(CallError::Failed(_)) => "failed",
+        // One bad number must not fail its neighbours: a failed request of many numbers
+        // is split to find it (each request paced like any other), unless the backend's
+        // last call failed too: then it is the gateway, and splitting would only hammer it.
+        let healthy = self.state().consecutive_failures == 0;
+        let result = if n > 1 && healthy && self.backend.one_request_per_call() {
+            isolate(e164, &|numbers: Vec<String>| async move {
+                self.request(&numbers).await
+            })
+            .await
+        } else {
+            self.request(e164).await
         };
-        metrics::counter!("wav_upstream_calls_total", "backend" => backend, "result" => label)
-            .increment(1);
         let mut outcomes = result.outcomes;
         outcomes.truncate(n);
         let unanswered = n - outcomes.len();
@@ -264,7 +261,10 @@ impl Checker for Paced {
                 outcomes.extend(deferred(unanswered, "rate limited upstream", wait));
                 self.return_cap(unanswered).await;
             }
-            Some(CallError::Failed(reason)) => {
+            // One backend, nowhere else to send the numbers: its trouble counts as an
+            // attempt (the circuit opens after a few, and then numbers wait uncounted).
+            Some(error) => {
+                let reason = error.reason();
                 self.on_failure(&reason);
                 outcomes.resize(n, Outcome::Retryable(reason));
                 self.return_cap(unanswered).await;
@@ -272,6 +272,37 @@ impl Checker for Paced {
         }
         outcomes.extend(capped);
         outcomes
+    }
+}
+
+impl Paced {
+    /// One request upstream, within the rate limit, counted in the metrics.
+    async fn request(&self, e164: &[String]) -> CallResult {
+        if let Some(limiter) = &self.limiter {
+            let cells = NonZeroU32::new(e164.len().clamp(1, self.burst) as u32).expect("non-zero");
+            let _ = limiter.until_n_ready(cells).await;
+        }
+        let started = Instant::now();
+        let result = self.backend.check(e164).await;
+        let backend = self.backend.name();
+        metrics::histogram!("wav_upstream_call_seconds", "backend" => backend)
+            .record(started.elapsed().as_secs_f64());
+        metrics::counter!("wav_upstream_calls_total", "backend" => backend, "result" => call_label(&result))
+            .increment(1);
+        result
+    }
+}
+
+/// The `result` label of an upstream call.
+pub fn call_label(result: &CallResult) -> &'static str {
+    match &result.error {
+        None => "ok",
+        Some(CallError::RateLimited { .. }) => "rate_limited",
+        Some(CallError::LoggedOut(_)) => "logged_out",
+        Some(CallError::Banned { .. }) => "banned",
+        Some(CallError::Misconfigured(_)) => "misconfigured",
+        Some(CallError::Unreachable(_)) => "unreachable",
+        Some(CallError::Failed(_)) => "failed",
     }
 }
 
@@ -295,6 +326,10 @@ mod tests {
         }
         fn max_batch(&self) -> usize {
             5
+        }
+        // One request a number, as WAHA: these tests are about pacing, not splitting.
+        fn one_request_per_call(&self) -> bool {
+            false
         }
         async fn check(&self, e164: &[String]) -> CallResult {
             self.calls.fetch_add(1, Ordering::SeqCst);

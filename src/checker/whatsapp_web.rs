@@ -11,7 +11,7 @@ use whatsapp_rust::pair_code::PairCodeOptions;
 use whatsapp_rust::prelude::*;
 
 use super::registration::{Registration, map_registrations};
-use super::{Backend, CallError, CallResult};
+use super::{Backend, CallError, CallResult, Probe};
 
 /// How long a start waits for the saved session to connect.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -21,7 +21,12 @@ const LINK_TIMEOUT: Duration = Duration::from_secs(300);
 pub struct WhatsAppWeb {
     client: Arc<Client>,
     _bot: BotHandle,
+    /// What the client's events said is wrong with the account (logged out, banned).
+    trouble: Trouble,
 }
+
+/// Account trouble the client reported by event, and when a temporary ban ends.
+type Trouble = Arc<std::sync::Mutex<Option<(CallError, Option<std::time::Instant>)>>>;
 
 fn registration(r: &IsOnWhatsAppResult) -> Registration {
     // WhatsApp may answer with a LID as the primary JID and the phone JID beside it.
@@ -50,6 +55,7 @@ async fn start(
     session_db: &str,
     pair_with: Option<String>,
     timeout: Duration,
+    trouble: Trouble,
 ) -> anyhow::Result<(Arc<Client>, BotHandle)> {
     let store = SqliteStore::new(session_db)
         .await
@@ -63,8 +69,42 @@ async fn start(
             let connected = on_connected.clone();
             async move { connected.notify_one() }
         })
-        .on_logged_out(|_info| async {
-            tracing::error!("WhatsApp logged this device out: link it again with `wavalidate whatsapp link`");
+        .on_logged_out({
+            let trouble = trouble.clone();
+            move |_info| {
+                let trouble = trouble.clone();
+                async move {
+                    tracing::error!("WhatsApp logged this device out: link it again");
+                    *trouble.lock().expect("trouble") = Some((
+                        CallError::LoggedOut("WhatsApp logged this device out: link it again".into()),
+                        None,
+                    ));
+                }
+            }
+        })
+        .on_event_for(&[EventKind::TemporaryBan], {
+            let trouble = trouble.clone();
+            move |event, _client| {
+                let trouble = trouble.clone();
+                async move {
+                    if let Event::TemporaryBan(ban) = &*event {
+                        let lasts = ban.expire.to_std().unwrap_or_default();
+                        let reason = format!(
+                            "WhatsApp banned the account for {}s ({:?})",
+                            lasts.as_secs(),
+                            ban.code
+                        );
+                        tracing::error!(%reason, "temporary ban");
+                        *trouble.lock().expect("trouble") = Some((
+                            CallError::Banned {
+                                reason,
+                                until: Some(lasts),
+                            },
+                            Some(std::time::Instant::now() + lasts),
+                        ));
+                    }
+                }
+            }
         })
         .on_qr_code(move |code, valid_for| async move {
             if linking {
@@ -103,11 +143,29 @@ async fn start(
 
 impl WhatsAppWeb {
     pub async fn connect(session_db: &str) -> anyhow::Result<WhatsAppWeb> {
-        let (client, bot) = start(session_db, None, CONNECT_TIMEOUT).await?;
+        let trouble = Trouble::default();
+        let (client, bot) = start(session_db, None, CONNECT_TIMEOUT, trouble.clone()).await?;
         tracing::warn!(
             "checker backend: WhatsApp Web session; checking many numbers risks this account"
         );
-        Ok(WhatsAppWeb { client, _bot: bot })
+        Ok(WhatsAppWeb {
+            client,
+            _bot: bot,
+            trouble,
+        })
+    }
+
+    /// The account's trouble, if the client reported one that still holds.
+    fn trouble(&self) -> Option<CallError> {
+        let mut trouble = self.trouble.lock().expect("trouble");
+        match &*trouble {
+            Some((_, Some(until))) if *until <= std::time::Instant::now() => {
+                *trouble = None;
+                None
+            }
+            Some((error, _)) => Some(error.clone()),
+            None => None,
+        }
     }
 }
 
@@ -118,7 +176,7 @@ pub async fn link(session_db: &str, phone: &str) -> anyhow::Result<()> {
         digits.len() >= 8,
         "--phone must be the account's full number with country code, e.g. +14155552671"
     );
-    let (_client, bot) = start(session_db, Some(digits), LINK_TIMEOUT).await?;
+    let (_client, bot) = start(session_db, Some(digits), LINK_TIMEOUT, Trouble::default()).await?;
     eprintln!("Linked. The session is saved in {session_db}.");
     bot.shutdown().await;
     Ok(())
@@ -134,7 +192,20 @@ impl Backend for WhatsAppWeb {
         50
     }
 
+    async fn probe(&self) -> Probe {
+        match self.trouble() {
+            Some(trouble) => Probe::Trouble(trouble),
+            None if !self.client.is_connected() => Probe::Trouble(CallError::Unreachable(
+                "the WhatsApp Web session is not connected".into(),
+            )),
+            None => Probe::Working,
+        }
+    }
+
     async fn check(&self, e164: &[String]) -> CallResult {
+        if let Some(trouble) = self.trouble() {
+            return CallResult::failed(vec![], trouble);
+        }
         let jids: Vec<Jid> = e164
             .iter()
             .map(|n| Jid::pn(n.trim_start_matches('+')))

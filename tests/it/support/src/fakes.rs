@@ -51,6 +51,8 @@ pub struct FakeState {
     gate: tokio::sync::watch::Sender<bool>,
     /// Requests waiting at the closed gate now.
     held: AtomicUsize,
+    /// Digits the gateway fails on: a request holding one answers 500.
+    poison: Mutex<HashSet<String>>,
 }
 
 impl FakeState {
@@ -70,6 +72,18 @@ impl FakeState {
     pub fn release(&self) {
         *self.hold_from.lock().unwrap() = None;
         self.gate.send_replace(true);
+    }
+
+    /// Any request holding this number (`+` or not) fails with HTTP 500, as gateways do
+    /// for a number that trips them.
+    pub fn poison(&self, number: &str) {
+        let digits = number.trim_start_matches('+').to_string();
+        self.poison.lock().unwrap().insert(digits);
+    }
+
+    fn poisoned(&self, numbers: &[String]) -> bool {
+        let poison = self.poison.lock().unwrap();
+        numbers.iter().any(|n| poison.contains(n))
     }
 
     /// Requests waiting at the gate now.
@@ -208,6 +222,7 @@ fn new_state(registered: &[&str], api_key: &str) -> Arc<FakeState> {
         hold_from: Mutex::new(None),
         gate: tokio::sync::watch::channel(true).0,
         held: AtomicUsize::new(0),
+        poison: Mutex::new(HashSet::new()),
     })
 }
 
@@ -236,6 +251,9 @@ pub async fn waha(registered: &[&str], api_key: &str, session: &'static str) -> 
         let (mode, _guard) = state.begin(vec![phone.clone()]).await;
         if let Some(resp) = failure(&mode) {
             return resp;
+        }
+        if state.poisoned(std::slice::from_ref(&phone)) {
+            return failure(&Mode::ServerError).expect("a failure");
         }
         if state.registered.contains(&phone) {
             Json(json!({"numberExists": true, "chatId": format!("{phone}@c.us")})).into_response()
@@ -286,6 +304,9 @@ pub async fn evolution(registered: &[&str], api_key: &str, instance: &'static st
         let (mode, _guard) = state.begin(numbers.clone()).await;
         if let Some(resp) = failure(&mode) {
             return resp;
+        }
+        if state.poisoned(&numbers) {
+            return failure(&Mode::ServerError).expect("a failure");
         }
         let missing = match &mode {
             Mode::Empty => return Json(json!([])).into_response(),
