@@ -10,10 +10,11 @@ use tonic::service::Routes;
 
 use crate::checker::evolution::Evolution;
 use crate::checker::paced::Paced;
+use crate::checker::pool::Pool;
 use crate::checker::simulated::Simulated;
 use crate::checker::variants::Variants;
 use crate::checker::waha::Waha;
-use crate::checker::{Backend, DynChecker};
+use crate::checker::{Backend, Checker, DynChecker};
 use crate::grpc::GrpcService;
 use crate::pb::wa_validation_service_server::WaValidationServiceServer;
 use crate::runtime::events::EventHub;
@@ -53,7 +54,11 @@ impl Server {
 }
 
 /// The checker chain for workers: backend, pacing, then country variants.
-async fn build_checker(settings: &Settings, store: &Store) -> anyhow::Result<DynChecker> {
+async fn build_checker(
+    settings: &Settings,
+    store: &Store,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<DynChecker> {
     let c = &settings.checker;
     let backend: Box<dyn Backend> = match c.backend {
         CheckerKind::Simulated => Box::new(Simulated::new(
@@ -71,6 +76,13 @@ async fn build_checker(settings: &Settings, store: &Store) -> anyhow::Result<Dyn
         CheckerKind::WhatsappWeb => anyhow::bail!(
             "this build has no whatsapp-web backend: build with `cargo build --release --features whatsapp-web`"
         ),
+        // Each account is paced on its own, in PostgreSQL.
+        CheckerKind::Pool => {
+            let pool = Pool::start(store.clone(), c.http_timeout, shutdown.clone()).await;
+            let count = pool.max_batch();
+            tracing::info!(claim = count, "checker pool ready");
+            return Ok(Arc::new(Variants::new(pool)));
+        }
     };
     let pacing = settings.pacing.resolve(c.backend);
     tracing::info!(backend = backend.name(), ?pacing, "checker ready");
@@ -119,13 +131,13 @@ pub async fn start(settings: Settings) -> anyhow::Result<Server> {
     let role = settings.server.role;
     let store = Store::connect_lazy(database_url, settings.database.max_connections)?;
     announce_checker(&settings);
-    // Built before anything starts, so a backend that cannot start fails the start with a clear error.
+    migrate(&store, database_url, &shutdown).await?;
+    // A backend that cannot start fails the start with a clear error, before serving.
     let checker = if role == Role::Api {
         None
     } else {
-        Some(build_checker(&settings, &store).await?)
+        Some(build_checker(&settings, &store, &shutdown).await?)
     };
-    migrate(&store, database_url, &shutdown).await?;
 
     let hub = EventHub::new(store.clone(), settings.api.watch_backstop);
     let hub_task = tokio::spawn(hub.clone().run(shutdown.clone()));
@@ -177,6 +189,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Server> {
             backoff_max: w.retry_max,
             idle_poll: w.idle_poll,
             shutdown_grace: w.shutdown_grace,
+            max_pending: w.max_pending,
         };
         let workers = Workers::new(store.clone(), checker, config, hub.clone());
         tokio::spawn(workers.run(shutdown.clone()))

@@ -37,6 +37,9 @@ pub enum Command {
     /// Manage API keys.
     #[command(subcommand)]
     Key(KeyCommand),
+    /// Manage the checking accounts `serve --checker pool` spreads checks over.
+    #[command(subcommand)]
+    Checker(CheckerCommand),
     /// Link a WhatsApp account for the whatsapp-web checker.
     #[command(subcommand)]
     Whatsapp(WhatsappCommand),
@@ -163,6 +166,107 @@ pub struct SubmitArgs {
     pub output: Option<String>,
     #[arg(long, value_enum, default_value_t = OutputFormat::Csv)]
     pub format: OutputFormat,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CheckerCommand {
+    /// Add a checking account; prints {"checker_id", "name"}.
+    Add(AddAccountArgs),
+    /// Every checking account and its state, as a JSON array.
+    List,
+    /// Stop giving the account checks until `resume` (running servers follow within seconds).
+    Pause {
+        #[arg(long)]
+        name: String,
+    },
+    /// Use a paused account again.
+    Resume {
+        #[arg(long)]
+        name: String,
+    },
+    /// Change an account's pacing; flags left out keep their values.
+    Update {
+        #[arg(long)]
+        name: String,
+        #[command(flatten)]
+        pacing: PacingArgs,
+    },
+    /// Remove an account (its linked WhatsApp Web session file is left in place).
+    Remove {
+        #[arg(long)]
+        name: String,
+    },
+    /// Link a whatsapp-web account: prints a pair code (and a QR code) for the phone.
+    Link {
+        #[arg(long)]
+        name: String,
+        /// The account's phone number with country code, e.g. +14155552671.
+        #[arg(long)]
+        phone: String,
+    },
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct AddAccountArgs {
+    /// A name for the account (letters, digits, '-', '_', '.'); other commands take it.
+    #[arg(long)]
+    pub name: String,
+    /// What the account checks through.
+    #[arg(long, value_enum)]
+    pub backend: crate::domain::checker::AccountBackend,
+    /// waha, evolution: the gateway's base URL, e.g. http://127.0.0.1:3000.
+    #[arg(long)]
+    pub url: Option<String>,
+    /// waha: the session name [default: default].
+    #[arg(long)]
+    pub session: Option<String>,
+    /// evolution: the instance name.
+    #[arg(long)]
+    pub instance: Option<String>,
+    /// waha (X-Api-Key, when the gateway wants one), evolution (apikey, required).
+    #[arg(long)]
+    pub api_key: Option<String>,
+    /// whatsapp-web: the SQLite file of the linked session [default: whatsapp-NAME.db].
+    #[arg(long)]
+    pub session_db: Option<String>,
+    #[command(flatten)]
+    pub pacing: PacingArgs,
+}
+
+/// The pacing that protects one checking account.
+#[derive(Debug, Clone, Args)]
+pub struct PacingArgs {
+    /// Checks per second at most, shared by every replica [default for a new account: 0.5, 30 a minute].
+    #[arg(long)]
+    pub rate_per_sec: Option<f64>,
+    /// Checks per day (in --timezone), shared by every replica; 0: none [default: 500].
+    #[arg(long)]
+    pub daily_cap: Option<i32>,
+    /// Calls to the account in flight at once, in each process [default: 1].
+    #[arg(long)]
+    pub max_concurrency: Option<i32>,
+    /// Ramp the daily cap up over the account's first days (day 1 of 7 gets 1/8 of it) [default: 0].
+    #[arg(long)]
+    pub warmup_days: Option<i32>,
+    /// Check only between these local times, HH:MM-HH:MM (overnight allowed); `any` for no limit.
+    #[arg(long)]
+    pub hours: Option<String>,
+    /// The time zone of --hours and of the daily cap's day, e.g. Europe/Berlin [default: UTC].
+    #[arg(long)]
+    pub timezone: Option<String>,
+}
+
+impl PacingArgs {
+    pub fn change(&self) -> crate::domain::checker::PacingChange {
+        crate::domain::checker::PacingChange {
+            rate_per_sec: self.rate_per_sec,
+            max_concurrency: self.max_concurrency,
+            daily_cap: self.daily_cap,
+            warmup_days: self.warmup_days,
+            hours: self.hours.clone(),
+            timezone: self.timezone.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -325,6 +429,9 @@ pub struct ServeArgs {
     /// Seconds in-flight checks may finish after SIGTERM before their numbers are handed back.
     #[arg(long, env = "WAV_SHUTDOWN_GRACE_SECS", default_value_t = defaults().workers.shutdown_grace.as_secs())]
     pub shutdown_grace_secs: u64,
+    /// Numbers pending this long while no checking account can take them end as NUMBER_STATUS_ERROR, refunded.
+    #[arg(long, env = "WAV_MAX_PENDING", default_value_t = human(defaults().workers.max_pending))]
+    pub max_pending: humantime::Duration,
 }
 
 #[derive(Debug, Subcommand)]
@@ -413,6 +520,7 @@ impl ServeArgs {
                 retry_max: ms(self.retry_max_ms),
                 idle_poll: ms(self.idle_poll_ms),
                 shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
+                max_pending: self.max_pending.into(),
             },
             checker: crate::settings::CheckerSettings {
                 backend: self.checker,

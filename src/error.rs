@@ -239,6 +239,7 @@ impl From<StoreError> for ApiError {
                 available,
             },
             StoreError::RequestIdReused(request_id) => ApiError::IdempotencyKeyReused(request_id),
+            StoreError::Rejected(problem) => ApiError::InvalidArgument(problem),
             StoreError::Query(_) | StoreError::Migrate(_) => ApiError::Internal(err.into()),
         }
     }

@@ -5,9 +5,10 @@ use clap::Parser;
 use serde_json::json;
 use tracing_subscriber::EnvFilter;
 
-use wavalidate::cli::{AccountCommand, Cli, Command, KeyCommand, WhatsappCommand};
+use wavalidate::cli::{AccountCommand, CheckerCommand, Cli, Command, KeyCommand, WhatsappCommand};
 use wavalidate::client;
 use wavalidate::domain::api_key::ApiKey;
+use wavalidate::domain::checker::{AccountConfig, Hours, NewAccount};
 use wavalidate::store::Store;
 
 #[tokio::main]
@@ -44,6 +45,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Account(command) => account(command, &database(url)?).await,
         Command::Key(command) => key(command, &database(url)?).await,
+        Command::Checker(command) => checker(command, &database(url)?).await,
         Command::Whatsapp(WhatsappCommand::Link { phone, session_db }) => {
             link_whatsapp(&phone, &session_db).await
         }
@@ -114,6 +116,82 @@ async fn key(command: KeyCommand, url: &str) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+async fn checker(command: CheckerCommand, url: &str) -> anyhow::Result<()> {
+    let store = connected(url).await?;
+    let missing = |name: &str| anyhow::anyhow!("--name: no checking account named {name:?}");
+    match command {
+        CheckerCommand::Add(args) => {
+            let config = AccountConfig {
+                url: args.url,
+                session: args.session,
+                instance: args.instance,
+                api_key: args.api_key,
+                session_db: args.session_db,
+            };
+            let new = NewAccount::parse(&args.name, args.backend, config, &args.pacing.change())?;
+            let id = store.add_account(&new).await?;
+            println!("{}", json!({"checker_id": id, "name": new.name}));
+        }
+        CheckerCommand::List => {
+            let accounts: Vec<_> = store.accounts().await?.iter().map(account_json).collect();
+            println!("{}", serde_json::Value::Array(accounts));
+        }
+        CheckerCommand::Pause { name } => {
+            anyhow::ensure!(store.set_paused(&name, true).await?, missing(&name));
+            println!("{}", json!({"name": name, "paused": true}));
+        }
+        CheckerCommand::Resume { name } => {
+            anyhow::ensure!(store.set_paused(&name, false).await?, missing(&name));
+            println!("{}", json!({"name": name, "paused": false}));
+        }
+        CheckerCommand::Update { name, pacing } => {
+            anyhow::ensure!(
+                store.update_pacing(&name, &pacing.change()).await?,
+                missing(&name)
+            );
+            let row = store.account(&name).await?.ok_or_else(|| missing(&name))?;
+            println!("{}", account_json(&row));
+        }
+        CheckerCommand::Remove { name } => {
+            anyhow::ensure!(store.remove_account(&name).await?, missing(&name));
+            println!("{}", json!({"name": name, "removed": true}));
+        }
+        CheckerCommand::Link { name, phone } => {
+            let row = store.account(&name).await?.ok_or_else(|| missing(&name))?;
+            anyhow::ensure!(
+                row.backend == "whatsapp-web",
+                "--name: {name:?} is a {} account; only whatsapp-web accounts are linked here",
+                row.backend
+            );
+            let config: AccountConfig = serde_json::from_str(&row.config)?;
+            let session_db = config.session_db_or_default(&name);
+            link_whatsapp(&phone, &session_db).await?;
+        }
+    }
+    Ok(())
+}
+
+/// An account in `checker list`: its state, counters and pacing.
+fn account_json(a: &wavalidate::store::rows::AccountRow) -> serde_json::Value {
+    json!({
+        "name": a.name,
+        "backend": a.backend,
+        "state": a.status,
+        "state_until": a.status_until,
+        "reason": a.status_reason,
+        "checks_today": a.checks_today,
+        "daily_cap": a.daily_cap,
+        "cap_today": a.cap_today,
+        "rate_per_sec": a.rate_per_sec,
+        "max_concurrency": a.max_concurrency,
+        "warmup_days": a.warmup_days,
+        "hours": a.hours_start.zip(a.hours_end).map(|(start, end)| Hours { start, end }.to_string()),
+        "timezone": a.timezone,
+        "checks_total": a.checks_total,
+        "last_check_at": a.last_check_at,
+    })
 }
 
 /// Admin commands run against a migrated schema, so they work on a fresh database too.

@@ -71,6 +71,9 @@ pub struct WorkerSettings {
     pub idle_poll: Duration,
     /// How long in-flight checks may finish after SIGTERM.
     pub shutdown_grace: Duration,
+    /// Numbers pending this long while no checking account can take them end as errors,
+    /// refunded.
+    pub max_pending: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -171,6 +174,8 @@ pub enum CheckerKind {
     Evolution,
     /// A linked WhatsApp Web session (needs the `whatsapp-web` build feature and `wavalidate whatsapp link`).
     WhatsappWeb,
+    /// Every usable checking account in the database (`wavalidate checker add ...`).
+    Pool,
 }
 
 impl CheckerKind {
@@ -181,6 +186,7 @@ impl CheckerKind {
             CheckerKind::Waha => "waha",
             CheckerKind::Evolution => "evolution",
             CheckerKind::WhatsappWeb => "whatsapp-web",
+            CheckerKind::Pool => "pool",
         }
     }
 }
@@ -244,6 +250,7 @@ impl Default for WorkerSettings {
             retry_max: Duration::from_millis(60_000),
             idle_poll: Duration::from_millis(1000),
             shutdown_grace: Duration::from_secs(10),
+            max_pending: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -484,7 +491,7 @@ impl Settings {
             || "must be between 0 and 1".into(),
         )?;
         match c.backend {
-            CheckerKind::Simulated | CheckerKind::WhatsappWeb => {}
+            CheckerKind::Simulated | CheckerKind::WhatsappWeb | CheckerKind::Pool => {}
             CheckerKind::Waha => {
                 base_url(
                     c.waha.url.as_deref(),

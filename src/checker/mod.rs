@@ -13,6 +13,7 @@ pub mod evolution;
 mod http;
 pub mod isolate;
 pub mod paced;
+pub mod pool;
 pub mod registration;
 pub mod simulated;
 pub mod variants;

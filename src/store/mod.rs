@@ -28,6 +28,7 @@ pub use error::{Result, StoreError};
 pub mod batches;
 mod cache;
 mod checker_usage;
+pub mod checkers;
 pub mod maintenance;
 pub mod notify;
 pub mod queue;

@@ -13,8 +13,25 @@ struct ClaimRow {
     batch_id: Uuid,
     first_idx: i32,
     attempts: i32,
+    queued_at: chrono::DateTime<chrono::Utc>,
     idx: Option<i32>,
     e164: Option<String>,
+}
+
+/// The end of both claims: the chosen chunks `c` are leased under `$2` for `$3` seconds,
+/// and their numbers still pending (`$4`) read.
+macro_rules! lease_chosen_chunks {
+    () => {
+        ",
+         k AS (
+            UPDATE queue_chunks k
+            SET lease_token = $2, lease_until = now() + make_interval(secs => $3), attempts = k.attempts + 1
+            FROM c WHERE k.batch_id = c.batch_id AND k.first_idx = c.first_idx
+            RETURNING k.batch_id, k.first_idx, k.last_idx, k.attempts, k.queued_at)
+         SELECT k.batch_id, k.first_idx, k.attempts, k.queued_at, n.idx, n.e164
+         FROM k LEFT JOIN batch_numbers n
+           ON n.batch_id = k.batch_id AND n.idx BETWEEN k.first_idx AND k.last_idx AND n.state = $4"
+    };
 }
 
 /// `l`: the chunks of `$1`/`$2` (batch ids, first indexes) still held under token `$3`,
@@ -43,22 +60,15 @@ impl Store {
         sqlx::raw_sql("SET LOCAL enable_sort = off; SET LOCAL enable_bitmapscan = off")
             .execute(&mut *tx)
             .await?;
-        let rows: Vec<ClaimRow> = sqlx::query_as(
+        let rows: Vec<ClaimRow> = sqlx::query_as(concat!(
             "WITH c AS (
                 SELECT batch_id, first_idx FROM queue_chunks
                 WHERE available_at <= now() AND (lease_until IS NULL OR lease_until < now())
                 ORDER BY fair_key
                 LIMIT $1
-                FOR UPDATE SKIP LOCKED),
-             k AS (
-                UPDATE queue_chunks k
-                SET lease_token = $2, lease_until = now() + make_interval(secs => $3), attempts = k.attempts + 1
-                FROM c WHERE k.batch_id = c.batch_id AND k.first_idx = c.first_idx
-                RETURNING k.batch_id, k.first_idx, k.last_idx, k.attempts)
-             SELECT k.batch_id, k.first_idx, k.attempts, n.idx, n.e164
-             FROM k LEFT JOIN batch_numbers n
-               ON n.batch_id = k.batch_id AND n.idx BETWEEN k.first_idx AND k.last_idx AND n.state = $4",
-        )
+                FOR UPDATE SKIP LOCKED)",
+            lease_chosen_chunks!()
+        ))
         .bind(chunks)
         .bind(token)
         .bind(lease.as_secs_f64())
@@ -66,32 +76,35 @@ impl Store {
         .fetch_all(&mut *tx)
         .await?;
         tx.commit().await?;
-        let mut claim = Claim {
-            token,
-            chunks: Vec::new(),
-            numbers: Vec::with_capacity(rows.len()),
-        };
-        for row in rows {
-            let key = ChunkKey {
-                batch_id: row.batch_id,
-                first_idx: row.first_idx,
-            };
-            if !claim.chunks.contains(&key) {
-                claim.chunks.push(key);
-            }
-            if let (Some(idx), Some(e164)) = (row.idx, row.e164) {
-                claim.numbers.push(Claimed {
-                    batch_id: row.batch_id,
-                    idx,
-                    chunk: row.first_idx,
-                    e164,
-                    attempts: row.attempts,
-                });
-            }
-        }
-        // Checked in index order, so a chunk is finished as early as its numbers allow.
-        claim.numbers.sort_unstable_by_key(|c| (c.batch_id, c.idx));
-        Ok(claim)
+        Ok(into_claim(token, rows))
+    }
+
+    /// Leases up to `chunks` chunks queued more than `older_than` ago, whatever their
+    /// backoff, to end their numbers (no checking account took them in time).
+    pub async fn claim_overdue(
+        &self,
+        chunks: i64,
+        lease: Duration,
+        older_than: Duration,
+    ) -> Result<Claim> {
+        let token = Uuid::new_v4();
+        let rows: Vec<ClaimRow> = sqlx::query_as(concat!(
+            "WITH c AS (
+                SELECT batch_id, first_idx FROM queue_chunks
+                WHERE queued_at < now() - make_interval(secs => $5)
+                  AND (lease_until IS NULL OR lease_until < now())
+                LIMIT $1
+                FOR UPDATE SKIP LOCKED)",
+            lease_chosen_chunks!()
+        ))
+        .bind(chunks)
+        .bind(token)
+        .bind(lease.as_secs_f64())
+        .bind(NumberState::Pending as i16)
+        .bind(older_than.as_secs_f64())
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(into_claim(token, rows))
     }
 
     /// Extends the lease of the given chunks that are still held under `token`, and
@@ -319,6 +332,38 @@ async fn write_answers(
     .fetch_all(pool)
     .await
     .map_err(StoreError::from)
+}
+
+/// A claim from the leased chunks' rows (a chunk with no number pending has one row
+/// without a number).
+fn into_claim(token: Uuid, rows: Vec<ClaimRow>) -> Claim {
+    let mut claim = Claim {
+        token,
+        chunks: Vec::new(),
+        numbers: Vec::with_capacity(rows.len()),
+    };
+    for row in rows {
+        let key = ChunkKey {
+            batch_id: row.batch_id,
+            first_idx: row.first_idx,
+        };
+        if !claim.chunks.contains(&key) {
+            claim.chunks.push(key);
+        }
+        if let (Some(idx), Some(e164)) = (row.idx, row.e164) {
+            claim.numbers.push(Claimed {
+                batch_id: row.batch_id,
+                idx,
+                chunk: row.first_idx,
+                e164,
+                attempts: row.attempts,
+                queued_at: row.queued_at,
+            });
+        }
+    }
+    // Checked in index order, so a chunk is finished as early as its numbers allow.
+    claim.numbers.sort_unstable_by_key(|c| (c.batch_id, c.idx));
+    claim
 }
 
 /// The chunks' keys as the two arrays a statement unnests.

@@ -125,6 +125,8 @@ pub struct Claimed {
     pub e164: String,
     /// Including this one.
     pub attempts: i32,
+    /// When its chunk was queued.
+    pub queued_at: DateTime<Utc>,
 }
 
 impl Claimed {
@@ -174,4 +176,41 @@ pub enum ChunkEnd {
     Retry = 2,
     /// The checker paused before trying some: after `Completion::defer_for`, this claim uncounted.
     Defer = 3,
+}
+
+/// A checking account as it stands now (the `checker_status` view).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct AccountRow {
+    pub id: Uuid,
+    pub name: String,
+    pub backend: String,
+    /// The backend's settings, as JSON (`domain::checker::AccountConfig`).
+    pub config: String,
+    pub rate_per_sec: f64,
+    pub max_concurrency: i32,
+    pub daily_cap: i32,
+    pub warmup_days: i32,
+    pub hours_start: Option<chrono::NaiveTime>,
+    pub hours_end: Option<chrono::NaiveTime>,
+    pub timezone: String,
+    pub paused: bool,
+    /// The last trouble (`active` when none) and its count in a row.
+    pub state: String,
+    pub failures: i32,
+    pub throttles: i32,
+    pub checks_today: i32,
+    pub cap_today: i32,
+    pub checks_total: i64,
+    pub last_check_at: Option<DateTime<Utc>>,
+    /// The effective status: active, resting, paused, throttled, logged_out, banned, failing.
+    pub status: String,
+    pub status_until: Option<DateTime<Utc>>,
+    pub status_reason: Option<String>,
+}
+
+/// Checks granted to a call, and when it may start (the account's shared rate).
+#[derive(Debug, Clone, Copy, sqlx::FromRow)]
+pub struct Reservation {
+    pub granted: i32,
+    pub start_at: DateTime<Utc>,
 }

@@ -13,6 +13,7 @@ mod credits;
 mod gateways;
 mod grpcurl;
 mod outages;
+mod pool;
 mod processes;
 mod python_client;
 mod races;

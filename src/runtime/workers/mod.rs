@@ -2,6 +2,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use rand::seq::SliceRandom;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -32,6 +33,8 @@ pub struct WorkerConfig {
     pub idle_poll: Duration,
     /// How long in-flight checks may run on after shutdown before their numbers are released.
     pub shutdown_grace: Duration,
+    /// Numbers pending this long while no checker can take them end as errors.
+    pub max_pending: Duration,
 }
 
 pub struct Workers {
@@ -75,18 +78,21 @@ impl Workers {
     }
 
     async fn run_loop(self: Arc<Self>, shutdown: CancellationToken) {
-        let per_call = self.checker.max_batch().max(1);
-        // Enough chunks for one checker call; a call smaller than a chunk makes several.
-        let chunks = per_call.div_ceil(CHUNK_NUMBERS) as i64;
         while !shutdown.is_cancelled() {
-            // A paused checker (backoff, open circuit, daily cap) leaves the numbers queued.
+            // A paused checker (backoff, open circuit, daily cap, no usable checking
+            // account) leaves the numbers queued, until they have waited too long.
             if let Some(wait) = self.checker.paused_for() {
+                self.end_overdue().await;
                 tokio::select! {
                     _ = tokio::time::sleep(wait.min(self.config.idle_poll.max(Duration::from_millis(100)))) => {}
                     _ = shutdown.cancelled() => {}
                 }
                 continue;
             }
+            // Enough chunks for one checker call (its size may change, as a pool's
+            // accounts do); a call smaller than a chunk makes several.
+            let per_call = self.checker.max_batch().max(1);
+            let chunks = per_call.div_ceil(CHUNK_NUMBERS) as i64;
             // Registered before claiming, so a wake-up sent meanwhile is not missed.
             let woken = self.hub.queued.notified();
             match self.store.claim(chunks, self.config.lease).await {
@@ -109,6 +115,47 @@ impl Workers {
                 }
             }
         }
+    }
+
+    /// Ends numbers pending longer than `max_pending` while nothing can check them: errors,
+    /// refunded. Replicas and loops may sweep at once; each chunk is leased by one.
+    async fn end_overdue(&self) {
+        let claim = match self
+            .store
+            .claim_overdue(10, self.config.lease, self.config.max_pending)
+            .await
+        {
+            Ok(claim) if !claim.chunks.is_empty() => claim,
+            Ok(_) => return,
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot look for overdue numbers");
+                return;
+            }
+        };
+        let mut chunks = ChunkTally::new(&claim);
+        let answers: Vec<Answer> = claim
+            .numbers
+            .iter()
+            .map(|c| {
+                chunks.settle(c, Settled::Answered);
+                error_answer(c, self.overdue_reason())
+            })
+            .collect();
+        tracing::warn!(
+            numbers = answers.len(),
+            "no checking account could take these numbers in time: ended as errors, refunded"
+        );
+        record_outcomes(&answers, 0, 0);
+        let ends = chunks.take_ends(true);
+        self.write(claim.token, &answers, &[], &ends, Duration::ZERO)
+            .await;
+    }
+
+    fn overdue_reason(&self) -> String {
+        format!(
+            "no checking account available: pending for more than {}",
+            humantime::format_duration(self.config.max_pending)
+        )
     }
 
     #[tracing::instrument(name = "claim", skip_all, fields(numbers = claim.numbers.len()))]
@@ -148,6 +195,8 @@ impl Workers {
                     .iter_mut()
                     .filter(|c| chunks.holds(c.chunk_key()))
                     .collect();
+                // A run of consecutive numbers looks like scraping to WhatsApp.
+                call.shuffle(&mut rand::rng());
                 if !call.is_empty() {
                     let Some(outcomes) = self.call(&leases, &mut call, shutdown).await else {
                         return;
@@ -245,6 +294,14 @@ impl Workers {
                     error: reason,
                 });
                 return Settled::Retry;
+            }
+            // Waiting for a checker is free, up to a point.
+            Outcome::Deferred { .. }
+                if chrono::Utc::now() - c.queued_at
+                    > chrono::Duration::from_std(self.config.max_pending)
+                        .unwrap_or(chrono::Duration::MAX) =>
+            {
+                error_answer(c, self.overdue_reason())
             }
             Outcome::Deferred { retry_in, .. } => return Settled::Deferred(retry_in),
         });

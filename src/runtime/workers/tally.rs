@@ -129,6 +129,7 @@ mod tests {
                     chunk: key.first_idx,
                     e164: format!("+1201555{i:04}"),
                     attempts: 1,
+                    queued_at: chrono::Utc::now(),
                 });
             }
         }

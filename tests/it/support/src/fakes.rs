@@ -53,6 +53,10 @@ pub struct FakeState {
     held: AtomicUsize,
     /// Digits the gateway fails on: a request holding one answers 500.
     poison: Mutex<HashSet<String>>,
+    /// Whether the WhatsApp session works (WAHA `WORKING`, Evolution `open`).
+    connected: std::sync::atomic::AtomicBool,
+    /// Session status probes received.
+    probes: AtomicUsize,
 }
 
 impl FakeState {
@@ -79,6 +83,22 @@ impl FakeState {
     pub fn poison(&self, number: &str) {
         let digits = number.trim_start_matches('+').to_string();
         self.poison.lock().unwrap().insert(digits);
+    }
+
+    /// Logs the WhatsApp session out (`false`) or back in: while out, WAHA answers checks
+    /// with 422 and its session status is `SCAN_QR_CODE`; Evolution answers 500
+    /// "Connection Closed" and its connection state is `close`.
+    pub fn set_connected(&self, connected: bool) {
+        self.connected.store(connected, Ordering::SeqCst);
+    }
+
+    fn connected(&self) -> bool {
+        self.connected.load(Ordering::SeqCst)
+    }
+
+    /// Session status requests received so far.
+    pub fn probes(&self) -> usize {
+        self.probes.load(Ordering::SeqCst)
     }
 
     fn poisoned(&self, numbers: &[String]) -> bool {
@@ -223,6 +243,8 @@ fn new_state(registered: &[&str], api_key: &str) -> Arc<FakeState> {
         gate: tokio::sync::watch::channel(true).0,
         held: AtomicUsize::new(0),
         poison: Mutex::new(HashSet::new()),
+        connected: std::sync::atomic::AtomicBool::new(true),
+        probes: AtomicUsize::new(0),
     })
 }
 
@@ -252,6 +274,19 @@ pub async fn waha(registered: &[&str], api_key: &str, session: &'static str) -> 
         if let Some(resp) = failure(&mode) {
             return resp;
         }
+        if !state.connected() {
+            // WAHA waits a few seconds for the session to be WORKING, then gives up so.
+            return (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                Json(json!({
+                    "error": "Session status is not as expected. Try again later or restart the session",
+                    "session": session,
+                    "status": "SCAN_QR_CODE",
+                    "expected": ["WORKING"],
+                })),
+            )
+                .into_response();
+        }
         if state.poisoned(std::slice::from_ref(&phone)) {
             return failure(&Mode::ServerError).expect("a failure");
         }
@@ -262,8 +297,36 @@ pub async fn waha(registered: &[&str], api_key: &str, session: &'static str) -> 
         }
     }
     let state = new_state(registered, api_key);
+    async fn session_status(
+        State((state, session)): State<(Arc<FakeState>, &'static str)>,
+        Path(asked): Path<String>,
+        headers: HeaderMap,
+    ) -> Response {
+        if !state.authorized(&headers, "x-api-key") {
+            return (
+                StatusCode::UNAUTHORIZED,
+                Json(json!({"message": "Unauthorized"})),
+            )
+                .into_response();
+        }
+        if asked != session {
+            return (
+                StatusCode::NOT_FOUND,
+                Json(json!({"message": "Session not found"})),
+            )
+                .into_response();
+        }
+        state.probes.fetch_add(1, Ordering::SeqCst);
+        let status = if state.connected() {
+            "WORKING"
+        } else {
+            "SCAN_QR_CODE"
+        };
+        Json(json!({"name": session, "status": status})).into_response()
+    }
     let router = Router::new()
         .route("/api/contacts/check-exists", get(check))
+        .route("/api/sessions/{session}", get(session_status))
         .with_state((state.clone(), session));
     Gateway {
         addr: spawn(router).await,
@@ -305,6 +368,14 @@ pub async fn evolution(registered: &[&str], api_key: &str, instance: &'static st
         if let Some(resp) = failure(&mode) {
             return resp;
         }
+        if !state.connected() {
+            return (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                Json(json!({"status": 500, "error": "Internal Server Error",
+                            "response": {"message": ["Error: Connection Closed"]}})),
+            )
+                .into_response();
+        }
         if state.poisoned(&numbers) {
             return failure(&Mode::ServerError).expect("a failure");
         }
@@ -324,8 +395,35 @@ pub async fn evolution(registered: &[&str], api_key: &str, instance: &'static st
         Json(Value::Array(rows)).into_response()
     }
     let state = new_state(registered, api_key);
+    async fn connection_state(
+        State((state, instance)): State<(Arc<FakeState>, &'static str)>,
+        Path(asked): Path<String>,
+        headers: HeaderMap,
+    ) -> Response {
+        if !state.authorized(&headers, "apikey") {
+            return (
+                StatusCode::UNAUTHORIZED,
+                Json(json!({"status": 401, "error": "Unauthorized"})),
+            )
+                .into_response();
+        }
+        if asked != instance {
+            return (
+                StatusCode::NOT_FOUND,
+                Json(json!({"status": 404, "error": "Not Found"})),
+            )
+                .into_response();
+        }
+        state.probes.fetch_add(1, Ordering::SeqCst);
+        let connection = if state.connected() { "open" } else { "close" };
+        Json(json!({"instance": {"instanceName": instance, "state": connection}})).into_response()
+    }
     let router = Router::new()
         .route("/chat/whatsappNumbers/{instance}", post(check))
+        .route(
+            "/instance/connectionState/{instance}",
+            get(connection_state),
+        )
         .with_state((state.clone(), instance));
     Gateway {
         addr: spawn(router).await,

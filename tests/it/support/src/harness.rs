@@ -557,3 +557,62 @@ pub async fn spawn_gateway_app_on(
     })
     .await
 }
+
+/// A checking account of `kind` ("waha" or "evolution") on this fake gateway, paced at
+/// `rate` checks a second with no daily cap; `edit` changes the pacing further.
+pub async fn add_account(
+    store: &Store,
+    name: &str,
+    gateway: &crate::fakes::Gateway,
+    kind: &str,
+    rate: f64,
+    edit: impl FnOnce(&mut wavalidate::domain::checker::PacingChange),
+) -> Uuid {
+    use wavalidate::domain::checker::{AccountBackend, AccountConfig, NewAccount, PacingChange};
+    let url = Some(format!("http://{}", gateway.addr));
+    let (backend, config) = match kind {
+        "waha" => (
+            AccountBackend::Waha,
+            AccountConfig {
+                url,
+                api_key: Some("secret".into()),
+                ..AccountConfig::default()
+            },
+        ),
+        _ => (
+            AccountBackend::Evolution,
+            AccountConfig {
+                url,
+                instance: Some("main".into()),
+                api_key: Some("secret".into()),
+                ..AccountConfig::default()
+            },
+        ),
+    };
+    let mut pacing = PacingChange {
+        rate_per_sec: Some(rate),
+        max_concurrency: Some(4),
+        daily_cap: Some(0),
+        ..PacingChange::default()
+    };
+    edit(&mut pacing);
+    let new = NewAccount::parse(name, backend, config, &pacing).expect("valid account");
+    store.add_account(&new).await.expect("account added")
+}
+
+/// Settings for a server whose workers check through the pool of checking accounts,
+/// retrying quickly.
+pub fn use_pool(s: &mut Settings) {
+    s.checker.backend = CheckerKind::Pool;
+    s.workers.retry_base = ms(10);
+    s.workers.retry_max = ms(50);
+}
+
+/// An account's row of `wavalidate checker list`, by name.
+pub async fn account_status(store: &Store, name: &str) -> wavalidate::store::rows::AccountRow {
+    store
+        .account(name)
+        .await
+        .expect("accounts readable")
+        .unwrap_or_else(|| panic!("no account {name}"))
+}

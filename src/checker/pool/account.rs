@@ -1,0 +1,291 @@
+//! One checking account in this process: its backend, its concurrency here, and its
+//! status as last read from PostgreSQL. `run` asks it a slice of numbers, call by call,
+//! each call within the account's shared cap and rate, and says what became of each.
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+use uuid::Uuid;
+
+use crate::checker::isolate::isolate;
+use crate::checker::paced::call_label;
+use crate::checker::{Backend, CallError, CallResult, Outcome};
+use crate::store::Store;
+use crate::store::checkers::Trouble;
+use crate::store::rows::AccountRow;
+
+/// Failed calls in a row (with nothing to blame on a number) that open the account's circuit.
+pub const FAILURES_BEFORE_FAILING: i32 = 3;
+/// How long a failing account rests before it is probed.
+pub const FAILING_COOLDOWN: Duration = Duration::from_secs(60);
+/// A throttled account's first pause, doubling per rate limit in a row, up to the max.
+const THROTTLE_BASE: Duration = Duration::from_secs(30);
+const THROTTLE_MAX: Duration = Duration::from_secs(3600);
+/// How long a temporary ban lasts when WhatsApp does not say.
+const BAN_DEFAULT: Duration = Duration::from_secs(6 * 3600);
+/// How often a logged-out account's session is looked at again.
+pub const LOGGED_OUT_PROBE: Duration = Duration::from_secs(30);
+
+pub struct Account {
+    pub id: Uuid,
+    pub name: String,
+    /// The row this account was built from (settings and status at the last refresh).
+    pub row: Mutex<AccountRow>,
+    backend: Arc<dyn Backend>,
+    permits: Semaphore,
+    store: Store,
+}
+
+/// What a slice of numbers came to on one account.
+#[derive(Debug, Default)]
+pub struct Slice {
+    /// Numbers asked and answered (or failed on their own), by position in the call.
+    pub answered: Vec<(usize, Outcome)>,
+    /// Numbers the account could not take (its trouble, its cap): for another account.
+    pub back: Vec<usize>,
+    /// The account is in trouble: give it nothing more in this call.
+    pub troubled: bool,
+}
+
+impl Account {
+    pub fn new(row: AccountRow, backend: Arc<dyn Backend>, store: Store) -> Account {
+        Account {
+            id: row.id,
+            name: row.name.clone(),
+            permits: Semaphore::new(row.max_concurrency.max(1) as usize),
+            row: Mutex::new(row),
+            backend,
+            store,
+        }
+    }
+
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.backend
+    }
+
+    pub fn row(&self) -> AccountRow {
+        self.row.lock().expect("account row").clone()
+    }
+
+    /// Checks left today by the last refresh's count (the reservation decides for real).
+    pub fn checks_left(&self) -> Option<i64> {
+        let row = self.row.lock().expect("account row");
+        (row.cap_today > 0).then(|| (row.cap_today - row.checks_today).max(0) as i64)
+    }
+
+    /// Asks `numbers` (position in the call, E.164), in calls of the backend's size.
+    pub async fn run(&self, numbers: Vec<(usize, String)>) -> Slice {
+        let mut slice = Slice::default();
+        let Ok(_permit) = self.permits.acquire().await else {
+            slice.back = numbers.into_iter().map(|(i, _)| i).collect();
+            return slice;
+        };
+        let per_call = self.backend.max_batch().max(1);
+        let mut rest = numbers.as_slice();
+        while !rest.is_empty() {
+            let (call, after) = rest.split_at(per_call.min(rest.len()));
+            rest = after;
+            if !self.call(call, &mut slice).await {
+                slice.back.extend(rest.iter().map(|(i, _)| *i));
+                slice.troubled = true;
+                break;
+            }
+        }
+        slice
+    }
+
+    /// One call: reserve checks and a rate slot, ask, record. False when the account
+    /// cannot go on (its numbers not answered are in `slice.back`).
+    async fn call(&self, call: &[(usize, String)], slice: &mut Slice) -> bool {
+        let reserved = match self.store.reserve_checks(self.id, call.len() as i32).await {
+            Ok(Some(r)) => r,
+            Ok(None) => {
+                // Removed meanwhile.
+                slice.back.extend(call.iter().map(|(i, _)| *i));
+                return false;
+            }
+            Err(err) => {
+                tracing::warn!(account = %self.name, error = %err, "cannot reserve checks");
+                slice.back.extend(call.iter().map(|(i, _)| *i));
+                return false;
+            }
+        };
+        let granted = (reserved.granted.max(0) as usize).min(call.len());
+        let (asked, capped) = call.split_at(granted);
+        // Past today's cap: those numbers go to another account (this one rests).
+        slice.back.extend(capped.iter().map(|(i, _)| *i));
+        if asked.is_empty() {
+            return false;
+        }
+        let wait = (reserved.start_at - chrono::Utc::now())
+            .to_std()
+            .unwrap_or_default();
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
+        let numbers: Vec<String> = asked.iter().map(|(_, n)| n.clone()).collect();
+        let healthy = self.row.lock().expect("account row").failures == 0;
+        // An account that has answered before and not failed since: a lone number's
+        // failure on it is the number's.
+        let trusted = healthy && self.row.lock().expect("account row").checks_total > 0;
+        let started = std::time::Instant::now();
+        let result = if numbers.len() > 1 && healthy && self.backend.one_request_per_call() {
+            isolate(&numbers, &|part: Vec<String>| async move {
+                self.backend.check(&part).await
+            })
+            .await
+        } else {
+            self.backend.check(&numbers).await
+        };
+        let backend = self.backend.name();
+        metrics::histogram!("wav_upstream_call_seconds", "backend" => backend)
+            .record(started.elapsed().as_secs_f64());
+        metrics::counter!("wav_upstream_calls_total", "backend" => backend, "result" => call_label(&result))
+            .increment(1);
+        self.settle(asked, result, trusted, slice).await
+    }
+
+    /// Files a call's result: answers kept, the rest back, the account's record updated.
+    async fn settle(
+        &self,
+        asked: &[(usize, String)],
+        result: CallResult,
+        trusted: bool,
+        slice: &mut Slice,
+    ) -> bool {
+        let answered = result.outcomes.len().min(asked.len());
+        for ((i, _), outcome) in asked.iter().zip(result.outcomes) {
+            self.count(&outcome);
+            slice.answered.push((*i, outcome));
+        }
+        let unanswered = &asked[answered..];
+        let Some(error) = result.error else {
+            // A backend that answered fewer numbers than asked: those count as an attempt.
+            for (i, _) in unanswered {
+                slice.answered.push((
+                    *i,
+                    Outcome::Retryable("the checker returned no answer for this number".into()),
+                ));
+            }
+            self.worked(asked.len() as i32).await;
+            return true;
+        };
+        // One number, alone in its request, failing on an account that had been fine:
+        // the number's failure, an attempt; the account goes on.
+        if let (CallError::Failed(reason), [(i, _)], true) = (&error, unanswered, trusted)
+            && answered == 0
+        {
+            slice
+                .answered
+                .push((*i, Outcome::Retryable(reason.clone())));
+            metrics::counter!("wav_checks_total", "checker" => self.name.clone(), "outcome" => "number_error")
+                .increment(1);
+            self.worked(asked.len() as i32).await;
+            return true;
+        }
+        if answered > 0 {
+            self.worked(answered as i32).await;
+        }
+        // The account's trouble: its numbers go to another account, uncounted.
+        slice.back.extend(unanswered.iter().map(|(i, _)| *i));
+        if let Err(err) = self
+            .store
+            .return_checks(self.id, unanswered.len() as i32)
+            .await
+        {
+            tracing::warn!(account = %self.name, error = %err, "cannot give back unused checks");
+        }
+        metrics::counter!("wav_checks_total", "checker" => self.name.clone(), "outcome" => "account_error")
+            .increment(unanswered.len() as u64);
+        self.in_trouble(&error).await;
+        false
+    }
+
+    fn count(&self, outcome: &Outcome) {
+        let label = match outcome {
+            Outcome::OnWhatsApp { .. } => "on_whatsapp",
+            Outcome::NotOnWhatsApp => "not_on_whatsapp",
+            Outcome::Retryable(_) | Outcome::Final(_) => "number_error",
+            Outcome::Deferred { .. } => "deferred",
+        };
+        metrics::counter!("wav_checks_total", "checker" => self.name.clone(), "outcome" => label)
+            .increment(1);
+    }
+
+    async fn worked(&self, asked: i32) {
+        {
+            let mut row = self.row.lock().expect("account row");
+            row.failures = 0;
+            row.checks_total += i64::from(asked);
+        }
+        if let Err(err) = self.store.account_worked(self.id, asked).await {
+            tracing::warn!(account = %self.name, error = %err, "cannot record checks");
+        }
+    }
+
+    /// Records the account's trouble in PostgreSQL (every replica stops using it) and logs
+    /// the transition.
+    pub async fn in_trouble(&self, error: &CallError) {
+        let reason = error.reason();
+        let (trouble, until) = match error {
+            CallError::RateLimited { retry_after } => {
+                let streak = self.row.lock().expect("account row").throttles;
+                let backoff = THROTTLE_BASE
+                    .saturating_mul(1 << streak.clamp(0, 10))
+                    .min(THROTTLE_MAX);
+                (
+                    Trouble::Throttled,
+                    Some(retry_after.unwrap_or_default().max(backoff)),
+                )
+            }
+            CallError::LoggedOut(_) => (Trouble::LoggedOut, Some(LOGGED_OUT_PROBE)),
+            CallError::Banned { until, .. } => {
+                (Trouble::Banned, Some(until.unwrap_or(BAN_DEFAULT)))
+            }
+            // The operator must fix the settings; a probe checks now and then.
+            CallError::Misconfigured(_) => (Trouble::Failing, Some(FAILING_COOLDOWN)),
+            CallError::Unreachable(_) | CallError::Failed(_) => {
+                let failures = match self.store.account_failed(self.id).await {
+                    Ok(failures) => failures,
+                    Err(err) => {
+                        tracing::warn!(account = %self.name, error = %err, "cannot record a failure");
+                        return;
+                    }
+                };
+                self.row.lock().expect("account row").failures = failures;
+                if failures < FAILURES_BEFORE_FAILING {
+                    tracing::info!(account = %self.name, failures, reason, "checking account call failed");
+                    return;
+                }
+                (Trouble::Failing, Some(FAILING_COOLDOWN))
+            }
+        };
+        let before = self.row.lock().expect("account row").status.clone();
+        match self
+            .store
+            .account_in_trouble(self.id, trouble, until, &reason)
+            .await
+        {
+            Ok(Some((failures, throttles))) => {
+                let mut row = self.row.lock().expect("account row");
+                row.failures = failures;
+                row.throttles = throttles;
+                row.status = trouble.as_str().into();
+                row.status_reason = Some(reason.clone());
+            }
+            Ok(None) => return,
+            Err(err) => {
+                tracing::warn!(account = %self.name, error = %err, "cannot record the account's trouble");
+                return;
+            }
+        }
+        tracing::warn!(
+            account = %self.name,
+            from = %before,
+            to = trouble.as_str(),
+            until_s = until.map(|u| u.as_secs()),
+            reason,
+            "checking account state changed"
+        );
+    }
+}

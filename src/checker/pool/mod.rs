@@ -1,0 +1,417 @@
+//! `--checker pool`: the workers check through every usable checking account in
+//! PostgreSQL (`wavalidate checker add ...`). Each call's numbers are spread over the
+//! accounts with budget now, in proportion to their rates, preferring the healthiest and
+//! least used today; numbers an account cannot take (its trouble, its cap) go to another
+//! account at once, uncounted. Accounts' caps, rates and states are shared by every
+//! replica through PostgreSQL; this process re-reads them every second and probes the
+//! troubled ones (their session's status, not a number) until they work again.
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rand::seq::SliceRandom;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::evolution::Evolution;
+use super::waha::Waha;
+use super::{Backend, Checker, Outcome, Probe};
+use crate::domain::checker::{AccountBackend, AccountConfig};
+use crate::settings::{EvolutionSettings, Secret, WahaSettings};
+use crate::store::Store;
+use crate::store::rows::AccountRow;
+
+mod account;
+
+use account::{Account, FAILING_COOLDOWN, LOGGED_OUT_PROBE, Slice};
+
+/// How often accounts are re-read (so changes reach running processes within seconds).
+const REFRESH_EVERY: Duration = Duration::from_secs(1);
+/// A claim holds about this much of the usable accounts' combined rate.
+const CLAIM_SECONDS: f64 = 5.0;
+const MAX_CLAIM: usize = 500;
+/// The statuses `wav_checker_accounts` counts.
+const STATUSES: [&str; 7] = [
+    "active",
+    "resting",
+    "paused",
+    "throttled",
+    "logged_out",
+    "banned",
+    "failing",
+];
+
+pub struct Pool {
+    store: Store,
+    http_timeout: Duration,
+    accounts: RwLock<Vec<Arc<Account>>>,
+}
+
+impl Pool {
+    /// Reads the accounts, then keeps them fresh and probes troubled ones until shutdown.
+    pub async fn start(
+        store: Store,
+        http_timeout: Duration,
+        shutdown: CancellationToken,
+    ) -> Arc<Pool> {
+        let pool = Arc::new(Pool {
+            store,
+            http_timeout,
+            accounts: RwLock::new(Vec::new()),
+        });
+        pool.refresh().await;
+        let keeper = pool.clone();
+        tokio::spawn(async move {
+            crate::runtime::every(REFRESH_EVERY, &shutdown, || async {
+                keeper.refresh().await;
+                keeper.probe_due().await;
+                crate::runtime::Next::Wait
+            })
+            .await;
+        });
+        pool
+    }
+
+    fn accounts(&self) -> Vec<Arc<Account>> {
+        self.accounts.read().expect("accounts").clone()
+    }
+
+    /// Re-reads every account: new ones get a backend, removed ones go, changed settings
+    /// rebuild theirs; status changes are logged and counted.
+    async fn refresh(&self) {
+        let rows = match self.store.accounts().await {
+            Ok(rows) => rows,
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot read the checking accounts");
+                return;
+            }
+        };
+        let current: HashMap<Uuid, Arc<Account>> =
+            self.accounts().into_iter().map(|a| (a.id, a)).collect();
+        let mut next = Vec::with_capacity(rows.len());
+        let mut counts: HashMap<&str, usize> = HashMap::new();
+        for row in rows {
+            *counts
+                .entry(
+                    STATUSES
+                        .iter()
+                        .find(|s| **s == row.status)
+                        .copied()
+                        .unwrap_or("failing"),
+                )
+                .or_default() += 1;
+            let reusable = current.get(&row.id).filter(|a| {
+                let old = a.row.lock().expect("account row");
+                old.config == row.config
+                    && old.backend == row.backend
+                    && old.max_concurrency == row.max_concurrency
+            });
+            match reusable {
+                Some(account) => {
+                    let mut old = account.row.lock().expect("account row");
+                    if old.status != row.status {
+                        tracing::info!(
+                            account = %row.name,
+                            from = %old.status,
+                            to = %row.status,
+                            reason = row.status_reason.as_deref().unwrap_or(""),
+                            "checking account state changed"
+                        );
+                    }
+                    *old = row;
+                    drop(old);
+                    next.push(account.clone());
+                }
+                None => match self.backend(&row) {
+                    Ok(backend) => {
+                        tracing::info!(account = %row.name, backend = %row.backend, status = %row.status, "checking account ready");
+                        next.push(Arc::new(Account::new(row, backend, self.store.clone())));
+                    }
+                    Err(err) => {
+                        tracing::warn!(account = %row.name, error = %err, "cannot set up the checking account");
+                    }
+                },
+            }
+        }
+        for status in STATUSES {
+            metrics::gauge!("wav_checker_accounts", "state" => status)
+                .set(counts.get(status).copied().unwrap_or(0) as f64);
+        }
+        *self.accounts.write().expect("accounts") = next;
+    }
+
+    fn backend(&self, row: &AccountRow) -> anyhow::Result<Arc<dyn Backend>> {
+        let config: AccountConfig = serde_json::from_str(&row.config)?;
+        let backend = AccountBackend::parse(&row.backend)
+            .ok_or_else(|| anyhow::anyhow!("unknown backend {:?}", row.backend))?;
+        Ok(match backend {
+            AccountBackend::Waha => Arc::new(Waha::new(
+                &WahaSettings {
+                    url: config.url,
+                    session: config.session.unwrap_or_else(|| "default".into()),
+                    api_key: config.api_key.map(Secret::new),
+                },
+                self.http_timeout,
+            )?),
+            AccountBackend::Evolution => Arc::new(Evolution::new(
+                &EvolutionSettings {
+                    url: config.url,
+                    instance: config.instance,
+                    api_key: config.api_key.map(Secret::new),
+                },
+                self.http_timeout,
+            )?),
+            AccountBackend::WhatsappWeb => {
+                Arc::new(linked::Linked::new(config.session_db_or_default(&row.name)))
+            }
+        })
+    }
+
+    /// Probes troubled accounts whose wait is over, one replica each: a session that works
+    /// makes the account active again.
+    async fn probe_due(&self) {
+        let now = chrono::Utc::now();
+        let due: Vec<Arc<Account>> = self
+            .accounts()
+            .into_iter()
+            .filter(|a| {
+                let row = a.row.lock().expect("account row");
+                matches!(
+                    row.status.as_str(),
+                    "throttled" | "logged_out" | "banned" | "failing"
+                ) && row.status_until.is_none_or(|until| until <= now)
+            })
+            .collect();
+        for account in due {
+            let again = if account.row().status == "logged_out" {
+                LOGGED_OUT_PROBE
+            } else {
+                FAILING_COOLDOWN
+            };
+            match self.store.claim_probe(account.id, again).await {
+                Ok(true) => {}
+                Ok(false) => continue,
+                Err(err) => {
+                    tracing::warn!(account = %account.name, error = %err, "cannot claim a probe");
+                    continue;
+                }
+            }
+            match account.backend().probe().await {
+                Probe::Working => {
+                    let before = account.row().status;
+                    if let Err(err) = self.store.account_recovered(account.id).await {
+                        tracing::warn!(account = %account.name, error = %err, "cannot record the recovery");
+                        continue;
+                    }
+                    let mut row = account.row.lock().expect("account row");
+                    row.status = "active".into();
+                    row.status_reason = None;
+                    row.failures = 0;
+                    tracing::info!(account = %account.name, from = %before, to = "active", "checking account state changed: its session works again");
+                }
+                Probe::Trouble(trouble) => account.in_trouble(&trouble).await,
+            }
+        }
+    }
+
+    /// Accounts that may be given checks now, most preferred first: the healthiest, then
+    /// the least used today.
+    fn usable(&self, excluded: &HashSet<Uuid>) -> Vec<Arc<Account>> {
+        let mut usable: Vec<(Arc<Account>, (i32, i64))> = self
+            .accounts()
+            .into_iter()
+            .filter(|a| !excluded.contains(&a.id))
+            .filter_map(|a| {
+                let row = a.row.lock().expect("account row");
+                let key = (row.failures, i64::from(row.checks_today));
+                (row.status == "active")
+                    .then_some(key)
+                    .map(|k| (a.clone(), k))
+            })
+            .collect();
+        usable.sort_by_key(|(_, key)| *key);
+        usable.into_iter().map(|(a, _)| a).collect()
+    }
+
+    /// How long until an account may be usable again, for numbers no account took.
+    fn next_available(&self) -> Duration {
+        let now = chrono::Utc::now();
+        self.accounts()
+            .iter()
+            .filter_map(|a| a.row.lock().expect("account row").status_until)
+            .map(|until| (until - now).to_std().unwrap_or_default())
+            .min()
+            .unwrap_or(REFRESH_EVERY)
+            .clamp(Duration::from_millis(100), REFRESH_EVERY)
+    }
+}
+
+/// Splits `todo` (positions) over `accounts` in proportion to their rates, at most what
+/// each has left today and a few seconds of its rate; the most preferred first when there
+/// are fewer numbers than accounts. What no account can take is left in `todo`.
+fn assign(todo: &mut Vec<usize>, accounts: &[Arc<Account>]) -> Vec<(Arc<Account>, Vec<usize>)> {
+    let limits: Vec<(f64, usize)> = accounts
+        .iter()
+        .map(|a| {
+            // The row's lock is not held across checks_left(), which takes it too.
+            let rate = a.row.lock().expect("account row").rate_per_sec;
+            let horizon = ((rate * 2.0 * CLAIM_SECONDS).ceil() as usize).max(1);
+            let left = a
+                .checks_left()
+                .map_or(horizon, |left| horizon.min(left as usize));
+            (rate, left)
+        })
+        .collect();
+    let total_rate: f64 = limits
+        .iter()
+        .map(|(rate, _)| rate)
+        .sum::<f64>()
+        .max(f64::EPSILON);
+    let wanted = todo.len();
+    let mut slices = Vec::new();
+    for (account, (rate, left)) in accounts.iter().zip(&limits) {
+        if todo.is_empty() {
+            break;
+        }
+        if *left == 0 {
+            continue;
+        }
+        let share = ((wanted as f64 * rate / total_rate).ceil() as usize).clamp(1, *left);
+        let take = share.min(todo.len());
+        if take > 0 {
+            let part: Vec<usize> = todo.drain(..take).collect();
+            slices.push((account.clone(), part));
+        }
+    }
+    slices
+}
+
+#[async_trait]
+impl Checker for Pool {
+    fn name(&self) -> &'static str {
+        "pool"
+    }
+
+    /// About `CLAIM_SECONDS` of the usable accounts' combined rate.
+    fn max_batch(&self) -> usize {
+        let rate: f64 = self
+            .usable(&HashSet::new())
+            .iter()
+            .map(|a| a.row.lock().expect("account row").rate_per_sec)
+            .sum();
+        ((rate * CLAIM_SECONDS).ceil() as usize).clamp(1, MAX_CLAIM)
+    }
+
+    fn paused_for(&self) -> Option<Duration> {
+        self.usable(&HashSet::new())
+            .is_empty()
+            .then(|| self.next_available())
+    }
+
+    async fn check(&self, e164: &[String]) -> Vec<Outcome> {
+        let mut outcomes: Vec<Option<Outcome>> = vec![None; e164.len()];
+        // A run of consecutive numbers looks like scraping: no account gets them in order.
+        let mut todo: Vec<usize> = (0..e164.len()).collect();
+        todo.shuffle(&mut rand::rng());
+        let mut excluded = HashSet::new();
+        while !todo.is_empty() {
+            let accounts = self.usable(&excluded);
+            if accounts.is_empty() {
+                break;
+            }
+            let slices = assign(&mut todo, &accounts);
+            let runs = slices.into_iter().map(|(account, part)| async move {
+                let numbers = part.iter().map(|&i| (i, e164[i].clone())).collect();
+                let slice: Slice = account.run(numbers).await;
+                (account, slice)
+            });
+            for (account, slice) in futures::future::join_all(runs).await {
+                for (i, outcome) in slice.answered {
+                    outcomes[i] = Some(outcome);
+                }
+                if slice.troubled || !slice.back.is_empty() {
+                    excluded.insert(account.id);
+                }
+                todo.extend(slice.back);
+            }
+        }
+        // What no account could take goes back to the queue, uncounted.
+        let retry_in = self.next_available();
+        outcomes
+            .into_iter()
+            .map(|o| {
+                o.unwrap_or_else(|| Outcome::Deferred {
+                    reason: "no checking account available".into(),
+                    retry_in,
+                })
+            })
+            .collect()
+    }
+}
+
+/// WhatsApp Web accounts: the linked device's session, connected on first use.
+mod linked {
+    use async_trait::async_trait;
+
+    use crate::checker::{Backend, CallError, CallResult, Probe};
+
+    pub struct Linked {
+        #[cfg_attr(not(feature = "whatsapp-web"), allow(dead_code))]
+        session_db: String,
+        #[cfg(feature = "whatsapp-web")]
+        client: tokio::sync::OnceCell<crate::checker::whatsapp_web::WhatsAppWeb>,
+    }
+
+    impl Linked {
+        pub fn new(session_db: String) -> Linked {
+            Linked {
+                session_db,
+                #[cfg(feature = "whatsapp-web")]
+                client: tokio::sync::OnceCell::new(),
+            }
+        }
+
+        #[cfg(feature = "whatsapp-web")]
+        async fn client(&self) -> Result<&crate::checker::whatsapp_web::WhatsAppWeb, CallError> {
+            self.client
+                .get_or_try_init(|| {
+                    crate::checker::whatsapp_web::WhatsAppWeb::connect(&self.session_db)
+                })
+                .await
+                .map_err(|e| CallError::LoggedOut(format!("{e:#}")))
+        }
+
+        #[cfg(not(feature = "whatsapp-web"))]
+        async fn client(&self) -> Result<&dyn Backend, CallError> {
+            Err(CallError::Misconfigured(
+                "this build has no whatsapp-web backend: build with --features whatsapp-web".into(),
+            ))
+        }
+    }
+
+    #[async_trait]
+    impl Backend for Linked {
+        fn name(&self) -> &'static str {
+            "whatsapp-web"
+        }
+
+        fn max_batch(&self) -> usize {
+            50
+        }
+
+        async fn check(&self, e164: &[String]) -> CallResult {
+            match self.client().await {
+                Ok(client) => client.check(e164).await,
+                Err(trouble) => CallResult::failed(vec![], trouble),
+            }
+        }
+
+        async fn probe(&self) -> Probe {
+            match self.client().await {
+                Ok(client) => client.probe().await,
+                Err(trouble) => Probe::Trouble(trouble),
+            }
+        }
+    }
+}

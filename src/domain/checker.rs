@@ -1,0 +1,416 @@
+//! Checking accounts as the operator describes them: the backend and its settings, and
+//! the pacing that protects the account. Parsed here, so nothing invalid is stored.
+use std::fmt;
+
+use chrono::NaiveTime;
+use serde::{Deserialize, Serialize};
+
+/// What an account checks through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum AccountBackend {
+    /// A WAHA gateway session.
+    Waha,
+    /// An Evolution API instance.
+    Evolution,
+    /// A linked WhatsApp Web device (`wavalidate checker link`).
+    WhatsappWeb,
+}
+
+impl AccountBackend {
+    pub fn name(self) -> &'static str {
+        match self {
+            AccountBackend::Waha => "waha",
+            AccountBackend::Evolution => "evolution",
+            AccountBackend::WhatsappWeb => "whatsapp-web",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<AccountBackend> {
+        [
+            AccountBackend::Waha,
+            AccountBackend::Evolution,
+            AccountBackend::WhatsappWeb,
+        ]
+        .into_iter()
+        .find(|b| b.name() == name)
+    }
+}
+
+/// The backend's settings, as stored (`checkers.config`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_db: Option<String>,
+}
+
+impl AccountConfig {
+    /// A whatsapp-web account's session store: its own file unless one was given.
+    pub fn session_db_or_default(&self, account: &str) -> String {
+        self.session_db
+            .clone()
+            .unwrap_or_else(|| format!("whatsapp-{account}.db"))
+    }
+}
+
+/// Local times between which an account checks; `start > end` spans midnight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hours {
+    pub start: NaiveTime,
+    pub end: NaiveTime,
+}
+
+impl Hours {
+    /// `HH:MM-HH:MM`.
+    pub fn parse(text: &str) -> Option<Hours> {
+        let (start, end) = text.trim().split_once('-')?;
+        let time = |t: &str| NaiveTime::parse_from_str(t.trim(), "%H:%M").ok();
+        let hours = Hours {
+            start: time(start)?,
+            end: time(end)?,
+        };
+        (hours.start != hours.end).then_some(hours)
+    }
+}
+
+impl fmt::Display for Hours {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}-{}",
+            self.start.format("%H:%M"),
+            self.end.format("%H:%M")
+        )
+    }
+}
+
+/// The pacing that protects one account.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AccountPacing {
+    /// Checks per second, at most.
+    pub rate_per_sec: f64,
+    /// Calls in flight at once (in each process).
+    pub max_concurrency: i32,
+    /// Checks per local day; 0: none.
+    pub daily_cap: i32,
+    /// The cap ramps up over this many first days.
+    pub warmup_days: i32,
+    pub hours: Option<Hours>,
+    /// IANA name; the day and the hours are local to it.
+    pub timezone: String,
+}
+
+impl Default for AccountPacing {
+    /// Careful by default: 30 checks a minute (the "safe" end of what operators report),
+    /// one call at a time, 500 checks a day.
+    fn default() -> AccountPacing {
+        AccountPacing {
+            rate_per_sec: 0.5,
+            max_concurrency: 1,
+            daily_cap: 500,
+            warmup_days: 0,
+            hours: None,
+            timezone: "UTC".into(),
+        }
+    }
+}
+
+/// A bad setting, named by its flag.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{flag}: {problem}")]
+pub struct AccountError {
+    pub flag: &'static str,
+    pub problem: String,
+}
+
+fn bad(flag: &'static str, problem: impl Into<String>) -> AccountError {
+    AccountError {
+        flag,
+        problem: problem.into(),
+    }
+}
+
+/// What a pacing change asks for; each field left None keeps its value.
+#[derive(Debug, Clone, Default)]
+pub struct PacingChange {
+    pub rate_per_sec: Option<f64>,
+    pub max_concurrency: Option<i32>,
+    pub daily_cap: Option<i32>,
+    pub warmup_days: Option<i32>,
+    /// `HH:MM-HH:MM`, or `any` for no limit.
+    pub hours: Option<String>,
+    pub timezone: Option<String>,
+}
+
+impl PacingChange {
+    /// `pacing` with this change applied, checked.
+    pub fn apply(&self, mut pacing: AccountPacing) -> Result<AccountPacing, AccountError> {
+        if let Some(rate) = self.rate_per_sec {
+            if !(rate.is_finite() && rate > 0.0) {
+                return Err(bad(
+                    "--rate-per-sec",
+                    "must be a positive number of checks per second (0.5 is 30 a minute)",
+                ));
+            }
+            pacing.rate_per_sec = rate;
+        }
+        if let Some(n) = self.max_concurrency {
+            if n < 1 {
+                return Err(bad("--max-concurrency", "must be at least 1"));
+            }
+            pacing.max_concurrency = n;
+        }
+        if let Some(cap) = self.daily_cap {
+            if cap < 0 {
+                return Err(bad("--daily-cap", "must not be negative (0: no cap)"));
+            }
+            pacing.daily_cap = cap;
+        }
+        if let Some(days) = self.warmup_days {
+            if days < 0 {
+                return Err(bad("--warmup-days", "must not be negative"));
+            }
+            pacing.warmup_days = days;
+        }
+        if let Some(hours) = &self.hours {
+            pacing.hours = if hours.trim().eq_ignore_ascii_case("any") {
+                None
+            } else {
+                Some(Hours::parse(hours).ok_or_else(|| {
+                    bad(
+                        "--hours",
+                        format!("{hours:?} is not HH:MM-HH:MM (e.g. 08:00-20:00), or `any`"),
+                    )
+                })?)
+            };
+        }
+        if let Some(tz) = &self.timezone {
+            let tz = tz.trim();
+            if tz.is_empty() {
+                return Err(bad(
+                    "--timezone",
+                    "must name a time zone, e.g. Europe/Berlin",
+                ));
+            }
+            pacing.timezone = tz.to_string();
+        }
+        Ok(pacing)
+    }
+}
+
+/// A checking account to add.
+#[derive(Debug, Clone)]
+pub struct NewAccount {
+    pub name: String,
+    pub backend: AccountBackend,
+    pub config: AccountConfig,
+    pub pacing: AccountPacing,
+}
+
+impl NewAccount {
+    /// Checks the name, the backend's settings (each flag only where it applies) and the
+    /// pacing. The time zone is checked against PostgreSQL's list when stored.
+    pub fn parse(
+        name: &str,
+        backend: AccountBackend,
+        mut config: AccountConfig,
+        pacing: &PacingChange,
+    ) -> Result<NewAccount, AccountError> {
+        let name = name.trim();
+        if name.is_empty()
+            || name.len() > 64
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        {
+            return Err(bad(
+                "--name",
+                "use 1 to 64 letters, digits, '-', '_' or '.'",
+            ));
+        }
+        let trimmed = |v: Option<String>| v.map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
+        config = AccountConfig {
+            url: trimmed(config.url),
+            session: trimmed(config.session),
+            instance: trimmed(config.instance),
+            api_key: trimmed(config.api_key),
+            session_db: trimmed(config.session_db),
+        };
+        let not_for = |flag: &'static str, given: bool| {
+            if given {
+                Err(bad(
+                    flag,
+                    format!("does not apply to --backend {}", backend.name()),
+                ))
+            } else {
+                Ok(())
+            }
+        };
+        match backend {
+            AccountBackend::Waha => {
+                check_url(config.url.as_deref(), "http://127.0.0.1:3000")?;
+                not_for("--instance", config.instance.is_some())?;
+                not_for("--session-db", config.session_db.is_some())?;
+                config.session.get_or_insert_with(|| "default".into());
+            }
+            AccountBackend::Evolution => {
+                check_url(config.url.as_deref(), "http://127.0.0.1:8080")?;
+                if config.instance.is_none() {
+                    return Err(bad(
+                        "--instance",
+                        "is required: the Evolution API instance name",
+                    ));
+                }
+                if config.api_key.is_none() {
+                    return Err(bad(
+                        "--api-key",
+                        "is required: Evolution API checks its apikey header",
+                    ));
+                }
+                not_for("--session", config.session.is_some())?;
+                not_for("--session-db", config.session_db.is_some())?;
+            }
+            AccountBackend::WhatsappWeb => {
+                not_for("--url", config.url.is_some())?;
+                not_for("--session", config.session.is_some())?;
+                not_for("--instance", config.instance.is_some())?;
+                not_for("--api-key", config.api_key.is_some())?;
+                // Each account keeps its own linked session.
+                config.session_db = Some(config.session_db_or_default(name));
+            }
+        }
+        Ok(NewAccount {
+            name: name.to_string(),
+            backend,
+            config,
+            pacing: pacing.apply(AccountPacing::default())?,
+        })
+    }
+}
+
+fn check_url(url: Option<&str>, example: &str) -> Result<(), AccountError> {
+    let url = url.ok_or_else(|| {
+        bad(
+            "--url",
+            format!("is required: the gateway's base URL, e.g. {example}"),
+        )
+    })?;
+    let parsed =
+        reqwest::Url::parse(url).map_err(|e| bad("--url", format!("{url:?} is not a URL: {e}")))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(bad(
+            "--url",
+            format!("{url:?} must be an http:// or https:// URL"),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn waha(url: Option<&str>) -> AccountConfig {
+        AccountConfig {
+            url: url.map(String::from),
+            ..AccountConfig::default()
+        }
+    }
+
+    #[test]
+    fn an_account_needs_its_backends_settings_and_only_those() {
+        let ok = NewAccount::parse(
+            "wa-1",
+            AccountBackend::Waha,
+            waha(Some("http://gw:3000")),
+            &PacingChange::default(),
+        )
+        .unwrap();
+        assert_eq!(ok.config.session.as_deref(), Some("default"));
+        assert_eq!(ok.pacing, AccountPacing::default());
+        let err = |backend, config, pacing: PacingChange| {
+            NewAccount::parse("wa-1", backend, config, &pacing)
+                .unwrap_err()
+                .flag
+        };
+        assert_eq!(
+            err(AccountBackend::Waha, waha(None), PacingChange::default()),
+            "--url"
+        );
+        assert_eq!(
+            err(
+                AccountBackend::Waha,
+                waha(Some("ftp://x")),
+                PacingChange::default()
+            ),
+            "--url"
+        );
+        assert_eq!(
+            err(
+                AccountBackend::Evolution,
+                waha(Some("http://gw")),
+                PacingChange::default()
+            ),
+            "--instance"
+        );
+        assert_eq!(
+            err(
+                AccountBackend::WhatsappWeb,
+                waha(Some("http://gw")),
+                PacingChange::default()
+            ),
+            "--url"
+        );
+        let slow = PacingChange {
+            rate_per_sec: Some(0.0),
+            ..PacingChange::default()
+        };
+        assert_eq!(
+            err(AccountBackend::Waha, waha(Some("http://gw")), slow),
+            "--rate-per-sec"
+        );
+        let night = PacingChange {
+            hours: Some("25:00-06:00".into()),
+            ..PacingChange::default()
+        };
+        assert_eq!(
+            err(AccountBackend::Waha, waha(Some("http://gw")), night),
+            "--hours"
+        );
+        assert!(
+            NewAccount::parse(
+                "bad name",
+                AccountBackend::WhatsappWeb,
+                AccountConfig::default(),
+                &PacingChange::default()
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn hours_span_midnight_and_any_clears_them() {
+        let h = Hours::parse("22:00-06:30").unwrap();
+        assert!(h.start > h.end);
+        assert_eq!(h.to_string(), "22:00-06:30");
+        assert!(Hours::parse("08:00-08:00").is_none());
+        let pacing = PacingChange {
+            hours: Some("any".into()),
+            ..PacingChange::default()
+        }
+        .apply(AccountPacing {
+            hours: Some(h),
+            ..AccountPacing::default()
+        })
+        .unwrap();
+        assert_eq!(pacing.hours, None);
+    }
+}
