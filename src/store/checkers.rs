@@ -203,15 +203,18 @@ impl Store {
         Ok(())
     }
 
-    /// A call that worked: `asked` checks made; the account's trouble counters reset.
-    pub async fn account_worked(&self, id: Uuid, asked: i32) -> Result<()> {
+    /// A call that was answered: `asked` checks made; the rate-limit streak ends. The
+    /// failures in a row reset, unless the call was one number's failure (`number_failed`):
+    /// then they count it, so a gateway failing every number still opens the circuit.
+    pub async fn account_worked(&self, id: Uuid, asked: i32, number_failed: bool) -> Result<()> {
         sqlx::query(
             "UPDATE checkers SET checks_total = checks_total + $2, last_check_at = now(),
-                    failures = 0, throttles = 0
+                    failures = CASE WHEN $3 THEN failures + 1 ELSE 0 END, throttles = 0
              WHERE id = $1",
         )
         .bind(id)
         .bind(asked)
+        .bind(number_failed)
         .execute(&self.pool)
         .await?;
         Ok(())

@@ -87,6 +87,38 @@ async fn checks_spread_over_accounts_in_proportion_to_their_rates() {
 use futures::StreamExt;
 
 #[tokio::test]
+async fn an_account_keeps_its_pace_across_replicas_one_request_at_a_time() {
+    let numbers = us_numbers(0, 20);
+    let on = registered(&numbers);
+    let gw = fakes::waha(&on, "secret", "default").await;
+    let db = fresh_database().await;
+    add_account(&db.store, "paced", &gw, "waha", 10.0, |_| {}).await;
+    // Two replicas share the one account: its rate lives in PostgreSQL, not in either.
+    let one = spawn_app_on(db.url.clone(), db.store.clone(), use_pool).await;
+    let two = spawn_app_on(db.url.clone(), db.store.clone(), use_pool).await;
+    let (_, key) = one.account(100).await;
+    let (mut a, mut b) = (one.client().await, two.client().await);
+    let first = submit(&mut a, &key, &numbers[..10]).await;
+    let second = submit(&mut b, &key, &numbers[10..]).await;
+    wait_completed(&mut a, &key, &first.batch_id).await;
+    wait_completed(&mut b, &key, &second.batch_id).await;
+
+    let calls = gw.state.calls();
+    assert_eq!(calls.len(), 20, "one request a number");
+    let mut at: Vec<_> = calls.iter().map(|(t, _)| *t).collect();
+    at.sort();
+    // 10 checks/s: 20 requests span at least 1.9 s of slots (a little less on arrival,
+    // as a send may run late); a burst would put requests a millisecond apart.
+    let span = at[19] - at[0];
+    assert!(span >= ms(1700), "20 requests in {span:?} at 10/s");
+    let closest = at.windows(2).map(|w| w[1] - w[0]).min().unwrap();
+    assert!(
+        closest >= ms(20),
+        "requests {closest:?} apart: a burst, not a pace"
+    );
+}
+
+#[tokio::test]
 async fn an_accounts_trouble_moves_its_numbers_to_the_others_at_no_cost() {
     let all = us_numbers(0, 600);
     let on = registered(&all);

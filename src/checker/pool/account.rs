@@ -80,7 +80,13 @@ impl Account {
             slice.back = numbers.into_iter().map(|(i, _)| i).collect();
             return slice;
         };
-        let per_call = self.backend.max_batch().max(1);
+        // A backend asking number by number gets one number a call, so each request
+        // waits its own slot of the account's rate (never a burst of requests).
+        let per_call = if self.backend.one_request_per_call() {
+            self.backend.max_batch().max(1)
+        } else {
+            1
+        };
         let mut rest = numbers.as_slice();
         while !rest.is_empty() {
             let (call, after) = rest.split_at(per_call.min(rest.len()));
@@ -167,11 +173,12 @@ impl Account {
                     Outcome::Retryable("the checker returned no answer for this number".into()),
                 ));
             }
-            self.worked(asked.len() as i32).await;
+            self.worked(asked.len() as i32, false).await;
             return true;
         };
         // One number, alone in its request, failing on an account that had been fine:
-        // the number's failure, an attempt; the account goes on.
+        // the number's failure, an attempt; the account goes on, one failure nearer its
+        // circuit (a gateway failing every number is not trusted again).
         if let (CallError::Failed(reason), [(i, _)], true) = (&error, unanswered, trusted)
             && answered == 0
         {
@@ -180,11 +187,11 @@ impl Account {
                 .push((*i, Outcome::Retryable(reason.clone())));
             metrics::counter!("wav_checks_total", "checker" => self.name.clone(), "outcome" => "number_error")
                 .increment(1);
-            self.worked(asked.len() as i32).await;
+            self.worked(asked.len() as i32, true).await;
             return true;
         }
         if answered > 0 {
-            self.worked(answered as i32).await;
+            self.worked(answered as i32, false).await;
         }
         // The account's trouble: its numbers go to another account, uncounted.
         slice.back.extend(unanswered.iter().map(|(i, _)| *i));
@@ -212,13 +219,17 @@ impl Account {
             .increment(1);
     }
 
-    async fn worked(&self, asked: i32) {
+    async fn worked(&self, asked: i32, number_failed: bool) {
         {
             let mut row = self.row.lock().expect("account row");
-            row.failures = 0;
+            row.failures = if number_failed { row.failures + 1 } else { 0 };
             row.checks_total += i64::from(asked);
         }
-        if let Err(err) = self.store.account_worked(self.id, asked).await {
+        if let Err(err) = self
+            .store
+            .account_worked(self.id, asked, number_failed)
+            .await
+        {
             tracing::warn!(account = %self.name, error = %err, "cannot record checks");
         }
     }
