@@ -12,7 +12,8 @@ macro_rules! account_columns {
     () => {
         "id, name, backend, config::text AS config, rate_per_sec, max_concurrency, daily_cap,
          warmup_days, hours_start, hours_end, timezone, paused, state, failures, throttles,
-         checks_today, cap_today, checks_total, last_check_at, status, status_until, status_reason"
+         checks_today, cap_today, checks_total, last_check_at, next_slot, status, status_until,
+         status_reason"
     };
 }
 

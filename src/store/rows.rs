@@ -202,6 +202,8 @@ pub struct AccountRow {
     pub cap_today: i32,
     pub checks_total: i64,
     pub last_check_at: Option<DateTime<Utc>>,
+    /// When the account's shared rate next lets a call start.
+    pub next_slot: DateTime<Utc>,
     /// The effective status: active, resting, paused, throttled, logged_out, banned, failing.
     pub status: String,
     pub status_until: Option<DateTime<Utc>>,

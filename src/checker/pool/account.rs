@@ -4,6 +4,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use tokio::sync::Semaphore;
 use uuid::Uuid;
 
@@ -34,6 +35,8 @@ pub struct Account {
     backend: Arc<dyn Backend>,
     permits: Semaphore,
     store: Store,
+    /// When the numbers this process has given the account will be asked, by its rate.
+    booked: Mutex<DateTime<Utc>>,
 }
 
 /// What a slice of numbers came to on one account.
@@ -56,6 +59,7 @@ impl Account {
             row: Mutex::new(row),
             backend,
             store,
+            booked: Mutex::new(Utc::now()),
         }
     }
 
@@ -67,10 +71,28 @@ impl Account {
         self.row.lock().expect("account row").clone()
     }
 
-    /// Checks left today by the last refresh's count (the reservation decides for real).
-    pub fn checks_left(&self) -> Option<i64> {
+    /// When the account could ask one more number (seconds from `now`: the later of its
+    /// shared rate's next slot and the work this process gave it), the seconds each number
+    /// takes, and how many it has left today by the last refresh's count (the reservation
+    /// decides for real).
+    pub fn availability(&self, now: DateTime<Utc>) -> (f64, f64, usize) {
         let row = self.row.lock().expect("account row");
-        (row.cap_today > 0).then(|| (row.cap_today - row.checks_today).max(0) as i64)
+        let booked = *self.booked.lock().expect("account booking");
+        let free = booked.max(row.next_slot).max(now);
+        let left = if row.cap_today > 0 {
+            (row.cap_today - row.checks_today).max(0) as usize
+        } else {
+            usize::MAX
+        };
+        ((free - now).as_seconds_f64(), 1.0 / row.rate_per_sec, left)
+    }
+
+    /// Books `numbers` more (positive) or fewer (negative) on the account's rate.
+    pub fn book(&self, numbers: i64) {
+        let rate = self.row.lock().expect("account row").rate_per_sec;
+        let span = chrono::Duration::microseconds((numbers as f64 / rate * 1e6) as i64);
+        let mut booked = self.booked.lock().expect("account booking");
+        *booked = (*booked).max(Utc::now()) + span;
     }
 
     /// Asks `numbers` (position in the call, E.164), in calls of the backend's size.
@@ -97,6 +119,8 @@ impl Account {
                 break;
             }
         }
+        // Numbers not asked here no longer hold the account's time.
+        self.book(-(slice.back.len() as i64));
         slice
     }
 

@@ -247,44 +247,39 @@ impl Pool {
     }
 }
 
-/// Splits `todo` (positions) over `accounts` in proportion to their rates, at most what
-/// each has left today and a few seconds of its rate; the most preferred first when there
-/// are fewer numbers than accounts. What no account can take is left in `todo`.
+/// Gives each number of `todo` (positions) to the account that can ask it soonest: its
+/// next free moment is the later of now, its shared rate's next slot and what this process
+/// already gave it, and each number takes it 1/rate longer. So numbers spread in
+/// proportion to the accounts' rates and around the work they already have; ties go to
+/// the most preferred (the order of `accounts`), and no account gets more than it has left
+/// today. What no account can take is left in `todo`.
 fn assign(todo: &mut Vec<usize>, accounts: &[Arc<Account>]) -> Vec<(Arc<Account>, Vec<usize>)> {
-    let limits: Vec<(f64, usize)> = accounts
-        .iter()
-        .map(|a| {
-            // The row's lock is not held across checks_left(), which takes it too.
-            let rate = a.row.lock().expect("account row").rate_per_sec;
-            let horizon = ((rate * 2.0 * CLAIM_SECONDS).ceil() as usize).max(1);
-            let left = a
-                .checks_left()
-                .map_or(horizon, |left| horizon.min(left as usize));
-            (rate, left)
-        })
-        .collect();
-    let total_rate: f64 = limits
-        .iter()
-        .map(|(rate, _)| rate)
-        .sum::<f64>()
-        .max(f64::EPSILON);
-    let wanted = todo.len();
-    let mut slices = Vec::new();
-    for (account, (rate, left)) in accounts.iter().zip(&limits) {
-        if todo.is_empty() {
+    let now = chrono::Utc::now();
+    let mut free: Vec<(f64, f64, usize)> = accounts.iter().map(|a| a.availability(now)).collect();
+    let mut parts: Vec<Vec<usize>> = vec![Vec::new(); accounts.len()];
+    while let Some(&number) = todo.last() {
+        // The first of equals: `min_by` keeps the earliest minimum.
+        let Some(soonest) = (0..free.len())
+            .filter(|&i| free[i].2 > 0)
+            .min_by(|&a, &b| free[a].0.total_cmp(&free[b].0))
+        else {
             break;
-        }
-        if *left == 0 {
-            continue;
-        }
-        let share = ((wanted as f64 * rate / total_rate).ceil() as usize).clamp(1, *left);
-        let take = share.min(todo.len());
-        if take > 0 {
-            let part: Vec<usize> = todo.drain(..take).collect();
-            slices.push((account.clone(), part));
-        }
+        };
+        todo.pop();
+        parts[soonest].push(number);
+        let (at, step, left) = &mut free[soonest];
+        *at += *step;
+        *left -= 1;
     }
-    slices
+    accounts
+        .iter()
+        .zip(parts)
+        .filter(|(_, part)| !part.is_empty())
+        .map(|(account, part)| {
+            account.book(part.len() as i64);
+            (account.clone(), part)
+        })
+        .collect()
 }
 
 #[async_trait]
@@ -321,6 +316,10 @@ impl Checker for Pool {
                 break;
             }
             let slices = assign(&mut todo, &accounts);
+            if slices.is_empty() {
+                // Every usable account is at its cap for today.
+                break;
+            }
             let runs = slices.into_iter().map(|(account, part)| async move {
                 let numbers = part.iter().map(|&i| (i, e164[i].clone())).collect();
                 let slice: Slice = account.run(numbers).await;
