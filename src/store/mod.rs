@@ -12,6 +12,9 @@
 //! 4. `accounts` (id).
 //! 5. `number_cache` (backend, e164).
 //!
+//! A `checkers` row (a checking account of the pool) is locked alone, by one short
+//! statement at a time, never together with any of the above.
+//!
 //! Claims take chunk locks with `SKIP LOCKED` and never wait. Retention deletes only
 //! finished batches, whose numbers no one else locks (nothing is pending in them), and
 //! takes the batch first with `SKIP LOCKED`. A deadlock or serialization failure that
