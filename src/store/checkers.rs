@@ -37,6 +37,21 @@ impl Trouble {
     }
 }
 
+type PgQuery<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
+
+/// Binds an account's pacing as the next parameters, in the column order rate_per_sec,
+/// max_concurrency, daily_cap, warmup_days, hours_start, hours_end, timezone.
+fn bind_pacing<'q>(query: PgQuery<'q>, p: &'q AccountPacing) -> PgQuery<'q> {
+    query
+        .bind(p.rate_per_sec)
+        .bind(p.max_concurrency)
+        .bind(p.daily_cap)
+        .bind(p.warmup_days)
+        .bind(p.hours.map(|h| h.start))
+        .bind(p.hours.map(|h| h.end))
+        .bind(&p.timezone)
+}
+
 impl Store {
     /// Adds an account; refused when the name is taken or the time zone unknown.
     pub async fn add_account(&self, new: &NewAccount) -> Result<Uuid> {
@@ -53,16 +68,8 @@ impl Store {
         .bind(id)
         .bind(&new.name)
         .bind(new.backend.name())
-        .bind(config)
-        .bind(p.rate_per_sec)
-        .bind(p.max_concurrency)
-        .bind(p.daily_cap)
-        .bind(p.warmup_days)
-        .bind(p.hours.map(|h| h.start))
-        .bind(p.hours.map(|h| h.end))
-        .bind(&p.timezone)
-        .execute(&self.pool)
-        .await?;
+        .bind(config);
+        let inserted = bind_pacing(inserted, p).execute(&self.pool).await?;
         if inserted.rows_affected() == 0 {
             return Err(StoreError::Rejected(format!(
                 "--name: a checking account named {:?} exists already",
@@ -136,16 +143,8 @@ impl Store {
                     warmup_days = $5, hours_start = $6, hours_end = $7, timezone = $8
              WHERE name = $1",
         )
-        .bind(name)
-        .bind(p.rate_per_sec)
-        .bind(p.max_concurrency)
-        .bind(p.daily_cap)
-        .bind(p.warmup_days)
-        .bind(p.hours.map(|h| h.start))
-        .bind(p.hours.map(|h| h.end))
-        .bind(&p.timezone)
-        .execute(&self.pool)
-        .await?;
+        .bind(name);
+        let done = bind_pacing(done, &p).execute(&self.pool).await?;
         Ok(done.rows_affected() == 1)
     }
 

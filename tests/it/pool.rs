@@ -226,6 +226,55 @@ async fn an_accounts_trouble_moves_its_numbers_to_the_others_at_no_cost() {
 }
 
 #[tokio::test]
+async fn a_gateway_that_breaks_after_working_costs_the_numbers_nothing() {
+    let all = us_numbers(0, 300);
+    let on = registered(&all);
+    let good = fakes::waha(&on, "secret", "default").await;
+    let breaks = fakes::waha(&on, "secret", "default").await;
+    breaks.state.hold_from(3);
+    let db = fresh_database().await;
+    add_account(&db.store, "good", &good, "waha", 100.0, |_| {}).await;
+    add_account(&db.store, "breaks", &breaks, "waha", 100.0, |_| {}).await;
+    let app = spawn_app_on(db.url.clone(), db.store.clone(), use_pool).await;
+    let (_, key) = app.account(1000).await;
+    let mut client = app.client().await;
+    let first = submit(&mut client, &key, &all[..60]).await;
+    // Three numbers answered, then the gateway fails every request, its session status too.
+    wait_until("the breaking gateway's fourth request", || async {
+        breaks.state.held() == 1
+    })
+    .await;
+    breaks.state.set_default(Mode::ServerError);
+    breaks.state.release();
+    let done = wait_completed(&mut client, &key, &first.batch_id).await;
+    assert_eq!(
+        done.results.iter().map(|r| r.status).collect::<Vec<_>>(),
+        expected(&all[..60])
+    );
+    // Each claim it is given, it fails at once; after three in a row its circuit opens.
+    for chunk in all[60..].chunks(30) {
+        if account_status(&app.store, "breaks").await.status == "failing" {
+            break;
+        }
+        let done = submit_and_wait(&mut client, &key, chunk).await;
+        assert_eq!(
+            done.results.iter().map(|r| r.status).collect::<Vec<_>>(),
+            expected(chunk)
+        );
+    }
+    assert_eq!(account_status(&app.store, "breaks").await.status, "failing");
+    let attempts: Vec<i32> = sqlx::query_scalar("SELECT DISTINCT attempts FROM batch_numbers")
+        .fetch_all(app.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(
+        attempts,
+        [1],
+        "a failure its session shares is the account's, not the number's"
+    );
+}
+
+#[tokio::test]
 async fn accounts_come_and_go_in_a_running_server_and_numbers_wait_meanwhile() {
     let numbers = us_numbers(0, 20);
     let on = registered(&numbers);
@@ -318,6 +367,40 @@ async fn a_poison_number_ends_in_error_alone_and_is_refunded_once() {
             "active",
             "one bad number does not make an account fail"
         );
+    }
+}
+
+#[tokio::test]
+async fn a_poison_number_as_the_first_check_of_new_accounts_is_still_the_numbers() {
+    let poison = us_numbers(0, 1);
+    let (a, b) = (
+        fakes::waha(&[], "secret", "default").await,
+        fakes::waha(&[], "secret", "default").await,
+    );
+    for gw in [&a, &b] {
+        gw.state.poison(&poison[0]);
+    }
+    let db = fresh_database().await;
+    add_account(&db.store, "a", &a, "waha", 100.0, |_| {}).await;
+    add_account(&db.store, "b", &b, "waha", 100.0, |_| {}).await;
+    let app = spawn_app_on(db.url.clone(), db.store.clone(), |s| {
+        use_pool(s);
+        s.workers.max_attempts = 3;
+    })
+    .await;
+    let (_, key) = app.account(10).await;
+    let mut client = app.client().await;
+    // Their sessions work, so the failure is the number's: three attempts, then ERROR.
+    let done = submit_and_wait(&mut client, &key, &poison).await;
+    assert_eq!(done.results[0].status, ERROR);
+    assert_eq!(done.credits_refunded, 1);
+    assert_eq!(
+        a.state.probes() + b.state.probes(),
+        3,
+        "one look at the session per failure"
+    );
+    for name in ["a", "b"] {
+        assert_eq!(account_status(&app.store, name).await.status, "active");
     }
 }
 

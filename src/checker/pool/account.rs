@@ -10,13 +10,16 @@ use uuid::Uuid;
 
 use crate::checker::isolate::isolate;
 use crate::checker::paced::call_label;
-use crate::checker::{Backend, CallError, CallResult, Outcome};
+use crate::checker::{Backend, CallError, CallResult, Outcome, Probe};
 use crate::store::Store;
 use crate::store::checkers::Trouble;
 use crate::store::rows::AccountRow;
 
 /// Failed calls in a row (with nothing to blame on a number) that open the account's circuit.
 pub const FAILURES_BEFORE_FAILING: i32 = 3;
+/// Lone numbers failing in a row on an account whose session says it works, before the
+/// account is taken for failing (a poison number is retried on few accounts at most).
+const NUMBER_FAILURES_BEFORE_FAILING: i32 = 10;
 /// How long a failing account rests before it is probed.
 pub const FAILING_COOLDOWN: Duration = Duration::from_secs(60);
 /// A throttled account's first pause, doubling per rate limit in a row, up to the max.
@@ -155,9 +158,6 @@ impl Account {
         }
         let numbers: Vec<String> = asked.iter().map(|(_, n)| n.clone()).collect();
         let healthy = self.row.lock().expect("account row").failures == 0;
-        // An account that has answered before and not failed since: a lone number's
-        // failure on it is the number's.
-        let trusted = healthy && self.row.lock().expect("account row").checks_total > 0;
         let started = std::time::Instant::now();
         let result = if numbers.len() > 1 && healthy && self.backend.one_request_per_call() {
             isolate(&numbers, &|part: Vec<String>| async move {
@@ -172,7 +172,7 @@ impl Account {
             .record(started.elapsed().as_secs_f64());
         metrics::counter!("wav_upstream_calls_total", "backend" => backend, "result" => call_label(&result))
             .increment(1);
-        self.settle(asked, result, trusted, slice).await
+        self.settle(asked, result, slice).await
     }
 
     /// Files a call's result: answers kept, the rest back, the account's record updated.
@@ -180,7 +180,6 @@ impl Account {
         &self,
         asked: &[(usize, String)],
         result: CallResult,
-        trusted: bool,
         slice: &mut Slice,
     ) -> bool {
         let answered = result.outcomes.len().min(asked.len());
@@ -200,19 +199,33 @@ impl Account {
             self.worked(asked.len() as i32, false).await;
             return true;
         };
-        // One number, alone in its request, failing on an account that had been fine:
-        // the number's failure, an attempt; the account goes on, one failure nearer its
-        // circuit (a gateway failing every number is not trusted again).
-        if let (CallError::Failed(reason), [(i, _)], true) = (&error, unanswered, trusted)
+        // One number, alone in its request, failing: the account's session is looked at
+        // (not a number). Working, the failure is the number's, an attempt; otherwise the
+        // account's, and the number goes to another account.
+        let mut error = error;
+        if let (CallError::Failed(reason), [(i, _)]) = (&error, unanswered)
             && answered == 0
         {
-            slice
-                .answered
-                .push((*i, Outcome::Retryable(reason.clone())));
-            metrics::counter!("wav_checks_total", "checker" => self.name.clone(), "outcome" => "number_error")
-                .increment(1);
-            self.worked(asked.len() as i32, true).await;
-            return true;
+            match self.backend.probe().await {
+                Probe::Working => {
+                    slice
+                        .answered
+                        .push((*i, Outcome::Retryable(reason.clone())));
+                    metrics::counter!("wav_checks_total", "checker" => self.name.clone(), "outcome" => "number_error")
+                        .increment(1);
+                    let failures = self.worked(asked.len() as i32, true).await;
+                    if failures >= NUMBER_FAILURES_BEFORE_FAILING {
+                        let reason = format!(
+                            "{failures} calls in a row failed though its session works; last: {reason}"
+                        );
+                        self.record_trouble(Trouble::Failing, Some(FAILING_COOLDOWN), &reason)
+                            .await;
+                        return false;
+                    }
+                    return true;
+                }
+                Probe::Trouble(trouble) => error = trouble,
+            }
         }
         if answered > 0 {
             self.worked(answered as i32, false).await;
@@ -243,12 +256,14 @@ impl Account {
             .increment(1);
     }
 
-    async fn worked(&self, asked: i32, number_failed: bool) {
-        {
+    /// Records `asked` checks made; returns the failures in a row after them.
+    async fn worked(&self, asked: i32, number_failed: bool) -> i32 {
+        let failures = {
             let mut row = self.row.lock().expect("account row");
             row.failures = if number_failed { row.failures + 1 } else { 0 };
             row.checks_total += i64::from(asked);
-        }
+            row.failures
+        };
         if let Err(err) = self
             .store
             .account_worked(self.id, asked, number_failed)
@@ -256,6 +271,7 @@ impl Account {
         {
             tracing::warn!(account = %self.name, error = %err, "cannot record checks");
         }
+        failures
     }
 
     /// Records the account's trouble in PostgreSQL (every replica stops using it) and logs
@@ -295,10 +311,15 @@ impl Account {
                 (Trouble::Failing, Some(FAILING_COOLDOWN))
             }
         };
+        self.record_trouble(trouble, until, &reason).await;
+    }
+
+    /// Writes the account's trouble (every replica stops using it) and logs the change.
+    async fn record_trouble(&self, trouble: Trouble, until: Option<Duration>, reason: &str) {
         let before = self.row.lock().expect("account row").status.clone();
         match self
             .store
-            .account_in_trouble(self.id, trouble, until, &reason)
+            .account_in_trouble(self.id, trouble, until, reason)
             .await
         {
             Ok(Some((failures, throttles))) => {
@@ -306,7 +327,7 @@ impl Account {
                 row.failures = failures;
                 row.throttles = throttles;
                 row.status = trouble.as_str().into();
-                row.status_reason = Some(reason.clone());
+                row.status_reason = Some(reason.to_string());
             }
             Ok(None) => return,
             Err(err) => {

@@ -157,6 +157,15 @@ impl FakeState {
             .unwrap_or_else(|| self.default.lock().unwrap().clone())
     }
 
+    /// A gateway failing every request (`set_default(Mode::ServerError)`) fails its
+    /// session status too.
+    fn broken(&self) -> Option<Response> {
+        let mode = self.default.lock().unwrap().clone();
+        matches!(mode, Mode::ServerError)
+            .then(|| failure(&mode))
+            .flatten()
+    }
+
     fn authorized(&self, headers: &HeaderMap, header: &str) -> bool {
         headers.get(header).and_then(|v| v.to_str().ok()) == Some(self.api_key.as_str())
     }
@@ -217,6 +226,31 @@ fn failure(mode: &Mode) -> Option<Response> {
         }
         _ => None,
     }
+}
+
+/// Evolution API's answer to a request with a wrong `apikey` or for another instance.
+fn evolution_refuses(
+    state: &FakeState,
+    headers: &HeaderMap,
+    asked: &str,
+    instance: &str,
+) -> Option<Response> {
+    if !state.authorized(headers, "apikey") {
+        return Some(
+            (
+                StatusCode::UNAUTHORIZED,
+                Json(json!({"status": 401, "error": "Unauthorized"})),
+            )
+                .into_response(),
+        );
+    }
+    (asked != instance).then(|| {
+        (
+            StatusCode::NOT_FOUND,
+            Json(json!({"status": 404, "error": "Not Found"})),
+        )
+            .into_response()
+    })
 }
 
 async fn spawn(router: Router) -> SocketAddr {
@@ -317,6 +351,9 @@ pub async fn waha(registered: &[&str], api_key: &str, session: &'static str) -> 
                 .into_response();
         }
         state.probes.fetch_add(1, Ordering::SeqCst);
+        if let Some(broken) = state.broken() {
+            return broken;
+        }
         let status = if state.connected() {
             "WORKING"
         } else {
@@ -342,19 +379,8 @@ pub async fn evolution(registered: &[&str], api_key: &str, instance: &'static st
         headers: HeaderMap,
         Json(body): Json<Value>,
     ) -> Response {
-        if !state.authorized(&headers, "apikey") {
-            return (
-                StatusCode::UNAUTHORIZED,
-                Json(json!({"status": 401, "error": "Unauthorized"})),
-            )
-                .into_response();
-        }
-        if asked_instance != instance {
-            return (
-                StatusCode::NOT_FOUND,
-                Json(json!({"status": 404, "error": "Not Found"})),
-            )
-                .into_response();
+        if let Some(refused) = evolution_refuses(&state, &headers, &asked_instance, instance) {
+            return refused;
         }
         let numbers: Vec<String> = body["numbers"]
             .as_array()
@@ -400,21 +426,13 @@ pub async fn evolution(registered: &[&str], api_key: &str, instance: &'static st
         Path(asked): Path<String>,
         headers: HeaderMap,
     ) -> Response {
-        if !state.authorized(&headers, "apikey") {
-            return (
-                StatusCode::UNAUTHORIZED,
-                Json(json!({"status": 401, "error": "Unauthorized"})),
-            )
-                .into_response();
-        }
-        if asked != instance {
-            return (
-                StatusCode::NOT_FOUND,
-                Json(json!({"status": 404, "error": "Not Found"})),
-            )
-                .into_response();
+        if let Some(refused) = evolution_refuses(&state, &headers, &asked, instance) {
+            return refused;
         }
         state.probes.fetch_add(1, Ordering::SeqCst);
+        if let Some(broken) = state.broken() {
+            return broken;
+        }
         let connection = if state.connected() { "open" } else { "close" };
         Json(json!({"instance": {"instanceName": instance, "state": connection}})).into_response()
     }
