@@ -320,25 +320,31 @@ async fn accounts_come_and_go_in_a_running_server_and_numbers_wait_meanwhile() {
     assert_eq!(gw.state.numbers_asked(), asked_before + 10);
 }
 
-#[tokio::test]
-async fn a_poison_number_ends_in_error_alone_and_is_refunded_once() {
-    let numbers = us_numbers(0, 12);
-    let on = registered(&numbers);
-    let (a, b) = (
-        fakes::waha(&on, "secret", "default").await,
-        fakes::evolution(&on, "secret", "main").await,
-    );
+/// A pool server retrying a number at most 3 times, over two accounts whose gateways
+/// both answer 500 for `poison`: "a" on WAHA, "b" on a `second` gateway (waha or evolution).
+async fn poisoned_pool(on: &[&str], poison: &str, second: &str) -> (Gateway, Gateway, TestApp) {
+    let a = fakes::waha(on, "secret", "default").await;
+    let b = match second {
+        "waha" => fakes::waha(on, "secret", "default").await,
+        _ => fakes::evolution(on, "secret", "main").await,
+    };
     for gw in [&a, &b] {
-        gw.state.poison(&numbers[5]);
+        gw.state.poison(poison);
     }
-    let db = fresh_database().await;
-    add_account(&db.store, "a", &a, "waha", 100.0, |_| {}).await;
-    add_account(&db.store, "b", &b, "evolution", 100.0, |_| {}).await;
-    let app = spawn_app_on(db.url.clone(), db.store.clone(), |s| {
+    let app = spawn_app_with(|s| {
         use_pool(s);
         s.workers.max_attempts = 3;
     })
     .await;
+    add_account(&app.store, "a", &a, "waha", 100.0, |_| {}).await;
+    add_account(&app.store, "b", &b, second, 100.0, |_| {}).await;
+    (a, b, app)
+}
+
+#[tokio::test]
+async fn a_poison_number_ends_in_error_alone_and_is_refunded_once() {
+    let numbers = us_numbers(0, 12);
+    let (_, _, app) = poisoned_pool(&registered(&numbers), &numbers[5], "evolution").await;
     let (account, key) = app.account(100).await;
     let mut client = app.client().await;
     let done = submit_and_wait(&mut client, &key, &numbers).await;
@@ -373,21 +379,7 @@ async fn a_poison_number_ends_in_error_alone_and_is_refunded_once() {
 #[tokio::test]
 async fn a_poison_number_as_the_first_check_of_new_accounts_is_still_the_numbers() {
     let poison = us_numbers(0, 1);
-    let (a, b) = (
-        fakes::waha(&[], "secret", "default").await,
-        fakes::waha(&[], "secret", "default").await,
-    );
-    for gw in [&a, &b] {
-        gw.state.poison(&poison[0]);
-    }
-    let db = fresh_database().await;
-    add_account(&db.store, "a", &a, "waha", 100.0, |_| {}).await;
-    add_account(&db.store, "b", &b, "waha", 100.0, |_| {}).await;
-    let app = spawn_app_on(db.url.clone(), db.store.clone(), |s| {
-        use_pool(s);
-        s.workers.max_attempts = 3;
-    })
-    .await;
+    let (a, b, app) = poisoned_pool(&[], &poison[0], "waha").await;
     let (_, key) = app.account(10).await;
     let mut client = app.client().await;
     // Their sessions work, so the failure is the number's: three attempts, then ERROR.

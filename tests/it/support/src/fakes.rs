@@ -228,6 +228,31 @@ fn failure(mode: &Mode) -> Option<Response> {
     }
 }
 
+/// WAHA's answer to a request with a wrong `X-Api-Key` or for another session.
+fn waha_refuses(
+    state: &FakeState,
+    headers: &HeaderMap,
+    asked: &str,
+    session: &str,
+) -> Option<Response> {
+    if !state.authorized(headers, "x-api-key") {
+        return Some(
+            (
+                StatusCode::UNAUTHORIZED,
+                Json(json!({"message": "Unauthorized"})),
+            )
+                .into_response(),
+        );
+    }
+    (asked != session).then(|| {
+        (
+            StatusCode::NOT_FOUND,
+            Json(json!({"message": "Session not found"})),
+        )
+            .into_response()
+    })
+}
+
 /// Evolution API's answer to a request with a wrong `apikey` or for another instance.
 fn evolution_refuses(
     state: &FakeState,
@@ -289,19 +314,9 @@ pub async fn waha(registered: &[&str], api_key: &str, session: &'static str) -> 
         headers: HeaderMap,
         Query(q): Query<std::collections::HashMap<String, String>>,
     ) -> Response {
-        if !state.authorized(&headers, "x-api-key") {
-            return (
-                StatusCode::UNAUTHORIZED,
-                Json(json!({"message": "Unauthorized"})),
-            )
-                .into_response();
-        }
-        if q.get("session").map(String::as_str) != Some(session) {
-            return (
-                StatusCode::NOT_FOUND,
-                Json(json!({"message": "Session not found"})),
-            )
-                .into_response();
+        let asked = q.get("session").map(String::as_str).unwrap_or_default();
+        if let Some(refused) = waha_refuses(&state, &headers, asked, session) {
+            return refused;
         }
         let phone = q.get("phone").cloned().unwrap_or_default();
         let (mode, _guard) = state.begin(vec![phone.clone()]).await;
@@ -336,19 +351,8 @@ pub async fn waha(registered: &[&str], api_key: &str, session: &'static str) -> 
         Path(asked): Path<String>,
         headers: HeaderMap,
     ) -> Response {
-        if !state.authorized(&headers, "x-api-key") {
-            return (
-                StatusCode::UNAUTHORIZED,
-                Json(json!({"message": "Unauthorized"})),
-            )
-                .into_response();
-        }
-        if asked != session {
-            return (
-                StatusCode::NOT_FOUND,
-                Json(json!({"message": "Session not found"})),
-            )
-                .into_response();
+        if let Some(refused) = waha_refuses(&state, &headers, &asked, session) {
+            return refused;
         }
         state.probes.fetch_add(1, Ordering::SeqCst);
         if let Some(broken) = state.broken() {
