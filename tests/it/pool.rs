@@ -3,6 +3,8 @@
 //! the others at no cost; caps hold across replicas; accounts come and go while serving.
 use std::collections::HashMap;
 
+use futures::StreamExt;
+
 use wavalidate::pb::{self, NumberStatus};
 use wavalidate_test_support::fakes::{self, Gateway, Mode};
 use wavalidate_test_support::*;
@@ -25,6 +27,14 @@ fn asked(gateways: &[&Gateway]) -> (Vec<usize>, HashMap<String, usize>) {
         })
         .collect();
     (per_gateway, per_number)
+}
+
+/// The attempt counts the numbers were charged, each once.
+async fn attempts_made(store: &wavalidate::store::Store) -> Vec<i32> {
+    sqlx::query_scalar("SELECT DISTINCT attempts FROM batch_numbers ORDER BY 1")
+        .fetch_all(store.pool())
+        .await
+        .unwrap()
 }
 
 fn registered(numbers: &[String]) -> Vec<&str> {
@@ -83,8 +93,6 @@ async fn checks_spread_over_accounts_in_proportion_to_their_rates() {
         "every check counted against the account that made it"
     );
 }
-
-use futures::StreamExt;
 
 #[tokio::test]
 async fn an_account_keeps_its_pace_across_replicas_one_request_at_a_time() {
@@ -162,10 +170,7 @@ async fn an_accounts_trouble_moves_its_numbers_to_the_others_at_no_cost() {
         700,
         "charged once"
     );
-    let attempts: Vec<i32> = sqlx::query_scalar("SELECT DISTINCT attempts FROM batch_numbers")
-        .fetch_all(app.store.pool())
-        .await
-        .unwrap();
+    let attempts = attempts_made(&app.store).await;
     assert_eq!(
         attempts,
         [1],
@@ -263,10 +268,7 @@ async fn a_gateway_that_breaks_after_working_costs_the_numbers_nothing() {
         );
     }
     assert_eq!(account_status(&app.store, "breaks").await.status, "failing");
-    let attempts: Vec<i32> = sqlx::query_scalar("SELECT DISTINCT attempts FROM batch_numbers")
-        .fetch_all(app.store.pool())
-        .await
-        .unwrap();
+    let attempts = attempts_made(&app.store).await;
     assert_eq!(
         attempts,
         [1],
