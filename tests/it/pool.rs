@@ -124,6 +124,27 @@ async fn an_account_keeps_its_pace_across_replicas_one_request_at_a_time() {
         closest >= ms(20),
         "requests {closest:?} apart: a burst, not a pace"
     );
+    // Not in the order submitted, forwards or backwards: a run of consecutive numbers
+    // looks like scraping. A shuffle of 10 puts about 2 neighbours next to each other;
+    // 7 or more happens about once in 10^5 runs.
+    let mut calls = calls;
+    calls.sort_by_key(|(t, _)| *t);
+    let positions: Vec<usize> = calls
+        .iter()
+        .flat_map(|(_, asked)| asked)
+        .filter_map(|n| {
+            let n = n.trim_start_matches('+');
+            numbers[..10]
+                .iter()
+                .position(|m| m.trim_start_matches('+') == n)
+        })
+        .collect();
+    let neighbours = positions
+        .windows(2)
+        .filter(|w| w[0].abs_diff(w[1]) == 1)
+        .count();
+    assert_eq!(positions.len(), 10);
+    assert!(neighbours < 7, "asked in submission order: {positions:?}");
 }
 
 #[tokio::test]

@@ -10,7 +10,6 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use rand::seq::SliceRandom;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -306,9 +305,8 @@ impl Checker for Pool {
 
     async fn check(&self, e164: &[String]) -> Vec<Outcome> {
         let mut outcomes: Vec<Option<Outcome>> = vec![None; e164.len()];
-        // A run of consecutive numbers looks like scraping: no account gets them in order.
+        // Already shuffled by the workers: no account gets a run of consecutive numbers.
         let mut todo: Vec<usize> = (0..e164.len()).collect();
-        todo.shuffle(&mut rand::rng());
         let mut excluded = HashSet::new();
         while !todo.is_empty() {
             let accounts = self.usable(&excluded);

@@ -43,6 +43,8 @@ pub struct Workers {
     config: WorkerConfig,
     /// Wakes idle loops when numbers are queued, and takes the results they write.
     hub: Arc<EventHub>,
+    /// When this process last looked for overdue numbers (one loop looks at a time).
+    last_sweep: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl Workers {
@@ -57,6 +59,7 @@ impl Workers {
             checker,
             config,
             hub,
+            last_sweep: std::sync::Mutex::new(None),
         })
     }
 
@@ -120,6 +123,17 @@ impl Workers {
     /// Ends numbers pending longer than `max_pending` while nothing can check them: errors,
     /// refunded. Replicas and loops may sweep at once; each chunk is leased by one.
     async fn end_overdue(&self) {
+        // A few looks per WAV_MAX_PENDING, at most one a minute: the search reads the
+        // whole queue, and a paused checker's loops come by several times a second.
+        let every = (self.config.max_pending / 4)
+            .clamp(Duration::from_millis(100), Duration::from_secs(60));
+        {
+            let mut last = self.last_sweep.lock().expect("sweep time");
+            if last.is_some_and(|at| at.elapsed() < every) {
+                return;
+            }
+            *last = Some(std::time::Instant::now());
+        }
         let claim = match self
             .store
             .claim_overdue(10, self.config.lease, self.config.max_pending)
