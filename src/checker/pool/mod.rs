@@ -1,8 +1,8 @@
 //! `--checker pool`: the workers check through every usable checking account in
-//! PostgreSQL (`wavalidate checker add ...`). Each call's numbers are spread over the
-//! accounts with budget now, in proportion to their rates, preferring the healthiest and
-//! least used today; numbers an account cannot take (its trouble, its cap) go to another
-//! account at once, uncounted. Accounts' caps, rates and states are shared by every
+//! PostgreSQL (`wavalidate checker add ...`). Each number of a call goes to the usable
+//! account that can ask it soonest (so accounts share the work by their rates), ties to
+//! the healthiest and least used today; numbers an account cannot take (its trouble, its
+//! cap) go to another account at once, uncounted. Accounts' caps, rates and states are shared by every
 //! replica through PostgreSQL; this process re-reads them every second and probes the
 //! troubled ones (their session's status, not a number) until they work again.
 use std::collections::{HashMap, HashSet};
