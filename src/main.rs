@@ -8,7 +8,7 @@ use tracing_subscriber::EnvFilter;
 use wavalidate::cli::{AccountCommand, CheckerCommand, Cli, Command, KeyCommand, WhatsappCommand};
 use wavalidate::client;
 use wavalidate::domain::api_key::ApiKey;
-use wavalidate::domain::checker::{AccountConfig, Hours, NewAccount};
+use wavalidate::domain::checker::{AccountBackend, AccountConfig, Hours, NewAccount};
 use wavalidate::store::Store;
 
 #[tokio::main]
@@ -161,12 +161,11 @@ async fn checker(command: CheckerCommand, url: &str) -> anyhow::Result<()> {
         CheckerCommand::Link { name, phone } => {
             let row = store.account(&name).await?.ok_or_else(|| missing(&name))?;
             anyhow::ensure!(
-                row.backend == "whatsapp-web",
+                row.backend == AccountBackend::WhatsappWeb,
                 "--name: {name:?} is a {} account; only whatsapp-web accounts are linked here",
-                row.backend
+                row.backend.name()
             );
-            let config: AccountConfig = serde_json::from_str(&row.config)?;
-            let session_db = config.session_db_or_default(&name);
+            let session_db = row.config.session_db_or_default(&name);
             link_whatsapp(&phone, &session_db).await?;
         }
     }
@@ -177,8 +176,8 @@ async fn checker(command: CheckerCommand, url: &str) -> anyhow::Result<()> {
 fn account_json(a: &wavalidate::store::rows::AccountRow) -> serde_json::Value {
     json!({
         "name": a.name,
-        "backend": a.backend,
-        "state": a.status,
+        "backend": a.backend.name(),
+        "state": a.status.as_str(),
         "state_until": a.status_until,
         "reason": a.status_reason,
         "checks_today": a.checks_today,

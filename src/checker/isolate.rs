@@ -3,7 +3,28 @@
 use std::future::Future;
 use std::pin::Pin;
 
-use super::{CallError, CallResult, Outcome};
+use super::{Backend, CallError, CallResult, Outcome};
+
+/// Asks `numbers` through `request` (one upstream request each time it is called). When
+/// `backend` puts a call's numbers in one request and its last call went well (`healthy`),
+/// a failed request is split to find the number that breaks it (`isolate`); after a failed
+/// call it is the gateway, and splitting would only hammer it.
+pub async fn ask<F, Fut>(
+    backend: &dyn Backend,
+    numbers: &[String],
+    healthy: bool,
+    request: &F,
+) -> CallResult
+where
+    F: Fn(Vec<String>) -> Fut + Sync,
+    Fut: Future<Output = CallResult> + Send,
+{
+    if numbers.len() > 1 && healthy && backend.one_request_per_call() {
+        isolate(numbers, request).await
+    } else {
+        request(numbers.to_vec()).await
+    }
+}
 
 /// Asks `numbers` through `call` (one paced backend call per request). When a request of
 /// several numbers fails with `CallError::Failed`, its halves are asked on their own: a

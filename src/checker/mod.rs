@@ -80,6 +80,31 @@ impl CallError {
     }
 }
 
+/// One request upstream through `backend`, timed and counted in the metrics.
+pub async fn timed_check(backend: &dyn Backend, e164: &[String]) -> CallResult {
+    let started = std::time::Instant::now();
+    let result = backend.check(e164).await;
+    let name = backend.name();
+    metrics::histogram!("wav_upstream_call_seconds", "backend" => name)
+        .record(started.elapsed().as_secs_f64());
+    metrics::counter!("wav_upstream_calls_total", "backend" => name, "result" => call_label(&result))
+        .increment(1);
+    result
+}
+
+/// The `result` label of an upstream call.
+fn call_label(result: &CallResult) -> &'static str {
+    match &result.error {
+        None => "ok",
+        Some(CallError::RateLimited { .. }) => "rate_limited",
+        Some(CallError::LoggedOut(_)) => "logged_out",
+        Some(CallError::Banned { .. }) => "banned",
+        Some(CallError::Misconfigured(_)) => "misconfigured",
+        Some(CallError::Unreachable(_)) => "unreachable",
+        Some(CallError::Failed(_)) => "failed",
+    }
+}
+
 /// What a cheap look at an account's session says (no number is checked).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Probe {

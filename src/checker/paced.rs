@@ -10,8 +10,8 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use rand::Rng;
 use tokio::sync::Semaphore;
 
-use super::isolate::isolate;
-use super::{Backend, CallError, CallResult, Checker, Outcome};
+use super::isolate::ask;
+use super::{Backend, CallError, CallResult, Checker, Outcome, timed_check};
 use crate::store::Store;
 
 #[derive(Debug, Clone)]
@@ -233,18 +233,14 @@ impl Checker for Paced {
         }
         let n = e164.len();
         let _permit = self.permits.acquire().await.expect("semaphore open");
-        // One bad number must not fail its neighbours: a failed request of many numbers
-        // is split to find it (each request paced like any other), unless the backend's
-        // last call failed too: then it is the gateway, and splitting would only hammer it.
+        // One bad number must not fail its neighbours (each split request paced like any other).
         let healthy = self.state().consecutive_failures == 0;
-        let result = if n > 1 && healthy && self.backend.one_request_per_call() {
-            isolate(e164, &|numbers: Vec<String>| async move {
-                self.request(&numbers).await
-            })
-            .await
-        } else {
-            self.request(e164).await
-        };
+        let result = ask(self.backend.as_ref(), e164, healthy, &|numbers: Vec<
+            String,
+        >| async move {
+            self.request(&numbers).await
+        })
+        .await;
         let mut outcomes = result.outcomes;
         outcomes.truncate(n);
         let unanswered = n - outcomes.len();
@@ -276,33 +272,13 @@ impl Checker for Paced {
 }
 
 impl Paced {
-    /// One request upstream, within the rate limit, counted in the metrics.
+    /// One request upstream, within the rate limit.
     async fn request(&self, e164: &[String]) -> CallResult {
         if let Some(limiter) = &self.limiter {
             let cells = NonZeroU32::new(e164.len().clamp(1, self.burst) as u32).expect("non-zero");
             let _ = limiter.until_n_ready(cells).await;
         }
-        let started = Instant::now();
-        let result = self.backend.check(e164).await;
-        let backend = self.backend.name();
-        metrics::histogram!("wav_upstream_call_seconds", "backend" => backend)
-            .record(started.elapsed().as_secs_f64());
-        metrics::counter!("wav_upstream_calls_total", "backend" => backend, "result" => call_label(&result))
-            .increment(1);
-        result
-    }
-}
-
-/// The `result` label of an upstream call.
-pub fn call_label(result: &CallResult) -> &'static str {
-    match &result.error {
-        None => "ok",
-        Some(CallError::RateLimited { .. }) => "rate_limited",
-        Some(CallError::LoggedOut(_)) => "logged_out",
-        Some(CallError::Banned { .. }) => "banned",
-        Some(CallError::Misconfigured(_)) => "misconfigured",
-        Some(CallError::Unreachable(_)) => "unreachable",
-        Some(CallError::Failed(_)) => "failed",
+        timed_check(self.backend.as_ref(), e164).await
     }
 }
 

@@ -37,6 +37,80 @@ impl AccountBackend {
     }
 }
 
+impl TryFrom<String> for AccountBackend {
+    type Error = String;
+
+    /// As stored (`checkers.backend`).
+    fn try_from(name: String) -> Result<Self, Self::Error> {
+        AccountBackend::parse(&name).ok_or_else(|| format!("unknown checking backend {name:?}"))
+    }
+}
+
+/// A checking account's effective status (`checker_status.status`): paused by the
+/// operator, in trouble (until a time, then probed), resting (cap, warm-up, hours) or active.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AccountStatus {
+    Active,
+    Resting,
+    Paused,
+    Throttled,
+    LoggedOut,
+    Banned,
+    Failing,
+}
+
+impl AccountStatus {
+    pub const ALL: [AccountStatus; 7] = [
+        AccountStatus::Active,
+        AccountStatus::Resting,
+        AccountStatus::Paused,
+        AccountStatus::Throttled,
+        AccountStatus::LoggedOut,
+        AccountStatus::Banned,
+        AccountStatus::Failing,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AccountStatus::Active => "active",
+            AccountStatus::Resting => "resting",
+            AccountStatus::Paused => "paused",
+            AccountStatus::Throttled => "throttled",
+            AccountStatus::LoggedOut => "logged_out",
+            AccountStatus::Banned => "banned",
+            AccountStatus::Failing => "failing",
+        }
+    }
+
+    /// In trouble: it waits until `status_until`, then is probed.
+    pub fn troubled(self) -> bool {
+        matches!(
+            self,
+            AccountStatus::Throttled
+                | AccountStatus::LoggedOut
+                | AccountStatus::Banned
+                | AccountStatus::Failing
+        )
+    }
+}
+
+impl fmt::Display for AccountStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl TryFrom<String> for AccountStatus {
+    type Error = String;
+
+    fn try_from(name: String) -> Result<Self, Self::Error> {
+        AccountStatus::ALL
+            .into_iter()
+            .find(|s| s.as_str() == name)
+            .ok_or_else(|| format!("unknown checking account status {name:?}"))
+    }
+}
+
 /// The backend's settings, as stored (`checkers.config`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AccountConfig {

@@ -6,11 +6,11 @@ use uuid::Uuid;
 
 use super::rows::{AccountRow, Reservation};
 use super::{Result, Store, StoreError};
-use crate::domain::checker::{AccountPacing, Hours, NewAccount, PacingChange};
+use crate::domain::checker::{AccountPacing, AccountStatus, Hours, NewAccount, PacingChange};
 
 macro_rules! account_columns {
     () => {
-        "id, name, backend, config::text AS config, rate_per_sec, max_concurrency, daily_cap,
+        "id, name, backend, config, rate_per_sec, max_concurrency, daily_cap,
          warmup_days, hours_start, hours_end, timezone, paused, state, failures, throttles,
          checks_today, cap_today, checks_total, last_check_at, next_slot, status, status_until,
          status_reason"
@@ -27,12 +27,13 @@ pub enum Trouble {
 }
 
 impl Trouble {
-    pub fn as_str(self) -> &'static str {
+    /// The account's status while in this trouble.
+    pub fn status(self) -> AccountStatus {
         match self {
-            Trouble::Throttled => "throttled",
-            Trouble::LoggedOut => "logged_out",
-            Trouble::Banned => "banned",
-            Trouble::Failing => "failing",
+            Trouble::Throttled => AccountStatus::Throttled,
+            Trouble::LoggedOut => AccountStatus::LoggedOut,
+            Trouble::Banned => AccountStatus::Banned,
+            Trouble::Failing => AccountStatus::Failing,
         }
     }
 }
@@ -240,7 +241,7 @@ impl Store {
              RETURNING failures, throttles",
         )
         .bind(id)
-        .bind(trouble.as_str())
+        .bind(trouble.status().as_str())
         .bind(until.unwrap_or_default().as_secs_f64())
         .bind(reason)
         .fetch_optional(&self.pool)

@@ -4,6 +4,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use crate::domain::batch::{BatchStatus, BatchSummary, NumberResult, NumberState};
+use crate::domain::checker::{AccountBackend, AccountConfig, AccountStatus};
 
 /// A live check's answer kept for reuse.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -183,9 +184,11 @@ pub enum ChunkEnd {
 pub struct AccountRow {
     pub id: Uuid,
     pub name: String,
-    pub backend: String,
-    /// The backend's settings, as JSON (`domain::checker::AccountConfig`).
-    pub config: String,
+    #[sqlx(try_from = "String")]
+    pub backend: AccountBackend,
+    /// The backend's settings.
+    #[sqlx(json)]
+    pub config: AccountConfig,
     pub rate_per_sec: f64,
     pub max_concurrency: i32,
     pub daily_cap: i32,
@@ -204,8 +207,8 @@ pub struct AccountRow {
     pub last_check_at: Option<DateTime<Utc>>,
     /// When the account's shared rate next lets a call start.
     pub next_slot: DateTime<Utc>,
-    /// The effective status: active, resting, paused, throttled, logged_out, banned, failing.
-    pub status: String,
+    #[sqlx(try_from = "String")]
+    pub status: AccountStatus,
     pub status_until: Option<DateTime<Utc>>,
     pub status_reason: Option<String>,
 }

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 
 use futures::StreamExt;
 
+use wavalidate::domain::checker::AccountStatus;
 use wavalidate::pb::{self, NumberStatus};
 use wavalidate_test_support::fakes::{self, Gateway, Mode};
 use wavalidate_test_support::*;
@@ -203,7 +204,7 @@ async fn an_accounts_trouble_moves_its_numbers_to_the_others_at_no_cost() {
         async move { account_status(&store, name).await }
     };
     let lost_row = state("lost").await;
-    assert_eq!(lost_row.status, "logged_out", "{lost_row:?}");
+    assert_eq!(lost_row.status, AccountStatus::LoggedOut, "{lost_row:?}");
     assert!(
         lost_row
             .status_reason
@@ -212,18 +213,18 @@ async fn an_accounts_trouble_moves_its_numbers_to_the_others_at_no_cost() {
         "the reason says what happened"
     );
     let throttled_row = state("throttled").await;
-    assert_eq!(throttled_row.status, "throttled");
+    assert_eq!(throttled_row.status, AccountStatus::Throttled);
     let wait = throttled_row.status_until.unwrap() - chrono::Utc::now();
     assert!(
         wait > chrono::Duration::minutes(55),
         "the gateway's Retry-After is honoured: {wait}"
     );
-    assert_eq!(state("good").await.status, "active");
+    assert_eq!(state("good").await.status, AccountStatus::Active);
 
     // The broken gateway fails each call it is given; its numbers move on at once, and
     // after a few failed calls in a row its circuit opens and it is given nothing more.
     for chunk in all[300..].chunks(30) {
-        if state("broken").await.status == "failing" {
+        if state("broken").await.status == AccountStatus::Failing {
             break;
         }
         let sub = submit(&mut client, &key, chunk).await;
@@ -234,7 +235,7 @@ async fn an_accounts_trouble_moves_its_numbers_to_the_others_at_no_cost() {
         );
     }
     let broken = state("broken").await;
-    assert_eq!(broken.status, "failing", "{broken:?}");
+    assert_eq!(broken.status, AccountStatus::Failing, "{broken:?}");
     assert!(broken.status_reason.unwrap().contains("500"));
 
     // The session comes back; once its wait is over the account is probed (its connection
@@ -245,7 +246,7 @@ async fn an_accounts_trouble_moves_its_numbers_to_the_others_at_no_cost() {
         .await
         .unwrap();
     wait_until("the lost account to be probed back to active", || async {
-        state("lost").await.status == "active"
+        state("lost").await.status == AccountStatus::Active
     })
     .await;
     assert!(lost.state.probes() >= 1);
@@ -279,7 +280,7 @@ async fn a_gateway_that_breaks_after_working_costs_the_numbers_nothing() {
     );
     // Each claim it is given, it fails at once; after three in a row its circuit opens.
     for chunk in all[60..].chunks(30) {
-        if account_status(&app.store, "breaks").await.status == "failing" {
+        if account_status(&app.store, "breaks").await.status == AccountStatus::Failing {
             break;
         }
         let done = submit_and_wait(&mut client, &key, chunk).await;
@@ -288,7 +289,10 @@ async fn a_gateway_that_breaks_after_working_costs_the_numbers_nothing() {
             expected(chunk)
         );
     }
-    assert_eq!(account_status(&app.store, "breaks").await.status, "failing");
+    assert_eq!(
+        account_status(&app.store, "breaks").await.status,
+        AccountStatus::Failing
+    );
     let attempts = attempts_made(&app.store).await;
     assert_eq!(
         attempts,
@@ -335,7 +339,10 @@ async fn accounts_come_and_go_in_a_running_server_and_numbers_wait_meanwhile() {
             .iter()
             .all(|r| r.status == NumberStatus::Pending as i32)
     );
-    assert_eq!(account_status(&app.store, "late").await.status, "paused");
+    assert_eq!(
+        account_status(&app.store, "late").await.status,
+        AccountStatus::Paused
+    );
 
     assert!(app.store.set_paused("late", false).await.unwrap());
     let done = wait_completed(&mut client, &key, &second.batch_id).await;
@@ -393,7 +400,7 @@ async fn a_poison_number_ends_in_error_alone_and_is_refunded_once() {
     for name in ["a", "b"] {
         assert_eq!(
             account_status(&app.store, name).await.status,
-            "active",
+            AccountStatus::Active,
             "one bad number does not make an account fail"
         );
     }
@@ -415,7 +422,10 @@ async fn a_poison_number_as_the_first_check_of_new_accounts_is_still_the_numbers
         "one look at the session per failure"
     );
     for name in ["a", "b"] {
-        assert_eq!(account_status(&app.store, name).await.status, "active");
+        assert_eq!(
+            account_status(&app.store, name).await.status,
+            AccountStatus::Active
+        );
     }
 }
 
@@ -470,7 +480,7 @@ async fn a_daily_cap_is_never_exceeded_even_by_two_replicas() {
             account_status(&db.store, "a").await,
             account_status(&db.store, "b").await,
         );
-        a.status == "resting" && b.status == "resting"
+        a.status == AccountStatus::Resting && b.status == AccountStatus::Resting
     })
     .await;
     let (per_gateway, per_number) = asked(&[&a, &b]);

@@ -8,9 +8,9 @@ use chrono::{DateTime, Utc};
 use tokio::sync::Semaphore;
 use uuid::Uuid;
 
-use crate::checker::isolate::isolate;
-use crate::checker::paced::call_label;
-use crate::checker::{Backend, CallError, CallResult, Outcome, Probe};
+use crate::checker::isolate::ask;
+use crate::checker::{Backend, CallError, CallResult, Outcome, Probe, timed_check};
+use crate::domain::checker::AccountStatus;
 use crate::store::Store;
 use crate::store::checkers::Trouble;
 use crate::store::rows::AccountRow;
@@ -70,8 +70,8 @@ impl Account {
         &self.backend
     }
 
-    pub fn row(&self) -> AccountRow {
-        self.row.lock().expect("account row").clone()
+    pub fn status(&self) -> AccountStatus {
+        self.row.lock().expect("account row").status
     }
 
     /// When the account could ask one more number (seconds from `now`: the later of its
@@ -158,20 +158,14 @@ impl Account {
         }
         let numbers: Vec<String> = asked.iter().map(|(_, n)| n.clone()).collect();
         let healthy = self.row.lock().expect("account row").failures == 0;
-        let started = std::time::Instant::now();
-        let result = if numbers.len() > 1 && healthy && self.backend.one_request_per_call() {
-            isolate(&numbers, &|part: Vec<String>| async move {
-                self.backend.check(&part).await
-            })
-            .await
-        } else {
-            self.backend.check(&numbers).await
-        };
-        let backend = self.backend.name();
-        metrics::histogram!("wav_upstream_call_seconds", "backend" => backend)
-            .record(started.elapsed().as_secs_f64());
-        metrics::counter!("wav_upstream_calls_total", "backend" => backend, "result" => call_label(&result))
-            .increment(1);
+        let backend = self.backend.as_ref();
+        let result = ask(
+            backend,
+            &numbers,
+            healthy,
+            &|part: Vec<String>| async move { timed_check(backend, &part).await },
+        )
+        .await;
         self.settle(asked, result, slice).await
     }
 
@@ -316,7 +310,7 @@ impl Account {
 
     /// Writes the account's trouble (every replica stops using it) and logs the change.
     async fn record_trouble(&self, trouble: Trouble, until: Option<Duration>, reason: &str) {
-        let before = self.row.lock().expect("account row").status.clone();
+        let before = self.row.lock().expect("account row").status;
         match self
             .store
             .account_in_trouble(self.id, trouble, until, reason)
@@ -326,7 +320,7 @@ impl Account {
                 let mut row = self.row.lock().expect("account row");
                 row.failures = failures;
                 row.throttles = throttles;
-                row.status = trouble.as_str().into();
+                row.status = trouble.status();
                 row.status_reason = Some(reason.to_string());
             }
             Ok(None) => return,
@@ -338,7 +332,7 @@ impl Account {
         tracing::warn!(
             account = %self.name,
             from = %before,
-            to = trouble.as_str(),
+            to = %trouble.status(),
             until_s = until.map(|u| u.as_secs()),
             reason,
             "checking account state changed"

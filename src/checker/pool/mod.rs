@@ -16,7 +16,7 @@ use uuid::Uuid;
 use super::evolution::Evolution;
 use super::waha::Waha;
 use super::{Backend, Checker, Outcome, Probe};
-use crate::domain::checker::{AccountBackend, AccountConfig};
+use crate::domain::checker::{AccountBackend, AccountStatus};
 use crate::settings::{EvolutionSettings, Secret, WahaSettings};
 use crate::store::Store;
 use crate::store::rows::AccountRow;
@@ -30,17 +30,6 @@ const REFRESH_EVERY: Duration = Duration::from_secs(1);
 /// A claim holds about this much of the usable accounts' combined rate.
 const CLAIM_SECONDS: f64 = 5.0;
 const MAX_CLAIM: usize = 500;
-/// The statuses `wav_checker_accounts` counts.
-const STATUSES: [&str; 7] = [
-    "active",
-    "resting",
-    "paused",
-    "throttled",
-    "logged_out",
-    "banned",
-    "failing",
-];
-
 pub struct Pool {
     store: Store,
     http_timeout: Duration,
@@ -64,7 +53,7 @@ impl Pool {
         tokio::spawn(async move {
             crate::runtime::every(REFRESH_EVERY, &shutdown, || async {
                 keeper.refresh().await;
-                keeper.probe_due().await;
+                keeper.probe_due();
                 crate::runtime::Next::Wait
             })
             .await;
@@ -89,17 +78,9 @@ impl Pool {
         let current: HashMap<Uuid, Arc<Account>> =
             self.accounts().into_iter().map(|a| (a.id, a)).collect();
         let mut next = Vec::with_capacity(rows.len());
-        let mut counts: HashMap<&str, usize> = HashMap::new();
+        let mut counts: HashMap<AccountStatus, usize> = HashMap::new();
         for row in rows {
-            *counts
-                .entry(
-                    STATUSES
-                        .iter()
-                        .find(|s| **s == row.status)
-                        .copied()
-                        .unwrap_or("failing"),
-                )
-                .or_default() += 1;
+            *counts.entry(row.status).or_default() += 1;
             let reusable = current.get(&row.id).filter(|a| {
                 let old = a.row.lock().expect("account row");
                 old.config == row.config
@@ -124,7 +105,7 @@ impl Pool {
                 }
                 None => match self.backend(&row) {
                     Ok(backend) => {
-                        tracing::info!(account = %row.name, backend = %row.backend, status = %row.status, "checking account ready");
+                        tracing::info!(account = %row.name, backend = row.backend.name(), status = %row.status, "checking account ready");
                         next.push(Arc::new(Account::new(row, backend, self.store.clone())));
                     }
                     Err(err) => {
@@ -133,18 +114,16 @@ impl Pool {
                 },
             }
         }
-        for status in STATUSES {
-            metrics::gauge!("wav_checker_accounts", "state" => status)
-                .set(counts.get(status).copied().unwrap_or(0) as f64);
+        for status in AccountStatus::ALL {
+            metrics::gauge!("wav_checker_accounts", "state" => status.as_str())
+                .set(counts.get(&status).copied().unwrap_or(0) as f64);
         }
         *self.accounts.write().expect("accounts") = next;
     }
 
     fn backend(&self, row: &AccountRow) -> anyhow::Result<Arc<dyn Backend>> {
-        let config: AccountConfig = serde_json::from_str(&row.config)?;
-        let backend = AccountBackend::parse(&row.backend)
-            .ok_or_else(|| anyhow::anyhow!("unknown backend {:?}", row.backend))?;
-        Ok(match backend {
+        let config = row.config.clone();
+        Ok(match row.backend {
             AccountBackend::Waha => Arc::new(Waha::new(
                 &WahaSettings {
                     url: config.url,
@@ -167,50 +146,53 @@ impl Pool {
         })
     }
 
-    /// Probes troubled accounts whose wait is over, one replica each: a session that works
-    /// makes the account active again.
-    async fn probe_due(&self) {
+    /// Probes troubled accounts whose wait is over, one replica each, each on its own task
+    /// (a gateway that hangs delays neither the others nor the refresh): a session that
+    /// works makes the account active again.
+    fn probe_due(self: &Arc<Self>) {
         let now = chrono::Utc::now();
         let due: Vec<Arc<Account>> = self
             .accounts()
             .into_iter()
             .filter(|a| {
                 let row = a.row.lock().expect("account row");
-                matches!(
-                    row.status.as_str(),
-                    "throttled" | "logged_out" | "banned" | "failing"
-                ) && row.status_until.is_none_or(|until| until <= now)
+                row.status.troubled() && row.status_until.is_none_or(|until| until <= now)
             })
             .collect();
         for account in due {
-            let again = if account.row().status == "logged_out" {
-                LOGGED_OUT_PROBE
-            } else {
-                FAILING_COOLDOWN
-            };
-            match self.store.claim_probe(account.id, again).await {
-                Ok(true) => {}
-                Ok(false) => continue,
-                Err(err) => {
-                    tracing::warn!(account = %account.name, error = %err, "cannot claim a probe");
-                    continue;
-                }
+            let pool = self.clone();
+            tokio::spawn(async move { pool.probe(account).await });
+        }
+    }
+
+    async fn probe(&self, account: Arc<Account>) {
+        let again = if account.status() == AccountStatus::LoggedOut {
+            LOGGED_OUT_PROBE
+        } else {
+            FAILING_COOLDOWN
+        };
+        match self.store.claim_probe(account.id, again).await {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(err) => {
+                tracing::warn!(account = %account.name, error = %err, "cannot claim a probe");
+                return;
             }
-            match account.backend().probe().await {
-                Probe::Working => {
-                    let before = account.row().status;
-                    if let Err(err) = self.store.account_recovered(account.id).await {
-                        tracing::warn!(account = %account.name, error = %err, "cannot record the recovery");
-                        continue;
-                    }
-                    let mut row = account.row.lock().expect("account row");
-                    row.status = "active".into();
-                    row.status_reason = None;
-                    row.failures = 0;
-                    tracing::info!(account = %account.name, from = %before, to = "active", "checking account state changed: its session works again");
+        }
+        match account.backend().probe().await {
+            Probe::Working => {
+                let before = account.status();
+                if let Err(err) = self.store.account_recovered(account.id).await {
+                    tracing::warn!(account = %account.name, error = %err, "cannot record the recovery");
+                    return;
                 }
-                Probe::Trouble(trouble) => account.in_trouble(&trouble).await,
+                let mut row = account.row.lock().expect("account row");
+                row.status = AccountStatus::Active;
+                row.status_reason = None;
+                row.failures = 0;
+                tracing::info!(account = %account.name, from = %before, to = "active", "checking account state changed: its session works again");
             }
+            Probe::Trouble(trouble) => account.in_trouble(&trouble).await,
         }
     }
 
@@ -224,7 +206,7 @@ impl Pool {
             .filter_map(|a| {
                 let row = a.row.lock().expect("account row");
                 let key = (row.failures, i64::from(row.checks_today));
-                (row.status == "active")
+                (row.status == AccountStatus::Active)
                     .then_some(key)
                     .map(|k| (a.clone(), k))
             })
