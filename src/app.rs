@@ -8,13 +8,11 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
 
-use crate::checker::evolution::Evolution;
-use crate::checker::paced::Paced;
-use crate::checker::pool::Pool;
+use crate::checker::direct::Direct;
+use crate::checker::pool::{Members, Pool};
 use crate::checker::simulated::Simulated;
 use crate::checker::variants::Variants;
-use crate::checker::waha::Waha;
-use crate::checker::{Backend, Checker, DynChecker};
+use crate::checker::{Checker, DynChecker};
 use crate::grpc::GrpcService;
 use crate::pb::wa_validation_service_server::WaValidationServiceServer;
 use crate::runtime::events::EventHub;
@@ -53,41 +51,49 @@ impl Server {
     }
 }
 
-/// The checker chain for workers: backend, pacing, then country variants.
+/// The checker chain for workers: the simulated backend asked directly, or checking
+/// accounts through the pool (a single backend set by flags is a pool of one), then
+/// country variants.
 async fn build_checker(
     settings: &Settings,
     store: &Store,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<DynChecker> {
     let c = &settings.checker;
-    let backend: Box<dyn Backend> = match c.backend {
-        CheckerKind::Simulated => Box::new(Simulated::new(
-            c.simulated.latency,
-            c.simulated.error_rate,
-            c.simulated.per_call,
-        )),
-        CheckerKind::Waha => Box::new(Waha::new(&c.waha, c.http_timeout)?),
-        CheckerKind::Evolution => Box::new(Evolution::new(&c.evolution, c.http_timeout)?),
-        #[cfg(feature = "whatsapp-web")]
-        CheckerKind::WhatsappWeb => Box::new(
-            crate::checker::whatsapp_web::WhatsAppWeb::connect(&c.whatsapp_web.session_db).await?,
-        ),
+    let members = match c.backend {
+        CheckerKind::Simulated => {
+            let simulated = Simulated::new(
+                c.simulated.latency,
+                c.simulated.error_rate,
+                c.simulated.per_call,
+            );
+            tracing::info!("checker ready: simulated");
+            return Ok(Arc::new(Variants::new(Arc::new(Direct::new(simulated)))));
+        }
+        CheckerKind::Pool => Members::Added,
         #[cfg(not(feature = "whatsapp-web"))]
         CheckerKind::WhatsappWeb => anyhow::bail!(
             "this build has no whatsapp-web backend: build with `cargo build --release --features whatsapp-web`"
         ),
-        // Each account is paced on its own, in PostgreSQL.
-        CheckerKind::Pool => {
-            let pool = Pool::start(store.clone(), c.http_timeout, shutdown.clone()).await;
-            let count = pool.max_batch();
-            tracing::info!(claim = count, "checker pool ready");
-            return Ok(Arc::new(Variants::new(pool)));
+        _ => {
+            let account = settings.flag_account()?;
+            let id = store.flag_account(&account).await?;
+            tracing::info!(account = %account.name, pacing = ?account.pacing, "checking account from flags ready");
+            Members::Only(id)
         }
     };
-    let pacing = settings.pacing.resolve(c.backend);
-    tracing::info!(backend = backend.name(), ?pacing, "checker ready");
-    let paced: DynChecker = Arc::new(Paced::new(backend, pacing, store.clone()));
-    Ok(Arc::new(Variants::new(paced)))
+    let rules = settings.pacing.rules(c.http_timeout);
+    let pool = Pool::start(
+        c.backend.name(),
+        store.clone(),
+        c.http_timeout,
+        members,
+        rules,
+        shutdown.clone(),
+    )
+    .await;
+    tracing::info!(claim = pool.max_batch(), "checker pool ready");
+    Ok(Arc::new(Variants::new(pool)))
 }
 
 fn announce_checker(settings: &Settings) {

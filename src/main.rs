@@ -135,7 +135,14 @@ async fn checker(command: CheckerCommand, url: &str) -> anyhow::Result<()> {
             println!("{}", json!({"checker_id": id, "name": new.name}));
         }
         CheckerCommand::List => {
-            let accounts: Vec<_> = store.accounts().await?.iter().map(account_json).collect();
+            let (rows, unreadable) = store.accounts().await?;
+            let mut accounts: Vec<_> = rows.iter().map(account_json).collect();
+            // A row that cannot be read is listed by name, with why, not left out.
+            accounts.extend(
+                unreadable
+                    .iter()
+                    .map(|u| json!({"name": u.name, "state": "unreadable", "reason": u.reason})),
+            );
             println!("{}", serde_json::Value::Array(accounts));
         }
         CheckerCommand::Pause { name } => {

@@ -7,7 +7,14 @@ use std::time::Duration;
 
 use clap::ValueEnum;
 
-use crate::checker::paced::PacingConfig;
+use crate::checker::pool::Rules;
+use crate::domain::checker::{
+    AccountBackend, AccountConfig, AccountPacing, FLAG_ACCOUNT_PREFIX, NewAccount,
+};
+use crate::store::checkers::Backoff;
+
+/// The fastest a single account set by flags may check (a rate of 0 means this).
+pub const MAX_RATE_PER_SEC: f64 = 100.0;
 
 #[derive(Debug, Clone, Default)]
 pub struct Settings {
@@ -298,10 +305,10 @@ impl Default for PacingSettings {
             rate_per_sec: None,
             max_concurrency: None,
             daily_cap: None,
-            breaker_failures: 5,
+            breaker_failures: 3,
             breaker_cooldown: Duration::from_secs(60),
-            rate_limit_backoff: Duration::from_millis(5_000),
-            rate_limit_backoff_max: Duration::from_millis(300_000),
+            rate_limit_backoff: Duration::from_secs(30),
+            rate_limit_backoff_max: Duration::from_secs(3600),
         }
     }
 }
@@ -328,21 +335,39 @@ impl Default for MaintenanceSettings {
 }
 
 impl PacingSettings {
-    /// The pacing in force for `backend`: what was set, else the backend's default.
-    /// Gateways and WhatsApp Web check through a real account: 1 check/s, one call at a
-    /// time, 1,000 a day. The simulated checker has nothing to protect.
-    pub fn resolve(&self, backend: CheckerKind) -> PacingConfig {
-        let careful = backend != CheckerKind::Simulated;
-        PacingConfig {
-            rate_per_sec: self.rate_per_sec.unwrap_or(if careful { 1.0 } else { 0.0 }),
-            max_concurrency: self
-                .max_concurrency
-                .unwrap_or(if careful { 1 } else { 1024 }),
-            daily_cap: self.daily_cap.unwrap_or(if careful { 1000 } else { 0 }),
-            breaker_failures: self.breaker_failures,
-            breaker_cooldown: self.breaker_cooldown,
-            rate_limit_backoff: self.rate_limit_backoff,
-            rate_limit_backoff_max: self.rate_limit_backoff_max,
+    /// The rules every checking account backs off by (`--checker pool` and a single
+    /// backend alike).
+    pub fn rules(&self, http_timeout: Duration) -> Rules {
+        Rules {
+            backoff: Backoff {
+                throttle_base: self.rate_limit_backoff,
+                failures_before_failing: self.breaker_failures.clamp(1, 1000) as i32,
+                failing_cooldown: self.breaker_cooldown,
+                max: self
+                    .rate_limit_backoff_max
+                    .max(self.rate_limit_backoff)
+                    .max(self.breaker_cooldown),
+            },
+            // A trial is one request: it holds the account at most this long.
+            trial_lease: http_timeout * 2 + Duration::from_secs(1),
+        }
+    }
+
+    /// The single account's pacing: what was set, else one careful account's (1 check/s,
+    /// one call at a time, 1,000 a day). A rate of 0 ("no limit") is the fastest an
+    /// account may go.
+    pub fn account_pacing(&self) -> AccountPacing {
+        AccountPacing {
+            rate_per_sec: match self.rate_per_sec {
+                None => 1.0,
+                Some(r) if r <= 0.0 => MAX_RATE_PER_SEC,
+                Some(r) => r.min(MAX_RATE_PER_SEC),
+            },
+            max_concurrency: self.max_concurrency.unwrap_or(1).clamp(1, 1024) as i32,
+            daily_cap: self.daily_cap.unwrap_or(1000).clamp(0, i64::from(i32::MAX)) as i32,
+            warmup_days: 0,
+            hours: None,
+            timezone: "UTC".into(),
         }
     }
 }
@@ -414,6 +439,49 @@ fn required<'a>(
 }
 
 impl Settings {
+    /// The checking account a single backend set by flags checks through, named after its
+    /// backend under a reserved prefix (`checker add` refuses names that start with it).
+    pub fn flag_account(&self) -> anyhow::Result<NewAccount> {
+        let c = &self.checker;
+        let key = |k: &Option<Secret>| k.as_ref().map(|k| k.expose().to_string());
+        let (backend, config) = match c.backend {
+            CheckerKind::Waha => (
+                AccountBackend::Waha,
+                AccountConfig {
+                    url: c.waha.url.clone(),
+                    session: Some(c.waha.session.trim().to_string()),
+                    api_key: key(&c.waha.api_key),
+                    ..AccountConfig::default()
+                },
+            ),
+            CheckerKind::Evolution => (
+                AccountBackend::Evolution,
+                AccountConfig {
+                    url: c.evolution.url.clone(),
+                    instance: c.evolution.instance.clone(),
+                    api_key: key(&c.evolution.api_key),
+                    ..AccountConfig::default()
+                },
+            ),
+            CheckerKind::WhatsappWeb => (
+                AccountBackend::WhatsappWeb,
+                AccountConfig {
+                    session_db: Some(c.whatsapp_web.session_db.clone()),
+                    ..AccountConfig::default()
+                },
+            ),
+            CheckerKind::Simulated | CheckerKind::Pool => {
+                anyhow::bail!("--checker {} has no account of its own", c.backend.name())
+            }
+        };
+        Ok(NewAccount {
+            name: format!("{FLAG_ACCOUNT_PREFIX}{}", backend.name()),
+            backend,
+            config,
+            pacing: self.pacing.account_pacing(),
+        })
+    }
+
     /// Checks every value once, before anything starts; the first problem found is
     /// reported as one line naming its flag and variable.
     pub fn validate(&self) -> Result<(), SettingsError> {
@@ -611,15 +679,17 @@ mod tests {
     }
 
     #[test]
-    fn pacing_defaults_follow_the_backend() {
+    fn a_single_accounts_pacing_is_careful_unless_set() {
         let p = PacingSettings::default();
-        assert_eq!(p.resolve(CheckerKind::Waha).rate_per_sec, 1.0);
-        assert_eq!(p.resolve(CheckerKind::Waha).daily_cap, 1000);
-        assert_eq!(p.resolve(CheckerKind::Simulated).rate_per_sec, 0.0);
+        assert_eq!(p.account_pacing().rate_per_sec, 1.0);
+        assert_eq!(p.account_pacing().daily_cap, 1000);
+        assert_eq!(p.account_pacing().max_concurrency, 1);
         let set = PacingSettings {
             daily_cap: Some(0),
+            rate_per_sec: Some(0.0),
             ..PacingSettings::default()
         };
-        assert_eq!(set.resolve(CheckerKind::Waha).daily_cap, 0);
+        assert_eq!(set.account_pacing().daily_cap, 0);
+        assert_eq!(set.account_pacing().rate_per_sec, MAX_RATE_PER_SEC);
     }
 }

@@ -121,11 +121,12 @@ impl Backend for Evolution {
             Err(trouble) => return CallResult::failed(vec![], trouble),
         };
         match serde_json::from_str::<Vec<Row>>(&body) {
-            // No row for any number: the instance is not connected to WhatsApp.
+            // No row for any number: a failed request (of the gateway, or of a number
+            // alone in it); whether the instance is connected is the probe's to say.
             Ok(rows) if rows.is_empty() => CallResult::failed(
                 vec![],
-                CallError::LoggedOut(
-                    "Evolution API answered an empty list: no row for any number (is the instance connected?)".into(),
+                CallError::Failed(
+                    "Evolution API answered an empty list: no row for any number".into(),
                 ),
             ),
             Ok(rows) => CallResult::ok(map_rows(e164, rows)),

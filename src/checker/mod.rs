@@ -1,18 +1,20 @@
 //! Checker backends and the layers around them.
 //!
 //! A `Backend` talks to one upstream (simulated, WAHA, Evolution API, WhatsApp Web).
-//! `Paced` wraps it with the pacing that protects checking accounts (rate,
-//! concurrency, daily cap, backoff on rate limits, circuit breaker) and turns it
-//! into a `Checker`; `Variants` adds the country forms WhatsApp may have registered.
+//! A real backend is a checking account, and every account goes through the `pool`
+//! (rate, concurrency, daily cap, hours, backoff on rate limits, circuit breaker, all
+//! granted in PostgreSQL); a single backend set by flags is a pool of one. The
+//! simulated backend spends no account and is asked `Direct`ly. `Variants` adds the
+//! country forms WhatsApp may have registered.
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 
+pub mod direct;
 pub mod evolution;
 mod http;
 pub mod isolate;
-pub mod paced;
 pub mod pool;
 pub mod registration;
 pub mod simulated;
@@ -61,6 +63,8 @@ pub enum CallError {
     /// A request failed (5xx, an answer we cannot read): the gateway's fault, or a
     /// number in it. Only this kind is worth splitting a request over.
     Failed(String),
+    /// Not sent: the account may not ask now (paused, its trouble, its hours, its cap).
+    Withheld(String),
 }
 
 impl CallError {
@@ -75,7 +79,8 @@ impl CallError {
             CallError::LoggedOut(reason)
             | CallError::Misconfigured(reason)
             | CallError::Unreachable(reason)
-            | CallError::Failed(reason) => reason.clone(),
+            | CallError::Failed(reason)
+            | CallError::Withheld(reason) => reason.clone(),
         }
     }
 }
@@ -102,6 +107,7 @@ fn call_label(result: &CallResult) -> &'static str {
         Some(CallError::Misconfigured(_)) => "misconfigured",
         Some(CallError::Unreachable(_)) => "unreachable",
         Some(CallError::Failed(_)) => "failed",
+        Some(CallError::Withheld(_)) => "withheld",
     }
 }
 

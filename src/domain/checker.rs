@@ -166,6 +166,9 @@ impl fmt::Display for Hours {
     }
 }
 
+/// Names of the accounts `serve`'s flags set (`flags:waha`, ...); `checker add` refuses them.
+pub const FLAG_ACCOUNT_PREFIX: &str = "flags:";
+
 /// The pacing that protects one account.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AccountPacing {

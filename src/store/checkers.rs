@@ -4,14 +4,14 @@ use std::time::Duration;
 
 use uuid::Uuid;
 
-use super::rows::{AccountRow, Reservation};
+use super::rows::AccountRow;
 use super::{Result, Store, StoreError};
 use crate::domain::checker::{AccountPacing, AccountStatus, Hours, NewAccount, PacingChange};
 
 macro_rules! account_columns {
     () => {
         "id, name, backend, config, rate_per_sec, max_concurrency, daily_cap,
-         warmup_days, hours_start, hours_end, timezone, paused, state, failures, throttles,
+         warmup_days, hours_start, hours_end, timezone, paused, from_flags, state, failures, throttles,
          checks_today, cap_today, checks_total, last_check_at, next_slot, status, status_until,
          status_reason"
     };
@@ -36,6 +36,63 @@ impl Trouble {
             Trouble::Failing => AccountStatus::Failing,
         }
     }
+}
+
+/// An account whose row cannot be read as it stands (named, with why).
+#[derive(Debug, Clone)]
+pub struct Unreadable {
+    pub name: String,
+    pub reason: String,
+}
+
+/// What `take_checks` gave a call.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Take {
+    /// Ask this many now; `trial`: the half-open account's one check.
+    Granted { checks: i32, trial: bool },
+    /// Not yet: the account's rate lets the next call start after this long.
+    Wait(Duration),
+    /// Not this account, for this reason (paused, its trouble, its hours, its cap, removed).
+    Refused(String),
+}
+
+/// How long a troubled account rests: the breaker's and the rate-limit backoff's
+/// settings, the same for every account.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    /// A throttled account's first wait, doubling per rate limit in a row.
+    pub throttle_base: Duration,
+    /// Failed calls in a row that open the account's circuit.
+    pub failures_before_failing: i32,
+    /// An open circuit's first wait, doubling per failed trial.
+    pub failing_cooldown: Duration,
+    /// The longest wait either doubles to.
+    pub max: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Backoff {
+        Backoff {
+            throttle_base: Duration::from_secs(30),
+            failures_before_failing: 3,
+            failing_cooldown: Duration::from_secs(60),
+            max: Duration::from_secs(3600),
+        }
+    }
+}
+
+type PgScalar<'q> = sqlx::query::QueryScalar<'q, sqlx::Postgres, Uuid, sqlx::postgres::PgArguments>;
+
+/// `bind_pacing` for a statement returning an id.
+fn bind_pacing_scalar<'q>(query: PgScalar<'q>, p: &'q AccountPacing) -> PgScalar<'q> {
+    query
+        .bind(p.rate_per_sec)
+        .bind(p.max_concurrency)
+        .bind(p.daily_cap)
+        .bind(p.warmup_days)
+        .bind(p.hours.map(|h| h.start))
+        .bind(p.hours.map(|h| h.end))
+        .bind(&p.timezone)
 }
 
 type PgQuery<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
@@ -80,6 +137,31 @@ impl Store {
         Ok(id)
     }
 
+    /// Writes the account a single backend set by flags checks through (`serve
+    /// --checker waha|evolution|whatsapp-web`), under a name reserved for it, and returns
+    /// its id. Its settings and pacing are the flags' (the last replica started wins);
+    /// its state, counters and rate slot are kept, so a restart neither forgets a backoff
+    /// nor spends today's cap again.
+    pub async fn flag_account(&self, new: &NewAccount) -> Result<Uuid> {
+        let p = &new.pacing;
+        let config = serde_json::to_string(&new.config).expect("config serializes");
+        let upsert = sqlx::query_scalar(
+            "INSERT INTO checkers (id, name, backend, config, rate_per_sec, max_concurrency, daily_cap,
+                                   warmup_days, hours_start, hours_end, timezone, from_flags)
+             VALUES ($1, $2, $3, $4::jsonb, $5, $6, $7, $8, $9, $10, $11, true)
+             ON CONFLICT (name) DO UPDATE SET backend = EXCLUDED.backend, config = EXCLUDED.config,
+                 rate_per_sec = EXCLUDED.rate_per_sec, max_concurrency = EXCLUDED.max_concurrency,
+                 daily_cap = EXCLUDED.daily_cap, warmup_days = EXCLUDED.warmup_days,
+                 hours_start = NULL, hours_end = NULL, timezone = EXCLUDED.timezone, from_flags = true
+             RETURNING id",
+        )
+        .bind(Uuid::new_v4())
+        .bind(&new.name)
+        .bind(new.backend.name())
+        .bind(config);
+        Ok(bind_pacing_scalar(upsert, p).fetch_one(&self.pool).await?)
+    }
+
     async fn known_timezone(&self, timezone: &str) -> Result<()> {
         let known: bool =
             sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_timezone_names WHERE name = $1)")
@@ -95,16 +177,40 @@ impl Store {
         }
     }
 
-    /// Every account as it stands now, by name.
-    pub async fn accounts(&self) -> Result<Vec<AccountRow>> {
-        sqlx::query_as(concat!(
+    /// Every account as it stands now, by name, and the accounts that cannot be read
+    /// (by name, with why): one row whose settings break the view's arithmetic or its
+    /// decoding is set aside rather than hiding every other account.
+    pub async fn accounts(&self) -> Result<(Vec<AccountRow>, Vec<Unreadable>)> {
+        let all = sqlx::query_as(concat!(
             "SELECT ",
             account_columns!(),
             " FROM checker_status ORDER BY name"
         ))
         .fetch_all(&self.pool)
-        .await
-        .map_err(StoreError::from)
+        .await;
+        match all.map_err(StoreError::from) {
+            Ok(rows) => return Ok((rows, Vec::new())),
+            Err(StoreError::Query(_)) => {}
+            Err(err) => return Err(err),
+        }
+        // One by one, to find the rows at fault.
+        let names: Vec<String> = sqlx::query_scalar("SELECT name FROM checkers ORDER BY name")
+            .fetch_all(&self.pool)
+            .await?;
+        let mut rows = Vec::with_capacity(names.len());
+        let mut unreadable = Vec::new();
+        for name in names {
+            match self.account(&name).await {
+                Ok(Some(row)) => rows.push(row),
+                Ok(None) => {}
+                Err(StoreError::Query(err)) => unreadable.push(Unreadable {
+                    reason: format!("cannot read this account: {err}"),
+                    name,
+                }),
+                Err(err) => return Err(err),
+            }
+        }
+        Ok((rows, unreadable))
     }
 
     pub async fn account(&self, name: &str) -> Result<Option<AccountRow>> {
@@ -167,34 +273,33 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
-    /// Reserves up to `wanted` of today's checks, and a slot in the account's rate shared
-    /// by every replica: the call may start at `start_at`. Computed from the locked row,
-    /// so concurrent reservations never overspend the cap.
-    pub async fn reserve_checks(&self, id: Uuid, wanted: i32) -> Result<Option<Reservation>> {
-        sqlx::query_as(
-            "UPDATE checkers c
-             SET day = checker_today(c),
-                 checks_day = checker_checks_today(c) + checker_grant(c, $2),
-                 last_grant = checker_grant(c, $2),
-                 next_slot = greatest(c.next_slot, now())
-                     + make_interval(secs => checker_grant(c, $2) / c.rate_per_sec)
-             WHERE id = $1
-             RETURNING last_grant AS granted,
-                       next_slot - make_interval(secs => last_grant / rate_per_sec) AS start_at",
-        )
-        .bind(id)
-        .bind(wanted)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(StoreError::from)
+    /// Takes up to `wanted` of today's checks for a call that starts now, if the account
+    /// may ask now (`checker_take` decides, from the locked row: not paused, no trouble
+    /// in force, within its hours, under today's cap, at its shared rate). A throttled or
+    /// failing account whose wait is over gets one check, its trial, held for `trial`.
+    pub async fn take_checks(&self, id: Uuid, wanted: i32, trial: Duration) -> Result<Take> {
+        let (granted, wait_s, refused, is_trial): (i32, f64, Option<String>, bool) =
+            sqlx::query_as("SELECT granted, wait_s, refused, trial FROM checker_take($1, $2, $3)")
+                .bind(id)
+                .bind(wanted)
+                .bind(trial.as_secs_f64())
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(match refused {
+            Some(reason) => Take::Refused(reason),
+            None if granted > 0 => Take::Granted {
+                checks: granted,
+                trial: is_trial,
+            },
+            None => Take::Wait(Duration::from_secs_f64(wait_s.clamp(0.0, 86_400.0))),
+        })
     }
 
-    /// Gives back checks reserved but not made (the numbers were not asked).
+    /// Gives back checks taken but not made (the numbers were not asked). The rate's next
+    /// slot stays where it is: giving back never lets the next call come sooner.
     pub async fn return_checks(&self, id: Uuid, unused: i32) -> Result<()> {
         sqlx::query(
-            "UPDATE checkers c
-             SET checks_day = greatest(0, checker_checks_today(c) - $2),
-                 next_slot = greatest(now(), c.next_slot - make_interval(secs => $2 / c.rate_per_sec))
+            "UPDATE checkers c SET checks_day = greatest(0, checker_checks_today(c) - $2)
              WHERE id = $1 AND c.day = checker_today(c)",
         )
         .bind(id)
@@ -204,46 +309,80 @@ impl Store {
         Ok(())
     }
 
-    /// A call that was answered: `asked` checks made; the rate-limit streak ends. The
-    /// failures in a row reset, unless the call was one number's failure (`number_failed`):
-    /// then they count it, so a gateway failing every number still opens the circuit.
-    pub async fn account_worked(&self, id: Uuid, asked: i32, number_failed: bool) -> Result<()> {
+    /// A call that was answered: `asked` checks made, the failures in a row end. Only a
+    /// trial's answer (or any answer while the account is active) ends the rate-limit
+    /// streak, and a trial's answer ends the trouble: an answer to a call granted before
+    /// a 429 was recorded does not undo the backoff.
+    pub async fn account_worked(&self, id: Uuid, asked: i32, trial: bool) -> Result<()> {
         sqlx::query(
-            "UPDATE checkers SET checks_total = checks_total + $2, last_check_at = now(),
-                    failures = CASE WHEN $3 THEN failures + 1 ELSE 0 END, throttles = 0
+            "UPDATE checkers SET checks_total = checks_total + $2, last_check_at = now(), failures = 0,
+                    throttles = CASE WHEN $3 OR state = 'active' THEN 0 ELSE throttles END,
+                    state = CASE WHEN $3 AND state IN ('throttled', 'failing') THEN 'active' ELSE state END,
+                    state_until = CASE WHEN $3 AND state IN ('throttled', 'failing') THEN NULL ELSE state_until END,
+                    reason = CASE WHEN $3 AND state IN ('throttled', 'failing') THEN NULL ELSE reason END
              WHERE id = $1",
         )
         .bind(id)
         .bind(asked)
-        .bind(number_failed)
+        .bind(trial)
         .execute(&self.pool)
         .await?;
         Ok(())
     }
 
-    /// Puts an account in trouble until `until` (then it is probed), with the reason.
-    /// Returns the trouble counters after the change (failures, throttles in a row).
+    /// A number's failure judged to be the number's after all (it failed on another
+    /// account too): the failure it added to this account's streak is taken back.
+    pub async fn account_absolved(&self, id: Uuid) -> Result<()> {
+        sqlx::query(
+            "UPDATE checkers SET failures = greatest(failures - 1, 0)
+             WHERE id = $1 AND state = 'active'",
+        )
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Puts an account in trouble, with the reason, until at least `at_least` from now;
+    /// a throttled or failing account waits the backoff of its streak (kept in the row,
+    /// so every replica agrees): `backoff.base` doubled per trouble in a row, at most
+    /// `backoff.max`. Returns the counters after the change (failures, throttles in a
+    /// row) and the wait.
     pub async fn account_in_trouble(
         &self,
         id: Uuid,
         trouble: Trouble,
-        until: Option<Duration>,
+        at_least: Duration,
+        backoff: &Backoff,
         reason: &str,
-    ) -> Result<Option<(i32, i32)>> {
+    ) -> Result<Option<(i32, i32, f64)>> {
         sqlx::query_as(
-            "UPDATE checkers
-             SET state = $2, reason = $4,
-                 state_until = now() + make_interval(secs => $3),
-                 probe_at = now() + make_interval(secs => $3),
-                 failures = failures + ($2 = 'failing')::int,
-                 throttles = throttles + ($2 = 'throttled')::int
-             WHERE id = $1
-             RETURNING failures, throttles",
+            "WITH next AS (
+                SELECT id,
+                       failures,
+                       throttles + ($2 = 'throttled')::int AS throttles
+                FROM checkers WHERE id = $1 FOR UPDATE),
+             wait AS (
+                SELECT id, failures, throttles, greatest($3, CASE $2
+                    WHEN 'throttled' THEN checker_backoff(throttles, $5, $6)
+                    WHEN 'failing' THEN checker_backoff(failures - $7 + 1, $8, $6)
+                    ELSE 0 END) AS secs
+                FROM next)
+             UPDATE checkers c
+             SET state = $2, reason = $4, failures = w.failures, throttles = w.throttles,
+                 state_until = now() + make_interval(secs => w.secs),
+                 probe_at = now() + make_interval(secs => w.secs)
+             FROM wait w WHERE c.id = w.id
+             RETURNING c.failures, c.throttles, w.secs",
         )
         .bind(id)
         .bind(trouble.status().as_str())
-        .bind(until.unwrap_or_default().as_secs_f64())
+        .bind(at_least.as_secs_f64())
         .bind(reason)
+        .bind(backoff.throttle_base.as_secs_f64())
+        .bind(backoff.max.as_secs_f64())
+        .bind(backoff.failures_before_failing)
+        .bind(backoff.failing_cooldown.as_secs_f64())
         .fetch_optional(&self.pool)
         .await
         .map_err(StoreError::from)
@@ -261,12 +400,14 @@ impl Store {
         .unwrap_or(0))
     }
 
-    /// Claims the next probe of a troubled account whose wait is over; false when another
-    /// replica has it, or it is not due. The next one is due `again_in` later.
+    /// Claims the next probe of a logged-out or banned account whose wait is over (its
+    /// session, not a number, says whether it works); false when another replica has
+    /// it, or it is not due. Throttled and failing accounts are tried with a number
+    /// instead (`take_checks`' trial). The next one is due `again_in` later.
     pub async fn claim_probe(&self, id: Uuid, again_in: Duration) -> Result<bool> {
         let claimed = sqlx::query(
             "UPDATE checkers SET probe_at = now() + make_interval(secs => $2)
-             WHERE id = $1 AND state <> 'active' AND probe_at <= now()
+             WHERE id = $1 AND state IN ('logged_out', 'banned') AND probe_at <= now()
                AND (state_until IS NULL OR state_until <= now())",
         )
         .bind(id)

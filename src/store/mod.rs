@@ -30,7 +30,6 @@ mod error;
 pub use error::{Result, StoreError};
 pub mod batches;
 mod cache;
-mod checker_usage;
 pub mod checkers;
 pub mod maintenance;
 pub mod notify;

@@ -197,6 +197,8 @@ pub struct AccountRow {
     pub hours_end: Option<chrono::NaiveTime>,
     pub timezone: String,
     pub paused: bool,
+    /// Set by `serve`'s flags (a single backend), not by `wavalidate checker add`.
+    pub from_flags: bool,
     /// The last trouble (`active` when none) and its count in a row.
     pub state: String,
     pub failures: i32,
@@ -211,11 +213,4 @@ pub struct AccountRow {
     pub status: AccountStatus,
     pub status_until: Option<DateTime<Utc>>,
     pub status_reason: Option<String>,
-}
-
-/// Checks granted to a call, and when it may start (the account's shared rate).
-#[derive(Debug, Clone, Copy, sqlx::FromRow)]
-pub struct Reservation {
-    pub granted: i32,
-    pub start_at: DateTime<Utc>,
 }

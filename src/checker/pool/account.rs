@@ -1,6 +1,9 @@
 //! One checking account in this process: its backend, its concurrency here, and its
-//! status as last read from PostgreSQL. `run` asks it a slice of numbers, call by call,
-//! each call within the account's shared cap and rate, and says what became of each.
+//! status as last read from PostgreSQL. `run` asks it a slice of numbers, call by call;
+//! every upstream request is granted by PostgreSQL at the moment it starts
+//! (`Store::take_checks`), so a pause, a closed hour or another replica's view of the
+//! account's trouble stops the very next request, here and everywhere.
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -9,26 +12,27 @@ use tokio::sync::Semaphore;
 use uuid::Uuid;
 
 use crate::checker::isolate::ask;
-use crate::checker::{Backend, CallError, CallResult, Outcome, Probe, timed_check};
+use crate::checker::{Backend, CallError, CallResult, Outcome, timed_check};
 use crate::domain::checker::AccountStatus;
 use crate::store::Store;
-use crate::store::checkers::Trouble;
+use crate::store::checkers::{Backoff, Take, Trouble};
 use crate::store::rows::AccountRow;
 
-/// Failed calls in a row (with nothing to blame on a number) that open the account's circuit.
-pub const FAILURES_BEFORE_FAILING: i32 = 3;
-/// Lone numbers failing in a row on an account whose session says it works, before the
-/// account is taken for failing (a poison number is retried on few accounts at most).
-const NUMBER_FAILURES_BEFORE_FAILING: i32 = 10;
-/// How long a failing account rests before it is probed.
-pub const FAILING_COOLDOWN: Duration = Duration::from_secs(60);
-/// A throttled account's first pause, doubling per rate limit in a row, up to the max.
-const THROTTLE_BASE: Duration = Duration::from_secs(30);
-const THROTTLE_MAX: Duration = Duration::from_secs(3600);
+/// How often a logged-out or banned account's session is looked at again.
+pub const LOGGED_OUT_PROBE: Duration = Duration::from_secs(30);
 /// How long a temporary ban lasts when WhatsApp does not say.
 const BAN_DEFAULT: Duration = Duration::from_secs(6 * 3600);
-/// How often a logged-out account's session is looked at again.
-pub const LOGGED_OUT_PROBE: Duration = Duration::from_secs(30);
+/// The longest a call waits for its account's next rate slot; past it the numbers go to
+/// another account or back to the queue rather than holding the claim.
+const MAX_SLOT_WAIT: Duration = Duration::from_secs(30);
+
+/// What every account of a pool shares: how trouble is backed off, and how long a
+/// half-open account's trial holds it.
+#[derive(Debug, Clone)]
+pub struct Rules {
+    pub backoff: Backoff,
+    pub trial_lease: Duration,
+}
 
 pub struct Account {
     pub id: Uuid,
@@ -38,23 +42,44 @@ pub struct Account {
     backend: Arc<dyn Backend>,
     permits: Semaphore,
     store: Store,
+    rules: Arc<Rules>,
     /// When the numbers this process has given the account will be asked, by its rate.
     booked: Mutex<DateTime<Utc>>,
+    /// Numbers this account answered in this process: a number that failed here is the
+    /// number's fault once it fails here again after the account answered others.
+    answered: AtomicU64,
 }
 
 /// What a slice of numbers came to on one account.
 #[derive(Debug, Default)]
 pub struct Slice {
-    /// Numbers asked and answered (or failed on their own), by position in the call.
+    /// Numbers asked and answered, by position in the call.
     pub answered: Vec<(usize, Outcome)>,
-    /// Numbers the account could not take (its trouble, its cap): for another account.
+    /// Numbers the account could not take (its trouble, its cap, a refusal): for another
+    /// account, uncounted.
     pub back: Vec<usize>,
-    /// The account is in trouble: give it nothing more in this call.
+    /// Numbers whose own request failed while the account otherwise worked: the
+    /// account's failure until the pool finds the number fails elsewhere too.
+    pub suspects: Vec<(usize, String)>,
+    /// The account's answer count before this slice (see `Account::answered`).
+    pub answered_before: u64,
+    /// The account cannot go on: give it nothing more in this call.
     pub troubled: bool,
 }
 
+/// Checks taken for one call, given back unless they were spent on requests.
+struct Taken {
+    checks: AtomicUsize,
+    spent: AtomicUsize,
+}
+
 impl Account {
-    pub fn new(row: AccountRow, backend: Arc<dyn Backend>, store: Store) -> Account {
+    pub fn new(
+        row: AccountRow,
+        backend: Arc<dyn Backend>,
+        store: Store,
+        rules: Arc<Rules>,
+    ) -> Account {
         Account {
             id: row.id,
             name: row.name.clone(),
@@ -62,7 +87,9 @@ impl Account {
             row: Mutex::new(row),
             backend,
             store,
+            rules,
             booked: Mutex::new(Utc::now()),
+            answered: AtomicU64::new(0),
         }
     }
 
@@ -74,15 +101,35 @@ impl Account {
         self.row.lock().expect("account row").status
     }
 
+    /// Numbers answered by this account in this process.
+    pub fn answered(&self) -> u64 {
+        self.answered.load(Ordering::SeqCst)
+    }
+
+    /// Active, or half-open: throttled or failing with its wait over, so it may be given
+    /// one number, its trial (PostgreSQL decides at the call).
+    pub fn usable(&self, now: DateTime<Utc>) -> bool {
+        let row = self.row.lock().expect("account row");
+        match row.status {
+            AccountStatus::Active => true,
+            AccountStatus::Throttled | AccountStatus::Failing => {
+                row.status_until.is_none_or(|until| until <= now)
+            }
+            _ => false,
+        }
+    }
+
     /// When the account could ask one more number (seconds from `now`: the later of its
     /// shared rate's next slot and the work this process gave it), the seconds each number
-    /// takes, and how many it has left today by the last refresh's count (the reservation
-    /// decides for real).
+    /// takes, and how many it has left today by the last refresh's count (one for a
+    /// half-open account's trial; the grant decides for real).
     pub fn availability(&self, now: DateTime<Utc>) -> (f64, f64, usize) {
         let row = self.row.lock().expect("account row");
         let booked = *self.booked.lock().expect("account booking");
         let free = booked.max(row.next_slot).max(now);
-        let left = if row.cap_today > 0 {
+        let left = if row.status != AccountStatus::Active {
+            1
+        } else if row.cap_today > 0 {
             (row.cap_today - row.checks_today).max(0) as usize
         } else {
             usize::MAX
@@ -100,7 +147,10 @@ impl Account {
 
     /// Asks `numbers` (position in the call, E.164), in calls of the backend's size.
     pub async fn run(&self, numbers: Vec<(usize, String)>) -> Slice {
-        let mut slice = Slice::default();
+        let mut slice = Slice {
+            answered_before: self.answered(),
+            ..Slice::default()
+        };
         let Ok(_permit) = self.permits.acquire().await else {
             slice.back = numbers.into_iter().map(|(i, _)| i).collect();
             return slice;
@@ -127,46 +177,109 @@ impl Account {
         slice
     }
 
-    /// One call: reserve checks and a rate slot, ask, record. False when the account
-    /// cannot go on (its numbers not answered are in `slice.back`).
-    async fn call(&self, call: &[(usize, String)], slice: &mut Slice) -> bool {
-        let reserved = match self.store.reserve_checks(self.id, call.len() as i32).await {
-            Ok(Some(r)) => r,
-            Ok(None) => {
-                // Removed meanwhile.
-                slice.back.extend(call.iter().map(|(i, _)| *i));
-                return false;
+    /// Takes up to `wanted` checks now, waiting for the account's rate slot; Err with why
+    /// when the account may not ask (paused, trouble, hours, cap, removed).
+    async fn take(&self, wanted: usize) -> Result<(usize, bool), String> {
+        loop {
+            let take = self
+                .store
+                .take_checks(self.id, wanted as i32, self.rules.trial_lease)
+                .await;
+            match take {
+                Ok(Take::Granted { checks, trial }) => return Ok((checks.max(0) as usize, trial)),
+                Ok(Take::Wait(wait)) if wait <= MAX_SLOT_WAIT => tokio::time::sleep(wait).await,
+                Ok(Take::Wait(wait)) => {
+                    return Err(format!("its next slot is {}s away", wait.as_secs()));
+                }
+                Ok(Take::Refused(reason)) => return Err(reason),
+                Err(err) => {
+                    tracing::warn!(account = %self.name, error = %err, "cannot take checks");
+                    return Err("its checks cannot be counted now".into());
+                }
             }
-            Err(err) => {
-                tracing::warn!(account = %self.name, error = %err, "cannot reserve checks");
+        }
+    }
+
+    /// One call: take checks at the moment of each request, ask, record. False when the
+    /// account cannot go on (its numbers not answered are in `slice.back`).
+    async fn call(&self, call: &[(usize, String)], slice: &mut Slice) -> bool {
+        let (granted, trial) = match self.take(call.len()).await {
+            Ok(taken) => taken,
+            Err(reason) => {
+                tracing::debug!(account = %self.name, reason, "account may not ask now");
+                self.note_refusal(&reason);
                 slice.back.extend(call.iter().map(|(i, _)| *i));
                 return false;
             }
         };
-        let granted = (reserved.granted.max(0) as usize).min(call.len());
-        let (asked, capped) = call.split_at(granted);
-        // Past today's cap: those numbers go to another account (this one rests).
+        let (asked, capped) = call.split_at(granted.min(call.len()));
+        // Not granted (today's cap, a half-open trial's one number): for another account.
         slice.back.extend(capped.iter().map(|(i, _)| *i));
-        if asked.is_empty() {
-            return false;
-        }
-        let wait = (reserved.start_at - chrono::Utc::now())
-            .to_std()
-            .unwrap_or_default();
-        if !wait.is_zero() {
-            tokio::time::sleep(wait).await;
-        }
         let numbers: Vec<String> = asked.iter().map(|(_, n)| n.clone()).collect();
-        let healthy = self.row.lock().expect("account row").failures == 0;
+        let healthy = self.row.lock().expect("account row").failures == 0 && !trial;
+        let taken = Taken {
+            checks: AtomicUsize::new(asked.len()),
+            spent: AtomicUsize::new(0),
+        };
+        let first = std::sync::atomic::AtomicBool::new(true);
         let backend = self.backend.as_ref();
-        let result = ask(
-            backend,
-            &numbers,
-            healthy,
-            &|part: Vec<String>| async move { timed_check(backend, &part).await },
-        )
-        .await;
-        self.settle(asked, result, slice).await
+        let (taken_ref, first_ref) = (&taken, &first);
+        // Each request upstream spends its own checks: the first the call's, every
+        // request of a split its own, granted when it starts.
+        let request = |part: Vec<String>| async move {
+            if !first_ref.swap(false, Ordering::SeqCst) {
+                match self.take(part.len()).await {
+                    Ok((n, _)) if n == part.len() => {
+                        taken_ref.checks.fetch_add(n, Ordering::SeqCst);
+                    }
+                    Ok((n, _)) => {
+                        self.give_back(n).await;
+                        return CallResult::failed(
+                            vec![],
+                            CallError::Withheld("daily cap reached".into()),
+                        );
+                    }
+                    Err(reason) => return CallResult::failed(vec![], CallError::Withheld(reason)),
+                }
+            }
+            let result = timed_check(backend, &part).await;
+            // A request refused for the account's trouble looked nothing up.
+            if matches!(result.error, None | Some(CallError::Failed(_)))
+                || !result.outcomes.is_empty()
+            {
+                taken_ref.spent.fetch_add(part.len(), Ordering::SeqCst);
+            }
+            result
+        };
+        let result = ask(backend, &numbers, healthy, &request).await;
+        let unused = taken
+            .checks
+            .load(Ordering::SeqCst)
+            .saturating_sub(taken.spent.load(Ordering::SeqCst));
+        self.give_back(unused).await;
+        self.settle(asked, result, trial, slice).await
+    }
+
+    async fn give_back(&self, unused: usize) {
+        if unused == 0 {
+            return;
+        }
+        if let Err(err) = self.store.return_checks(self.id, unused as i32).await {
+            tracing::warn!(account = %self.name, error = %err, "cannot give back unused checks");
+        }
+    }
+
+    /// A refusal says the account's state changed since the last refresh: stop giving it
+    /// numbers here until the next refresh says otherwise.
+    fn note_refusal(&self, reason: &str) {
+        let mut row = self.row.lock().expect("account row");
+        if row.status == AccountStatus::Active {
+            row.status = AccountStatus::Resting;
+            row.status_reason = Some(reason.to_string());
+        } else {
+            // A half-open account whose trial another call or replica holds.
+            row.status_until = Some(Utc::now() + self.rules.trial_lease);
+        }
     }
 
     /// Files a call's result: answers kept, the rest back, the account's record updated.
@@ -174,168 +287,168 @@ impl Account {
         &self,
         asked: &[(usize, String)],
         result: CallResult,
+        trial: bool,
         slice: &mut Slice,
     ) -> bool {
         let answered = result.outcomes.len().min(asked.len());
+        let mut worked = 0;
         for ((i, _), outcome) in asked.iter().zip(result.outcomes) {
-            self.count(&outcome);
-            slice.answered.push((*i, outcome));
+            match outcome {
+                // A number that failed on its own while others were answered: a suspect.
+                Outcome::Retryable(reason) => {
+                    self.count("suspect", 1);
+                    slice.suspects.push((*i, reason));
+                }
+                outcome => {
+                    self.count(label(&outcome), 1);
+                    worked += 1;
+                    slice.answered.push((*i, outcome));
+                }
+            }
         }
+        self.answered.fetch_add(worked, Ordering::SeqCst);
         let unanswered = &asked[answered..];
         let Some(error) = result.error else {
-            // A backend that answered fewer numbers than asked: those count as an attempt.
+            // A backend that answered fewer numbers than asked: suspects too.
             for (i, _) in unanswered {
-                slice.answered.push((
-                    *i,
-                    Outcome::Retryable("the checker returned no answer for this number".into()),
-                ));
+                slice
+                    .suspects
+                    .push((*i, "the checker returned no answer for this number".into()));
             }
-            self.worked(asked.len() as i32, false).await;
+            self.worked(asked.len() as i32, trial).await;
             return true;
         };
-        // One number, alone in its request, failing: the account's session is looked at
-        // (not a number). Working, the failure is the number's, an attempt; otherwise the
-        // account's, and the number goes to another account.
-        let mut error = error;
+        if answered > 0 {
+            self.worked(answered as i32, trial).await;
+        }
+        if let CallError::Withheld(reason) = &error {
+            self.note_refusal(reason);
+            slice.back.extend(unanswered.iter().map(|(i, _)| *i));
+            return false;
+        }
+        // One number alone in its request failing: the account's failure for now (its
+        // breaker counts it), and the number a suspect the pool asks elsewhere.
         if let (CallError::Failed(reason), [(i, _)]) = (&error, unanswered)
             && answered == 0
         {
-            match self.backend.probe().await {
-                Probe::Working => {
-                    slice
-                        .answered
-                        .push((*i, Outcome::Retryable(reason.clone())));
-                    metrics::counter!("wav_checks_total", "checker" => self.name.clone(), "outcome" => "number_error")
-                        .increment(1);
-                    let failures = self.worked(asked.len() as i32, true).await;
-                    if failures >= NUMBER_FAILURES_BEFORE_FAILING {
-                        let reason = format!(
-                            "{failures} calls in a row failed though its session works; last: {reason}"
-                        );
-                        self.record_trouble(Trouble::Failing, Some(FAILING_COOLDOWN), &reason)
-                            .await;
-                        return false;
-                    }
-                    return true;
-                }
-                Probe::Trouble(trouble) => error = trouble,
-            }
-        }
-        if answered > 0 {
-            self.worked(answered as i32, false).await;
+            self.count("suspect", 1);
+            slice.suspects.push((*i, reason.clone()));
+            return !self.in_trouble(&error).await;
         }
         // The account's trouble: its numbers go to another account, uncounted.
         slice.back.extend(unanswered.iter().map(|(i, _)| *i));
-        if let Err(err) = self
-            .store
-            .return_checks(self.id, unanswered.len() as i32)
-            .await
-        {
-            tracing::warn!(account = %self.name, error = %err, "cannot give back unused checks");
-        }
-        metrics::counter!("wav_checks_total", "checker" => self.name.clone(), "outcome" => "account_error")
-            .increment(unanswered.len() as u64);
+        self.count("account_error", unanswered.len() as u64);
         self.in_trouble(&error).await;
         false
     }
 
-    fn count(&self, outcome: &Outcome) {
-        let label = match outcome {
-            Outcome::OnWhatsApp { .. } => "on_whatsapp",
-            Outcome::NotOnWhatsApp => "not_on_whatsapp",
-            Outcome::Retryable(_) | Outcome::Final(_) => "number_error",
-            Outcome::Deferred { .. } => "deferred",
-        };
+    fn count(&self, label: &'static str, n: u64) {
         metrics::counter!("wav_checks_total", "checker" => self.name.clone(), "outcome" => label)
-            .increment(1);
+            .increment(n);
     }
 
-    /// Records `asked` checks made; returns the failures in a row after them.
-    async fn worked(&self, asked: i32, number_failed: bool) -> i32 {
-        let failures = {
-            let mut row = self.row.lock().expect("account row");
-            row.failures = if number_failed { row.failures + 1 } else { 0 };
-            row.checks_total += i64::from(asked);
-            row.failures
-        };
-        if let Err(err) = self
-            .store
-            .account_worked(self.id, asked, number_failed)
-            .await
+    /// Records `asked` checks made; a trial's answer ends the account's trouble.
+    async fn worked(&self, asked: i32, trial: bool) {
         {
+            let mut row = self.row.lock().expect("account row");
+            row.failures = 0;
+            row.checks_total += i64::from(asked);
+            if trial {
+                row.status = AccountStatus::Active;
+                row.status_reason = None;
+                row.throttles = 0;
+            }
+        }
+        if let Err(err) = self.store.account_worked(self.id, asked, trial).await {
             tracing::warn!(account = %self.name, error = %err, "cannot record checks");
         }
-        failures
+        if trial {
+            tracing::info!(account = %self.name, to = "active", "checking account state changed: its trial was answered");
+        }
+    }
+
+    /// A suspect's failure here turned out to be the number's: the failure it added to
+    /// the account's streak is taken back.
+    pub async fn absolve(&self) {
+        if let Err(err) = self.store.account_absolved(self.id).await {
+            tracing::warn!(account = %self.name, error = %err, "cannot take back a failure");
+        }
     }
 
     /// Records the account's trouble in PostgreSQL (every replica stops using it) and logs
-    /// the transition.
-    pub async fn in_trouble(&self, error: &CallError) {
+    /// the transition. True when the account is now out of use.
+    pub async fn in_trouble(&self, error: &CallError) -> bool {
         let reason = error.reason();
-        let (trouble, until) = match error {
+        let (trouble, at_least) = match error {
             CallError::RateLimited { retry_after } => {
-                let streak = self.row.lock().expect("account row").throttles;
-                let backoff = THROTTLE_BASE
-                    .saturating_mul(1 << streak.clamp(0, 10))
-                    .min(THROTTLE_MAX);
-                (
-                    Trouble::Throttled,
-                    Some(retry_after.unwrap_or_default().max(backoff)),
-                )
+                (Trouble::Throttled, retry_after.unwrap_or_default())
             }
-            CallError::LoggedOut(_) => (Trouble::LoggedOut, Some(LOGGED_OUT_PROBE)),
-            CallError::Banned { until, .. } => {
-                (Trouble::Banned, Some(until.unwrap_or(BAN_DEFAULT)))
-            }
-            // The operator must fix the settings; a probe checks now and then.
-            CallError::Misconfigured(_) => (Trouble::Failing, Some(FAILING_COOLDOWN)),
-            CallError::Unreachable(_) | CallError::Failed(_) => {
+            CallError::LoggedOut(_) => (Trouble::LoggedOut, LOGGED_OUT_PROBE),
+            CallError::Banned { until, .. } => (Trouble::Banned, until.unwrap_or(BAN_DEFAULT)),
+            // Nothing was asked: the numbers go elsewhere, the account's state stands.
+            CallError::Withheld(_) => return true,
+            CallError::Misconfigured(_) | CallError::Unreachable(_) | CallError::Failed(_) => {
                 let failures = match self.store.account_failed(self.id).await {
                     Ok(failures) => failures,
                     Err(err) => {
                         tracing::warn!(account = %self.name, error = %err, "cannot record a failure");
-                        return;
+                        return true;
                     }
                 };
                 self.row.lock().expect("account row").failures = failures;
-                if failures < FAILURES_BEFORE_FAILING {
+                // The operator must fix wrong settings: no point trying twice more.
+                let settings = matches!(error, CallError::Misconfigured(_));
+                if failures < self.rules.backoff.failures_before_failing && !settings {
                     tracing::info!(account = %self.name, failures, reason, "checking account call failed");
-                    return;
+                    return false;
                 }
-                (Trouble::Failing, Some(FAILING_COOLDOWN))
+                (Trouble::Failing, Duration::ZERO)
             }
         };
-        self.record_trouble(trouble, until, &reason).await;
+        self.record_trouble(trouble, at_least, &reason).await;
+        true
     }
 
     /// Writes the account's trouble (every replica stops using it) and logs the change.
-    async fn record_trouble(&self, trouble: Trouble, until: Option<Duration>, reason: &str) {
+    async fn record_trouble(&self, trouble: Trouble, at_least: Duration, reason: &str) {
         let before = self.row.lock().expect("account row").status;
-        match self
+        let wait = match self
             .store
-            .account_in_trouble(self.id, trouble, until, reason)
+            .account_in_trouble(self.id, trouble, at_least, &self.rules.backoff, reason)
             .await
         {
-            Ok(Some((failures, throttles))) => {
+            Ok(Some((failures, throttles, wait))) => {
                 let mut row = self.row.lock().expect("account row");
                 row.failures = failures;
                 row.throttles = throttles;
                 row.status = trouble.status();
                 row.status_reason = Some(reason.to_string());
+                row.status_until = Some(Utc::now() + Duration::from_secs_f64(wait));
+                wait
             }
             Ok(None) => return,
             Err(err) => {
                 tracing::warn!(account = %self.name, error = %err, "cannot record the account's trouble");
                 return;
             }
-        }
+        };
         tracing::warn!(
             account = %self.name,
             from = %before,
             to = %trouble.status(),
-            until_s = until.map(|u| u.as_secs()),
+            wait_s = wait,
             reason,
             "checking account state changed"
         );
+    }
+}
+
+/// The `outcome` label of an answer in `wav_checks_total`.
+fn label(outcome: &Outcome) -> &'static str {
+    match outcome {
+        Outcome::OnWhatsApp { .. } => "on_whatsapp",
+        Outcome::NotOnWhatsApp => "not_on_whatsapp",
+        Outcome::Retryable(_) | Outcome::Final(_) => "number_error",
+        Outcome::Deferred { .. } => "deferred",
     }
 }

@@ -2,12 +2,20 @@
 //! PostgreSQL (`wavalidate checker add ...`). Each number of a call goes to the usable
 //! account that can ask it soonest (so accounts share the work by their rates), ties to
 //! the healthiest and least used today; numbers an account cannot take (its trouble, its
-//! cap) go to another account at once, uncounted. Accounts' caps, rates and states are shared by every
-//! replica through PostgreSQL; this process re-reads them every second and probes the
-//! troubled ones (their session's status, not a number) until they work again.
+//! cap, a refusal at the moment of its request) go to another account at once, uncounted.
+//! Accounts' caps, rates and states are shared by every replica through PostgreSQL, which
+//! grants each request as it starts; this process re-reads them every second to plan,
+//! probes logged-out and banned accounts (their session's status, not a number) and
+//! gives throttled and failing ones a trial number once their backoff is over.
+//!
+//! A number whose own request fails is the account's failure first (its breaker counts
+//! it): it is asked elsewhere, and only when it fails on a second account too, or again
+//! on the same one after that account answered other numbers, is it the number's fault
+//! (an attempt counted against it).
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::hash::BuildHasher;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
@@ -23,30 +31,68 @@ use crate::store::rows::AccountRow;
 
 mod account;
 
-use account::{Account, FAILING_COOLDOWN, LOGGED_OUT_PROBE, Slice};
+pub use account::Rules;
+use account::{Account, LOGGED_OUT_PROBE, Slice};
 
 /// How often accounts are re-read (so changes reach running processes within seconds).
 const REFRESH_EVERY: Duration = Duration::from_secs(1);
 /// A claim holds about this much of the usable accounts' combined rate.
 const CLAIM_SECONDS: f64 = 5.0;
 const MAX_CLAIM: usize = 500;
+/// How long a suspect number's failures are remembered.
+const SUSPECT_MEMORY: Duration = Duration::from_secs(3600);
+
+/// Which accounts a pool uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Members {
+    /// Those added with `wavalidate checker add` (`--checker pool`).
+    Added,
+    /// The one set by flags (`--checker waha|evolution|whatsapp-web`), by id.
+    Only(Uuid),
+}
+
 pub struct Pool {
+    /// Keys the result cache: `pool`, or a single backend's name (`waha`, ...).
+    name: &'static str,
     store: Store,
     http_timeout: Duration,
+    members: Members,
+    rules: Arc<Rules>,
     accounts: RwLock<Vec<Arc<Account>>>,
+    /// Numbers (by a keyed hash, never their digits) whose own request failed on an
+    /// account, not yet judged: which accounts, and their answer counts then.
+    suspects: Mutex<HashMap<u64, Suspect>>,
+    hasher: std::collections::hash_map::RandomState,
+}
+
+#[derive(Debug)]
+struct Suspect {
+    /// Each account it failed on, with that account's answer count before the failure.
+    failed_on: Vec<(Uuid, u64)>,
+    /// Accounts whose streak still counts one of its failures.
+    unabsolved: Vec<Uuid>,
+    since: Instant,
 }
 
 impl Pool {
     /// Reads the accounts, then keeps them fresh and probes troubled ones until shutdown.
     pub async fn start(
+        name: &'static str,
         store: Store,
         http_timeout: Duration,
+        members: Members,
+        rules: Rules,
         shutdown: CancellationToken,
     ) -> Arc<Pool> {
         let pool = Arc::new(Pool {
+            name,
             store,
             http_timeout,
+            members,
+            rules: Arc::new(rules),
             accounts: RwLock::new(Vec::new()),
+            suspects: Mutex::new(HashMap::new()),
+            hasher: std::collections::hash_map::RandomState::new(),
         });
         pool.refresh().await;
         let keeper = pool.clone();
@@ -68,13 +114,27 @@ impl Pool {
     /// Re-reads every account: new ones get a backend, removed ones go, changed settings
     /// rebuild theirs; status changes are logged and counted.
     async fn refresh(&self) {
-        let rows = match self.store.accounts().await {
-            Ok(rows) => rows,
+        let (rows, unreadable) = match self.store.accounts().await {
+            Ok(read) => read,
             Err(err) => {
                 tracing::warn!(error = %err, "cannot read the checking accounts");
                 return;
             }
         };
+        for bad in &unreadable {
+            tracing::warn!(account = %bad.name, reason = %bad.reason, "skipping a checking account that cannot be read");
+        }
+        let rows: Vec<AccountRow> = rows
+            .into_iter()
+            .filter(|r| match self.members {
+                Members::Added => !r.from_flags,
+                Members::Only(id) => r.id == id,
+            })
+            .collect();
+        self.suspects
+            .lock()
+            .expect("suspects")
+            .retain(|_, s| s.since.elapsed() < SUSPECT_MEMORY);
         let current: HashMap<Uuid, Arc<Account>> =
             self.accounts().into_iter().map(|a| (a.id, a)).collect();
         let mut next = Vec::with_capacity(rows.len());
@@ -106,7 +166,12 @@ impl Pool {
                 None => match self.backend(&row) {
                     Ok(backend) => {
                         tracing::info!(account = %row.name, backend = row.backend.name(), status = %row.status, "checking account ready");
-                        next.push(Arc::new(Account::new(row, backend, self.store.clone())));
+                        next.push(Arc::new(Account::new(
+                            row,
+                            backend,
+                            self.store.clone(),
+                            self.rules.clone(),
+                        )));
                     }
                     Err(err) => {
                         tracing::warn!(account = %row.name, error = %err, "cannot set up the checking account");
@@ -146,9 +211,11 @@ impl Pool {
         })
     }
 
-    /// Probes troubled accounts whose wait is over, one replica each, each on its own task
-    /// (a gateway that hangs delays neither the others nor the refresh): a session that
-    /// works makes the account active again.
+    /// Probes logged-out and banned accounts whose wait is over, one replica each, each on
+    /// its own task (a gateway that hangs delays neither the others nor the refresh): a
+    /// session that works makes the account active again. Throttled and failing accounts
+    /// are not probed: a session that says it works proves nothing about a rate limit or
+    /// a gateway failing checks, so they get a trial number instead.
     fn probe_due(self: &Arc<Self>) {
         let now = chrono::Utc::now();
         let due: Vec<Arc<Account>> = self
@@ -156,7 +223,8 @@ impl Pool {
             .into_iter()
             .filter(|a| {
                 let row = a.row.lock().expect("account row");
-                row.status.troubled() && row.status_until.is_none_or(|until| until <= now)
+                matches!(row.status, AccountStatus::LoggedOut | AccountStatus::Banned)
+                    && row.status_until.is_none_or(|until| until <= now)
             })
             .collect();
         for account in due {
@@ -166,12 +234,7 @@ impl Pool {
     }
 
     async fn probe(&self, account: Arc<Account>) {
-        let again = if account.status() == AccountStatus::LoggedOut {
-            LOGGED_OUT_PROBE
-        } else {
-            FAILING_COOLDOWN
-        };
-        match self.store.claim_probe(account.id, again).await {
+        match self.store.claim_probe(account.id, LOGGED_OUT_PROBE).await {
             Ok(true) => {}
             Ok(false) => return,
             Err(err) => {
@@ -192,23 +255,29 @@ impl Pool {
                 row.failures = 0;
                 tracing::info!(account = %account.name, from = %before, to = "active", "checking account state changed: its session works again");
             }
-            Probe::Trouble(trouble) => account.in_trouble(&trouble).await,
+            Probe::Trouble(trouble) => {
+                account.in_trouble(&trouble).await;
+            }
         }
     }
 
-    /// Accounts that may be given checks now, most preferred first: the healthiest, then
-    /// the least used today.
+    /// Accounts that may be given checks now (active, or half-open for a trial), most
+    /// preferred first: the healthiest, then the least used today.
     fn usable(&self, excluded: &HashSet<Uuid>) -> Vec<Arc<Account>> {
-        let mut usable: Vec<(Arc<Account>, (i32, i64))> = self
+        let now = chrono::Utc::now();
+        let mut usable: Vec<(Arc<Account>, (bool, i32, i64))> = self
             .accounts()
             .into_iter()
-            .filter(|a| !excluded.contains(&a.id))
-            .filter_map(|a| {
+            .filter(|a| !excluded.contains(&a.id) && a.usable(now))
+            .map(|a| {
                 let row = a.row.lock().expect("account row");
-                let key = (row.failures, i64::from(row.checks_today));
-                (row.status == AccountStatus::Active)
-                    .then_some(key)
-                    .map(|k| (a.clone(), k))
+                let key = (
+                    row.status != AccountStatus::Active,
+                    row.failures,
+                    i64::from(row.checks_today),
+                );
+                drop(row);
+                (a, key)
             })
             .collect();
         usable.sort_by_key(|(_, key)| *key);
@@ -233,25 +302,32 @@ impl Pool {
 /// already gave it, and each number takes it 1/rate longer. So numbers spread in
 /// proportion to the accounts' rates and around the work they already have; ties go to
 /// the most preferred (the order of `accounts`), and no account gets more than it has left
-/// today. What no account can take is left in `todo`.
-fn assign(todo: &mut Vec<usize>, accounts: &[Arc<Account>]) -> Vec<(Arc<Account>, Vec<usize>)> {
+/// today, nor a number `may` keeps from it. What no account can take is left in `todo`.
+fn assign(
+    todo: &mut Vec<usize>,
+    accounts: &[Arc<Account>],
+    may: impl Fn(usize, &Account) -> bool,
+) -> Vec<(Arc<Account>, Vec<usize>)> {
     let now = chrono::Utc::now();
     let mut free: Vec<(f64, f64, usize)> = accounts.iter().map(|a| a.availability(now)).collect();
     let mut parts: Vec<Vec<usize>> = vec![Vec::new(); accounts.len()];
-    while let Some(&number) = todo.last() {
+    let mut kept = Vec::new();
+    while let Some(number) = todo.pop() {
         // The first of equals: `min_by` keeps the earliest minimum.
-        let Some(soonest) = (0..free.len())
-            .filter(|&i| free[i].2 > 0)
-            .min_by(|&a, &b| free[a].0.total_cmp(&free[b].0))
-        else {
-            break;
+        let soonest = (0..free.len())
+            .filter(|&i| free[i].2 > 0 && may(number, &accounts[i]))
+            .min_by(|&a, &b| free[a].0.total_cmp(&free[b].0));
+        let Some(soonest) = soonest else {
+            kept.push(number);
+            continue;
         };
-        todo.pop();
         parts[soonest].push(number);
         let (at, step, left) = &mut free[soonest];
         *at += *step;
         *left -= 1;
     }
+    kept.reverse();
+    *todo = kept;
     accounts
         .iter()
         .zip(parts)
@@ -263,10 +339,64 @@ fn assign(todo: &mut Vec<usize>, accounts: &[Arc<Account>]) -> Vec<(Arc<Account>
         .collect()
 }
 
+impl Pool {
+    fn key(&self, e164: &str) -> u64 {
+        self.hasher.hash_one(e164)
+    }
+
+    /// Whether a number may go to `account` in this call: not again to an account it
+    /// failed on here, unless that account has answered other numbers since (then its
+    /// failure there again is the number's). Across calls it may go anywhere: a failure
+    /// nobody can judge is the account's, and its breaker decides.
+    fn may_ask(
+        failed: &HashMap<usize, Vec<(Uuid, u64)>>,
+        number: usize,
+        account: &Account,
+    ) -> bool {
+        failed.get(&number).is_none_or(|on| {
+            on.iter()
+                .all(|(id, mark)| *id != account.id || account.answered() > *mark)
+        })
+    }
+
+    /// A number whose own request failed on `account` (whose answer count before the
+    /// request was `mark`): true when that makes it the number's fault (it failed on
+    /// another account too, or failed here before and this account has answered other
+    /// numbers since), and then the failures it added to the accounts' streaks are taken
+    /// back; else it is remembered. A number found at fault stays remembered, so its
+    /// next failure counts at once (an attempt each time, as for any failing number).
+    async fn judge(&self, key: u64, account: &Arc<Account>, mark: u64) -> bool {
+        let absolve: Vec<Uuid> = {
+            let mut memory = self.suspects.lock().expect("suspects");
+            let suspect = memory.entry(key).or_insert_with(|| Suspect {
+                failed_on: Vec::new(),
+                unabsolved: Vec::new(),
+                since: Instant::now(),
+            });
+            suspect.unabsolved.push(account.id);
+            let guilty = suspect
+                .failed_on
+                .iter()
+                .any(|(id, before)| *id != account.id || account.answered() > *before);
+            if !suspect.failed_on.iter().any(|(id, _)| *id == account.id) {
+                suspect.failed_on.push((account.id, mark));
+            }
+            if !guilty {
+                return false;
+            }
+            std::mem::take(&mut suspect.unabsolved)
+        };
+        for account in self.accounts().iter().filter(|a| absolve.contains(&a.id)) {
+            account.absolve().await;
+        }
+        true
+    }
+}
+
 #[async_trait]
 impl Checker for Pool {
     fn name(&self) -> &'static str {
-        "pool"
+        self.name
     }
 
     /// About `CLAIM_SECONDS` of the usable accounts' combined rate.
@@ -290,14 +420,17 @@ impl Checker for Pool {
         // Already shuffled by the workers: no account gets a run of consecutive numbers.
         let mut todo: Vec<usize> = (0..e164.len()).collect();
         let mut excluded = HashSet::new();
+        // Numbers of this call whose own request failed: the accounts, with their answer
+        // counts before.
+        let mut failed: HashMap<usize, Vec<(Uuid, u64)>> = HashMap::new();
         while !todo.is_empty() {
             let accounts = self.usable(&excluded);
             if accounts.is_empty() {
                 break;
             }
-            let slices = assign(&mut todo, &accounts);
+            let slices = assign(&mut todo, &accounts, |i, a| Pool::may_ask(&failed, i, a));
             if slices.is_empty() {
-                // Every usable account is at its cap for today.
+                // Every usable account is at its cap, or has failed the numbers left.
                 break;
             }
             let runs = slices.into_iter().map(|(account, part)| async move {
@@ -306,8 +439,30 @@ impl Checker for Pool {
                 (account, slice)
             });
             for (account, slice) in futures::future::join_all(runs).await {
-                for (i, outcome) in slice.answered {
-                    outcomes[i] = Some(outcome);
+                {
+                    // An answer clears the number of suspicion (hashed only while any is held).
+                    let mut memory = self.suspects.lock().expect("suspects");
+                    for (i, outcome) in slice.answered {
+                        failed.remove(&i);
+                        if !memory.is_empty() {
+                            memory.remove(&self.key(&e164[i]));
+                        }
+                        outcomes[i] = Some(outcome);
+                    }
+                }
+                for (i, reason) in slice.suspects {
+                    failed
+                        .entry(i)
+                        .or_default()
+                        .push((account.id, slice.answered_before));
+                    let key = self.key(&e164[i]);
+                    if self.judge(key, &account, slice.answered_before).await {
+                        metrics::counter!("wav_checks_total", "checker" => account.name.clone(), "outcome" => "number_error")
+                            .increment(1);
+                        outcomes[i] = Some(Outcome::Retryable(reason));
+                    } else {
+                        todo.push(i);
+                    }
                 }
                 if slice.troubled || !slice.back.is_empty() {
                     excluded.insert(account.id);
