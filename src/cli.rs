@@ -234,19 +234,21 @@ pub struct AddAccountArgs {
 }
 
 /// The pacing that protects one checking account.
+// Numbers may look negative (`--rate-per-sec -1`): taken as values, so the bounds refuse
+// them naming flag and value, not read as a stray flag.
 #[derive(Debug, Clone, Args)]
 pub struct PacingArgs {
-    /// Checks per second at most, shared by every replica [default for a new account: 0.5, 30 a minute].
-    #[arg(long)]
+    /// Checks per second at most, 0.0001 to 100, shared by every replica [default for a new account: 0.5, 30 a minute].
+    #[arg(long, allow_negative_numbers = true)]
     pub rate_per_sec: Option<f64>,
-    /// Checks per day (in --timezone), shared by every replica; 0: none [default: 500].
-    #[arg(long)]
+    /// Checks per day (in --timezone), shared by every replica, 0 to 100000; 0: none [default: 500].
+    #[arg(long, allow_negative_numbers = true)]
     pub daily_cap: Option<i32>,
-    /// Calls to the account in flight at once, in each process [default: 1].
-    #[arg(long)]
+    /// Calls to the account in flight at once, in each process, 1 to 64 [default: 1].
+    #[arg(long, allow_negative_numbers = true)]
     pub max_concurrency: Option<i32>,
-    /// Ramp the daily cap up over the account's first days (day 1 of 7 gets 1/8 of it) [default: 0].
-    #[arg(long)]
+    /// Ramp the daily cap up over the account's first days, 0 to 365 (day 1 of 7 gets 1/8 of it) [default: 0].
+    #[arg(long, allow_negative_numbers = true)]
     pub warmup_days: Option<i32>,
     /// Check only between these local times, HH:MM-HH:MM (overnight allowed); `any` for no limit.
     #[arg(long)]
@@ -676,6 +678,42 @@ mod tests {
             written == generated,
             "docs/configuration.md is out of date: run `WAV_WRITE_DOCS=1 cargo test --lib configuration`"
         );
+    }
+
+    #[test]
+    fn the_pacing_help_states_the_bounds_the_domain_enforces() {
+        use crate::domain::checker::{DAILY_CAP, MAX_CONCURRENCY, RATE_PER_SEC, WARMUP_DAYS};
+        use clap::CommandFactory;
+        let cli = super::Cli::command();
+        let add = cli
+            .find_subcommand("checker")
+            .and_then(|c| c.find_subcommand("add"))
+            .unwrap();
+        let help = |id: &str| {
+            let arg = add.get_arguments().find(|a| a.get_id() == id).unwrap();
+            assert!(arg.is_allow_negative_numbers_set(), "{id}");
+            arg.get_help().unwrap().to_string()
+        };
+        for (id, range) in [
+            (
+                "rate_per_sec",
+                format!("{} to {}", RATE_PER_SEC.start(), RATE_PER_SEC.end()),
+            ),
+            (
+                "daily_cap",
+                format!("{} to {}", DAILY_CAP.start(), DAILY_CAP.end()),
+            ),
+            (
+                "max_concurrency",
+                format!("{} to {}", MAX_CONCURRENCY.start(), MAX_CONCURRENCY.end()),
+            ),
+            (
+                "warmup_days",
+                format!("{} to {}", WARMUP_DAYS.start(), WARMUP_DAYS.end()),
+            ),
+        ] {
+            assert!(help(id).contains(&range), "{id}: {range} in {:?}", help(id));
+        }
     }
 
     #[test]

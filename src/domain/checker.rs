@@ -1,6 +1,7 @@
 //! Checking accounts as the operator describes them: the backend and its settings, and
 //! the pacing that protects the account. Parsed here, so nothing invalid is stored.
 use std::fmt;
+use std::ops::RangeInclusive;
 
 use chrono::NaiveTime;
 use serde::{Deserialize, Serialize};
@@ -200,6 +201,23 @@ impl Default for AccountPacing {
     }
 }
 
+/// Checks per second an account may be given. Below the floor the interval between two
+/// checks (1/rate seconds) no longer fits a PostgreSQL timestamp and every reservation
+/// fails; above the ceiling no WhatsApp account survives for long.
+pub const RATE_PER_SEC: RangeInclusive<f64> = 0.0001..=100.0;
+
+/// Checks per local day (0: no cap). An account can safely do a few thousand a day, so
+/// the ceiling only refuses absurd values, before the cap's `int` arithmetic overflows.
+pub const DAILY_CAP: RangeInclusive<i32> = 0..=100_000;
+
+/// Calls in flight at once to one account, in each process: at least one, and a gateway
+/// gains nothing from more than a handful.
+pub const MAX_CONCURRENCY: RangeInclusive<i32> = 1..=64;
+
+/// Days over which a new account's cap ramps up: a year at most. Longer ramps overflow
+/// the `int` arithmetic of today's cap, which would blind the whole pool.
+pub const WARMUP_DAYS: RangeInclusive<i32> = 0..=365;
+
 /// A bad setting, named by its flag.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{flag}: {problem}")]
@@ -212,6 +230,36 @@ fn bad(flag: &'static str, problem: impl Into<String>) -> AccountError {
     AccountError {
         flag,
         problem: problem.into(),
+    }
+}
+
+/// A rate as typed: `-1`, `0.5`; `1e-300`, `NaN` and `inf` where digits would not do.
+fn shown(rate: f64) -> String {
+    if rate == 0.0 || (1e-4..1e15).contains(&rate.abs()) {
+        rate.to_string()
+    } else {
+        format!("{rate:?}")
+    }
+}
+
+/// `value` when `range` holds it; else an error naming the flag, the value and the range.
+fn within(
+    flag: &'static str,
+    value: i32,
+    range: &RangeInclusive<i32>,
+    note: &str,
+) -> Result<i32, AccountError> {
+    if range.contains(&value) {
+        Ok(value)
+    } else {
+        Err(bad(
+            flag,
+            format!(
+                "{value} is not between {} and {}{note}",
+                range.start(),
+                range.end()
+            ),
+        ))
     }
 }
 
@@ -231,31 +279,27 @@ impl PacingChange {
     /// `pacing` with this change applied, checked.
     pub fn apply(&self, mut pacing: AccountPacing) -> Result<AccountPacing, AccountError> {
         if let Some(rate) = self.rate_per_sec {
-            if !(rate.is_finite() && rate > 0.0) {
+            if !RATE_PER_SEC.contains(&rate) {
                 return Err(bad(
                     "--rate-per-sec",
-                    "must be a positive number of checks per second (0.5 is 30 a minute)",
+                    format!(
+                        "{} is not between {} and {} checks per second (0.5 is 30 a minute)",
+                        shown(rate),
+                        shown(*RATE_PER_SEC.start()),
+                        shown(*RATE_PER_SEC.end())
+                    ),
                 ));
             }
             pacing.rate_per_sec = rate;
         }
         if let Some(n) = self.max_concurrency {
-            if n < 1 {
-                return Err(bad("--max-concurrency", "must be at least 1"));
-            }
-            pacing.max_concurrency = n;
+            pacing.max_concurrency = within("--max-concurrency", n, &MAX_CONCURRENCY, "")?;
         }
         if let Some(cap) = self.daily_cap {
-            if cap < 0 {
-                return Err(bad("--daily-cap", "must not be negative (0: no cap)"));
-            }
-            pacing.daily_cap = cap;
+            pacing.daily_cap = within("--daily-cap", cap, &DAILY_CAP, " (0: no cap)")?;
         }
         if let Some(days) = self.warmup_days {
-            if days < 0 {
-                return Err(bad("--warmup-days", "must not be negative"));
-            }
-            pacing.warmup_days = days;
+            pacing.warmup_days = within("--warmup-days", days, &WARMUP_DAYS, "")?;
         }
         if let Some(hours) = &self.hours {
             pacing.hours = if hours.trim().eq_ignore_ascii_case("any") {
@@ -470,6 +514,85 @@ mod tests {
                 &PacingChange::default()
             )
             .is_err()
+        );
+    }
+
+    #[test]
+    fn pacing_is_bounded_at_both_ends_and_the_error_names_flag_value_and_range() {
+        let apply = |change: PacingChange| change.apply(AccountPacing::default());
+        let rate = |r: f64| {
+            apply(PacingChange {
+                rate_per_sec: Some(r),
+                ..PacingChange::default()
+            })
+        };
+        let cap = |n: i32| {
+            apply(PacingChange {
+                daily_cap: Some(n),
+                ..PacingChange::default()
+            })
+        };
+        let concurrency = |n: i32| {
+            apply(PacingChange {
+                max_concurrency: Some(n),
+                ..PacingChange::default()
+            })
+        };
+        let warmup = |n: i32| {
+            apply(PacingChange {
+                warmup_days: Some(n),
+                ..PacingChange::default()
+            })
+        };
+        for r in [0.0001, 0.5, 100.0] {
+            assert_eq!(rate(r).unwrap().rate_per_sec, r);
+        }
+        for r in [
+            0.0,
+            0.000_099,
+            1e-300,
+            -1.0,
+            100.001,
+            f64::NAN,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+        ] {
+            assert_eq!(rate(r).unwrap_err().flag, "--rate-per-sec", "{r}");
+        }
+        assert_eq!(
+            rate(-1.0).unwrap_err().to_string(),
+            "--rate-per-sec: -1 is not between 0.0001 and 100 checks per second (0.5 is 30 a minute)"
+        );
+        assert!(rate(1e-300).unwrap_err().to_string().contains(" 1e-300 "));
+        assert!(rate(f64::NAN).unwrap_err().to_string().contains(" NaN "));
+
+        for n in [0, 1, 100_000] {
+            assert_eq!(cap(n).unwrap().daily_cap, n);
+        }
+        for n in [-1, 100_001, i32::MAX] {
+            assert_eq!(cap(n).unwrap_err().flag, "--daily-cap");
+        }
+        assert_eq!(
+            cap(100_000_000).unwrap_err().to_string(),
+            "--daily-cap: 100000000 is not between 0 and 100000 (0: no cap)"
+        );
+
+        for n in [1, 64] {
+            assert_eq!(concurrency(n).unwrap().max_concurrency, n);
+        }
+        for n in [0, -1, 65] {
+            assert_eq!(concurrency(n).unwrap_err().flag, "--max-concurrency");
+        }
+
+        for n in [0, 365] {
+            assert_eq!(warmup(n).unwrap().warmup_days, n);
+        }
+        for n in [-1, 366, i32::MAX] {
+            assert_eq!(warmup(n).unwrap_err().flag, "--warmup-days");
+        }
+        assert_eq!(
+            warmup(i32::MAX).unwrap_err().to_string(),
+            "--warmup-days: 2147483647 is not between 0 and 365"
         );
     }
 

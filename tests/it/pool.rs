@@ -659,6 +659,78 @@ async fn the_checker_commands_manage_accounts_and_refuse_bad_settings_with_one_l
     assert_eq!(run(&["list"]).1.trim(), "[]");
 }
 
+/// Pacing outside its bounds (which today's cap arithmetic and the reservations could not
+/// survive) is refused at the door, by `add` and `update` alike, in one line that names the
+/// flag and the value, and nothing is stored; a negative value is read as the flag's value.
+#[tokio::test]
+async fn the_checker_commands_refuse_pacing_out_of_bounds_naming_flag_and_value() {
+    let db = fresh_database().await;
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_wavalidate"))
+            .arg("checker")
+            .args(args)
+            .env("DATABASE_URL", &db.url)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        (out.status.success(), stdout, stderr)
+    };
+    let add = [
+        "add",
+        "--name",
+        "wa-1",
+        "--backend",
+        "waha",
+        "--url",
+        "http://x",
+    ];
+    let update = ["update", "--name", "wa-1"];
+    let bad = [
+        ("--warmup-days", "2147483647"),
+        ("--daily-cap", "100000000"),
+        ("--rate-per-sec", "1e-300"),
+        ("--rate-per-sec", "-1"),
+        ("--rate-per-sec", "NaN"),
+        ("--max-concurrency", "65"),
+        ("--daily-cap", "-1"),
+    ];
+    for (flag, value) in bad {
+        let (ok, out, err) = run(&[&add[..], &[flag, value]].concat());
+        assert!(!ok, "add {flag} {value} succeeded: {out}");
+        assert_eq!(err.lines().count(), 1, "add {flag} {value}: {err}");
+        assert!(
+            err.contains(&format!("{flag}: {value} is not between")),
+            "add {flag} {value}: {err}"
+        );
+    }
+    assert_eq!(run(&["list"]).1.trim(), "[]", "nothing stored");
+
+    assert!(run(&[&add[..], &["--daily-cap", "300"]].concat()).0);
+    let before = run(&["list"]).1;
+    for (flag, value) in bad {
+        let (ok, _, err) = run(&[&update[..], &[flag, value]].concat());
+        assert!(!ok, "update {flag} {value} succeeded");
+        assert_eq!(err.lines().count(), 1, "update {flag} {value}: {err}");
+        assert!(
+            err.contains(&format!("{flag}: {value} is not between")),
+            "update {flag} {value}: {err}"
+        );
+    }
+    assert_eq!(run(&["list"]).1, before, "nothing changed");
+    let (ok, out, _) = run(&[
+        &update[..],
+        &["--warmup-days", "365", "--daily-cap", "100000"],
+    ]
+    .concat());
+    assert!(ok, "the edges are allowed");
+    let row: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (row["warmup_days"].as_i64(), row["daily_cap"].as_i64()),
+        (Some(365), Some(100_000))
+    );
+}
+
 /// Submits through the JSON API too: a pool server answers like any other.
 #[tokio::test]
 async fn a_pool_server_answers_over_grpc_like_any_other() {
