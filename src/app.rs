@@ -53,7 +53,8 @@ impl Server {
 
 /// The checker chain for workers: the simulated backend asked directly, or checking
 /// accounts through the pool (a single backend set by flags is a pool of one), then
-/// country variants.
+/// country variants (which remember a main form's answer in PostgreSQL while its other
+/// form waits).
 async fn build_checker(
     settings: &Settings,
     store: &Store,
@@ -93,7 +94,11 @@ async fn build_checker(
     )
     .await;
     tracing::info!(claim = pool.max_batch(), "checker pool ready");
-    Ok(Arc::new(Variants::new(pool)))
+    Ok(Arc::new(Variants::remembering(
+        pool,
+        store.clone(),
+        c.cache_ttl,
+    )))
 }
 
 fn announce_checker(settings: &Settings) {

@@ -13,7 +13,8 @@
 //! 5. `number_cache` (backend, e164).
 //!
 //! A `checkers` row (a checking account of the pool) is locked alone, by one short
-//! statement at a time, never together with any of the above.
+//! statement at a time, never together with any of the above; so are the `number_cache`
+//! rows `Variants` keeps under their own key (`cache.rs`), in key order.
 //!
 //! Claims take chunk locks with `SKIP LOCKED` and never wait. Retention deletes only
 //! finished batches, whose numbers no one else locks (nothing is pending in them), and

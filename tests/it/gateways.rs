@@ -445,6 +445,59 @@ async fn country_variants_find_the_form_whatsapp_registered() {
     );
 }
 
+/// A Brazilian number whose main form is not on WhatsApp while its other form cannot be
+/// asked (the only account is at its cap): the number waits, and when the cap is raised
+/// only the missing form is asked. The main form's answer was kept: each form asked once.
+#[tokio::test]
+async fn a_number_whose_other_form_waits_is_not_asked_its_main_form_again() {
+    let gw = fakes::waha(&["+551187654321"], "secret", "default").await;
+    let app = spawn_app_with(use_pool).await;
+    add_account(&app.store, "wa-1", &gw, "waha", 50.0, |p| {
+        p.daily_cap = Some(1)
+    })
+    .await;
+    let (_, key) = app.account(10).await;
+    let mut client = app.client().await;
+    let sub = submit(&mut client, &key, &["+5511987654321".to_string()]).await;
+    // The main form took the cap; the other form was deferred and the number is back in
+    // the queue (its chunk no longer leased).
+    wait_until(
+        "the main form asked and the number back in the queue",
+        || async {
+            let released: bool = sqlx::query_scalar(
+                "SELECT coalesce(bool_and(lease_token IS NULL), false) FROM queue_chunks",
+            )
+            .fetch_one(app.store.pool())
+            .await
+            .unwrap();
+            gw.state.asked_counts().get("5511987654321") == Some(&1) && released
+        },
+    )
+    .await;
+    assert_eq!(gw.state.asked_counts().get("551187654321"), None);
+    let raise = wavalidate::domain::checker::PacingChange {
+        daily_cap: Some(10),
+        ..Default::default()
+    };
+    assert!(app.store.update_pacing("wa-1", &raise).await.unwrap());
+    let done = wait_completed(&mut client, &key, &sub.batch_id).await;
+    assert_eq!(statuses(&done), [ON]);
+    assert_eq!(done.results[0].wa_id, "551187654321");
+    let asked = gw.state.asked_counts();
+    assert_eq!(
+        (asked.get("5511987654321"), asked.get("551187654321")),
+        (Some(&1), Some(&1)),
+        "each form asked once: {asked:?}"
+    );
+    let row = account_status(&app.store, "wa-1").await;
+    assert_eq!(row.checks_today, 2, "two checks of the cap for one number");
+    let kept: i64 = sqlx::query_scalar("SELECT count(*) FROM number_cache WHERE backend <> 'pool'")
+        .fetch_one(app.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(kept, 0, "the main form's memory is forgotten once answered");
+}
+
 /// One number that makes the gateway answer 500, among four that do not.
 async fn one_bad_number_among_five(kind: &str) {
     let gw = match kind {
