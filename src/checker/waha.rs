@@ -2,12 +2,19 @@
 //! `GET {url}/api/contacts/check-exists?phone=<digits>&session=<session>`
 //! answers `{"numberExists": bool, "chatId": "...@c.us"}`; `GET {url}/api/sessions/{session}`
 //! says the session's status (`WORKING`, `SCAN_QR_CODE`, `STARTING`, `FAILED`, `STOPPED`).
+//!
+//! How WAHA (2024.10) refuses a check, from its source: a session not `WORKING` after
+//! a 5 s wait is 422 `{"error", "session", "status", "expected"}`; a stopped session is
+//! 404 "We didn't find a session with name ..."; on WAHA Core, any session but `default`
+//! is 422 "WAHA Core support only 'default' session"; other errors are
+//! `{"statusCode", "message", "error"}`.
 use std::time::Duration;
 
 use async_trait::async_trait;
+use reqwest::StatusCode;
 use serde::Deserialize;
 
-use super::http::{base_url, body, client, excerpt};
+use super::http::{Answer, answer, base_url, client, excerpt};
 use super::{Backend, CallError, CallResult, Outcome, Probe, wa_id_from_jid};
 use crate::settings::WahaSettings;
 
@@ -32,6 +39,87 @@ struct CheckExists {
 #[derive(Deserialize)]
 struct Session {
     status: String,
+}
+
+/// A refusal's body: NestJS's `{"statusCode", "message", "error"}`, or the session
+/// status guard's `{"error", "session", "status", "expected"}`.
+#[derive(Deserialize, Default)]
+struct Refusal {
+    /// A string, or a list of them for a request that failed validation.
+    #[serde(default)]
+    message: serde_json::Value,
+    /// The guard's: the session's status when it gave up waiting.
+    status: Option<String>,
+}
+
+impl Refusal {
+    fn message(&self) -> String {
+        match &self.message {
+            serde_json::Value::String(m) => m.clone(),
+            serde_json::Value::Array(list) => list
+                .iter()
+                .filter_map(serde_json::Value::as_str)
+                .collect::<Vec<_>>()
+                .join("; "),
+            _ => String::new(),
+        }
+    }
+}
+
+/// Why a session in this status cannot check numbers; None when it can. Every status
+/// but WORKING needs the operator (or time): the account is logged out and its session
+/// probed now and then.
+fn session_trouble(session: &str, status: &str) -> Option<CallError> {
+    let why = match status {
+        "WORKING" => return None,
+        // Checks wait 5 s for WORKING; a session still starting after that has no way to
+        // WhatsApp, and stays so until the gateway's network is fixed.
+        "STARTING" => "the gateway cannot reach WhatsApp (check its network and logs)",
+        "SCAN_QR_CODE" => "link it again (scan the QR code)",
+        "STOPPED" => return Some(stopped(session)),
+        "FAILED" => "restart or re-link the session",
+        _ => "link or restart it",
+    };
+    Some(CallError::LoggedOut(format!(
+        "WAHA session {session} is {}: {why}",
+        excerpt(status)
+    )))
+}
+
+fn stopped(session: &str) -> CallError {
+    CallError::LoggedOut(format!(
+        "WAHA session {session} is stopped: start or re-link the session"
+    ))
+}
+
+/// What WAHA's non-2xx answer means for the account.
+fn refusal(session: &str, answer: &Answer) -> CallError {
+    let said: Refusal = serde_json::from_str(&answer.body).unwrap_or_default();
+    let message = said.message();
+    match answer.status {
+        StatusCode::NOT_FOUND if message.contains("didn't find a session") => stopped(session),
+        // The session status probe's answer for a session WAHA does not have.
+        StatusCode::NOT_FOUND if message == "Session not found" => CallError::Misconfigured(
+            format!("WAHA has no session {session} (check the account's session setting)"),
+        ),
+        StatusCode::UNPROCESSABLE_ENTITY if message.contains("only 'default'") => {
+            CallError::Misconfigured(format!(
+                "WAHA Core runs only the session 'default', not {session} (check the account's session setting)"
+            ))
+        }
+        StatusCode::UNPROCESSABLE_ENTITY => match said.status.as_deref() {
+            // WORKING by the time it answered: ready now, not in time.
+            Some(status) => session_trouble(session, status).unwrap_or_else(|| {
+                CallError::Unreachable(format!("WAHA session {session} was not ready in time"))
+            }),
+            // Older versions: "The session under FAILED status. Please try to restart it."
+            None if !message.is_empty() => {
+                CallError::LoggedOut(format!("WAHA answered HTTP 422: {}", excerpt(&message)))
+            }
+            None => answer.trouble("WAHA"),
+        },
+        _ => answer.trouble("WAHA"),
+    }
 }
 
 impl Waha {
@@ -60,7 +148,11 @@ impl Waha {
             .query(&[("phone", digits), ("session", self.session.as_str())])
             .send()
             .await;
-        let body = body(sent, "WAHA").await?;
+        let answer = answer(sent, "WAHA").await?;
+        if !answer.status.is_success() {
+            return Err(refusal(&self.session, &answer));
+        }
+        let body = answer.body;
         match serde_json::from_str::<CheckExists>(&body) {
             Ok(answer) if answer.number_exists => Ok(Outcome::OnWhatsApp {
                 wa_id: answer
@@ -135,25 +227,122 @@ impl Backend for Waha {
             .get(&format!("/api/sessions/{}", self.session))
             .send()
             .await;
-        let body = match body(sent, "WAHA").await {
-            Ok(body) => body,
+        let answer = match answer(sent, "WAHA").await {
+            Ok(answer) => answer,
             Err(trouble) => return Probe::Trouble(trouble),
         };
+        if !answer.status.is_success() {
+            return Probe::Trouble(refusal(&self.session, &answer));
+        }
+        let body = answer.body;
         match serde_json::from_str::<Session>(&body) {
-            Ok(s) if s.status == "WORKING" => Probe::Working,
-            // Sessions flap to STARTING under load: not a lost session, only not ready yet.
-            Ok(s) if s.status == "STARTING" => Probe::Trouble(CallError::Unreachable(format!(
-                "WAHA session {} is starting",
-                self.session
-            ))),
-            Ok(s) => Probe::Trouble(CallError::LoggedOut(format!(
-                "WAHA session {} is {}: link or restart it",
-                self.session, s.status
-            ))),
+            Ok(s) => {
+                session_trouble(&self.session, &s.status).map_or(Probe::Working, Probe::Trouble)
+            }
             Err(_) => Probe::Trouble(CallError::Failed(format!(
                 "WAHA answered something unexpected: {}",
                 excerpt(&body)
             ))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(status: u16, body: &str) -> CallError {
+        let answer = Answer {
+            status: StatusCode::from_u16(status).unwrap(),
+            retry_after: None,
+            body: body.to_string(),
+        };
+        refusal("default", &answer)
+    }
+
+    fn not_working(status: &str) -> String {
+        serde_json::json!({
+            "error": "Session status is not as expected. Try again later or restart the session",
+            "session": "default",
+            "status": status,
+            "expected": ["WORKING"],
+        })
+        .to_string()
+    }
+
+    #[test]
+    fn a_session_not_working_is_logged_out_with_what_to_do() {
+        let CallError::LoggedOut(reason) = refused(422, &not_working("STARTING")) else {
+            panic!("STARTING is logged out");
+        };
+        assert_eq!(
+            reason,
+            "WAHA session default is STARTING: the gateway cannot reach WhatsApp (check its network and logs)"
+        );
+        let CallError::LoggedOut(reason) = refused(422, &not_working("SCAN_QR_CODE")) else {
+            panic!("SCAN_QR_CODE is logged out");
+        };
+        assert!(reason.contains("SCAN_QR_CODE"), "{reason}");
+        assert!(matches!(
+            refused(422, &not_working("FAILED")),
+            CallError::LoggedOut(_)
+        ));
+        // Older versions said it in a message.
+        let old = r#"{"statusCode":422,"message":"The session under FAILED status. Please try to restart it.","error":"Unprocessable Entity"}"#;
+        let CallError::LoggedOut(reason) = refused(422, old) else {
+            panic!("an old 422 is logged out");
+        };
+        assert!(reason.contains("FAILED status"), "{reason}");
+    }
+
+    #[test]
+    fn a_stopped_session_is_logged_out_and_a_wrong_path_misconfigured() {
+        let body = r#"{"statusCode":404,"message":"We didn't find a session with name 'default'.\nPlease start it first by using POST /api/sessions/default/start request","error":"Not Found"}"#;
+        assert_eq!(
+            refused(404, body),
+            CallError::LoggedOut(
+                "WAHA session default is stopped: start or re-link the session".into()
+            )
+        );
+        let wrong_path = r#"{"statusCode":404,"message":"Cannot GET /api/contact/check-exists?phone=14155552671","error":"Not Found"}"#;
+        let CallError::Misconfigured(reason) = refused(404, wrong_path) else {
+            panic!("a wrong path is misconfigured");
+        };
+        assert!(!reason.contains("14155552671"), "{reason}");
+    }
+
+    #[test]
+    fn an_unknown_session_on_waha_core_is_misconfigured() {
+        let body = r#"{"statusCode":422,"message":"WAHA Core support only 'default' session. If you want to run more then one WhatsApp account - please get WAHA PLUS version. Check this out: https://waha.devlike.pro/docs/how-to/plus-version","error":"Unprocessable Entity"}"#;
+        let CallError::Misconfigured(reason) = refused(422, body) else {
+            panic!("another session on WAHA Core is misconfigured");
+        };
+        assert!(reason.contains("session setting"), "{reason}");
+        let probe = r#"{"statusCode":404,"message":"Session not found","error":"Not Found"}"#;
+        assert!(matches!(refused(404, probe), CallError::Misconfigured(_)));
+    }
+
+    #[test]
+    fn whatsapps_rate_limit_in_a_500_is_a_rate_limit() {
+        let body = r#"{"statusCode":500,"exception":{"message":"rate-overlimit","name":"Error"},"request":{"path":"/api/contacts/check-exists?phone=14155552671&session=default"}}"#;
+        assert_eq!(
+            refused(500, body),
+            CallError::RateLimited { retry_after: None }
+        );
+        let other = body.replace("rate-overlimit", "boom");
+        let CallError::Failed(reason) = refused(500, &other) else {
+            panic!("a 500 is a failed request");
+        };
+        assert!(!reason.contains("14155552671"), "{reason}");
+    }
+
+    #[test]
+    fn the_probe_reads_session_states_as_checks_do() {
+        assert_eq!(session_trouble("default", "WORKING"), None);
+        for status in ["STARTING", "SCAN_QR_CODE", "STOPPED", "FAILED"] {
+            let probed = session_trouble("default", status);
+            let checked = refused(422, &not_working(status));
+            assert_eq!(probed, Some(checked), "{status}");
         }
     }
 }
