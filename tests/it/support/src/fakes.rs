@@ -1,5 +1,6 @@
-//! Fake WhatsApp gateways answering like the real WAHA and Evolution API,
-//! failure modes included, and counting every call they get.
+//! Fake WhatsApp gateways answering like the real WAHA (2024.10, its source read for
+//! each answer) and Evolution API, failure modes included, and counting every call
+//! they get.
 use std::collections::{HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -19,6 +20,9 @@ pub enum Mode {
     Normal,
     /// HTTP 429 with an optional Retry-After (seconds).
     RateLimited(Option<u64>),
+    /// WhatsApp's `rate-overlimit` as the gateway passes it on: HTTP 500 with the word
+    /// in the body (WAHA's error JSON echoes the request, number included).
+    RateOverlimit,
     ServerError,
     /// Answers only after this long (clients time out first).
     Hang(Duration),
@@ -27,6 +31,36 @@ pub enum Mode {
     /// Evolution: leaves these digits out of the answer.
     MissingRows(Vec<String>),
 }
+
+/// A WhatsApp session's status, as WAHA names it (Evolution: `open` when `Working`,
+/// `close` otherwise).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Session {
+    Working,
+    /// Started but not connected: WAHA stays so for good when it cannot reach WhatsApp.
+    Starting,
+    /// Not linked (logged out): waits for a QR code scan.
+    ScanQrCode,
+    /// Not running: checks answer 404 "We didn't find a session".
+    Stopped,
+    Failed,
+}
+
+impl Session {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Session::Working => "WORKING",
+            Session::Starting => "STARTING",
+            Session::ScanQrCode => "SCAN_QR_CODE",
+            Session::Stopped => "STOPPED",
+            Session::Failed => "FAILED",
+        }
+    }
+}
+
+/// How long WAHA waits for a session to be WORKING before it answers a check 422
+/// (5 s on the real one; short so that tests stay fast).
+pub const STATUS_WAIT: Duration = Duration::from_millis(250);
 
 pub struct Gateway {
     pub addr: SocketAddr,
@@ -37,6 +71,8 @@ pub struct FakeState {
     /// Digits of numbers registered on WhatsApp.
     registered: HashSet<String>,
     api_key: String,
+    /// Whether a request with another key is refused (WAHA 2024.10 ignores keys).
+    key_required: std::sync::atomic::AtomicBool,
     /// Scripted modes for the next requests; `default` afterwards.
     script: Mutex<VecDeque<Mode>>,
     default: Mutex<Mode>,
@@ -53,8 +89,10 @@ pub struct FakeState {
     held: AtomicUsize,
     /// Digits the gateway fails on: a request holding one answers 500.
     poison: Mutex<HashSet<String>>,
-    /// Whether the WhatsApp session works (WAHA `WORKING`, Evolution `open`).
-    connected: std::sync::atomic::AtomicBool,
+    /// The WhatsApp session's status; watched by WAHA checks waiting for WORKING.
+    session: tokio::sync::watch::Sender<Session>,
+    /// How long a WAHA check waits for the session to be WORKING.
+    status_wait: Mutex<Duration>,
     /// Session status probes received.
     probes: AtomicUsize,
 }
@@ -85,15 +123,44 @@ impl FakeState {
         self.poison.lock().unwrap().insert(digits);
     }
 
-    /// Logs the WhatsApp session out (`false`) or back in: while out, WAHA answers checks
-    /// with 422 and its session status is `SCAN_QR_CODE`; Evolution answers 500
-    /// "Connection Closed" and its connection state is `close`.
+    /// Logs the WhatsApp session out (`false`, `SCAN_QR_CODE`) or back in (`WORKING`).
     pub fn set_connected(&self, connected: bool) {
-        self.connected.store(connected, Ordering::SeqCst);
+        self.set_session(if connected {
+            Session::Working
+        } else {
+            Session::ScanQrCode
+        });
+    }
+
+    /// Puts the session in this status. Until it is WORKING, WAHA answers checks with
+    /// 422 and the status after `set_status_wait` (404 at once when `Stopped`); Evolution
+    /// answers 500 "Connection Closed" and its connection state is `close`.
+    pub fn set_session(&self, status: Session) {
+        self.session.send_replace(status);
     }
 
     fn connected(&self) -> bool {
-        self.connected.load(Ordering::SeqCst)
+        *self.session.borrow() == Session::Working
+    }
+
+    /// How long a WAHA check waits for the session to be WORKING before answering 422.
+    pub fn set_status_wait(&self, wait: Duration) {
+        *self.status_wait.lock().unwrap() = wait;
+    }
+
+    /// Takes any API key, or none, as WAHA 2024.10 does (later versions enforce
+    /// `WAHA_API_KEY`, as this fake does by default).
+    pub fn ignore_api_key(&self) {
+        self.key_required.store(false, Ordering::SeqCst);
+    }
+
+    /// The session's status once it is WORKING or `status_wait` is over, as WAHA's
+    /// session status guard waits.
+    async fn status_after_wait(&self) -> Session {
+        let wait = *self.status_wait.lock().unwrap();
+        let mut status = self.session.subscribe();
+        let _ = tokio::time::timeout(wait, status.wait_for(|s| *s == Session::Working)).await;
+        *status.borrow()
     }
 
     /// Session status requests received so far.
@@ -167,7 +234,8 @@ impl FakeState {
     }
 
     fn authorized(&self, headers: &HeaderMap, header: &str) -> bool {
-        headers.get(header).and_then(|v| v.to_str().ok()) == Some(self.api_key.as_str())
+        !self.key_required.load(Ordering::SeqCst)
+            || headers.get(header).and_then(|v| v.to_str().ok()) == Some(self.api_key.as_str())
     }
 
     /// Records the call and applies its mode; Some(response) when the mode answers instead of the normal path.
@@ -224,32 +292,73 @@ fn failure(mode: &Mode) -> Option<Response> {
         Mode::ServerError => {
             Some((StatusCode::INTERNAL_SERVER_ERROR, "session not ready").into_response())
         }
+        Mode::RateOverlimit => Some(
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                Json(json!({"status": 500, "error": "Internal Server Error",
+                            "response": {"message": ["rate-overlimit"]}})),
+            )
+                .into_response(),
+        ),
         _ => None,
     }
 }
 
-/// WAHA's answer to a request with a wrong `X-Api-Key` or for another session.
-fn waha_refuses(
-    state: &FakeState,
-    headers: &HeaderMap,
-    asked: &str,
-    session: &str,
-) -> Option<Response> {
-    if !state.authorized(headers, "x-api-key") {
-        return Some(
-            (
-                StatusCode::UNAUTHORIZED,
-                Json(json!({"message": "Unauthorized"})),
-            )
-                .into_response(),
-        );
+/// NestJS's error body, as WAHA answers an HttpException.
+fn waha_error(status: StatusCode, message: &str) -> Response {
+    let body = json!({
+        "statusCode": status.as_u16(),
+        "message": message,
+        "error": status.canonical_reason(),
+    });
+    (status, Json(body)).into_response()
+}
+
+/// WAHA's answer to any other exception (its `AllExceptionsFilter`): HTTP 500 with the
+/// error and the request echoed, query and all.
+fn waha_exception(message: &str, uri: &axum::http::Uri) -> Response {
+    let query: Value = uri
+        .query()
+        .map(|q| {
+            q.split('&')
+                .filter_map(|kv| kv.split_once('='))
+                .map(|(k, v)| (k.to_string(), Value::from(v)))
+                .collect::<serde_json::Map<_, _>>()
+                .into()
+        })
+        .unwrap_or_else(|| json!({}));
+    let body = json!({
+        "statusCode": 500,
+        "timestamp": "2024-10-21T07:28:00.000Z",
+        "exception": {"message": message, "name": "Error", "stack": format!("Error: {message}\n    at ...")},
+        "request": {"path": uri.to_string(), "method": "GET", "body": {}, "query": query},
+        "version": {"version": "2024.10.8", "engine": "WEBJS", "tier": "CORE"},
+    });
+    (StatusCode::INTERNAL_SERVER_ERROR, Json(body)).into_response()
+}
+
+/// WAHA's refusal of a request with a wrong `X-Api-Key` (when keys are enforced).
+fn waha_unauthorized(state: &FakeState, headers: &HeaderMap) -> Option<Response> {
+    (!state.authorized(headers, "x-api-key"))
+        .then(|| waha_error(StatusCode::UNAUTHORIZED, "Unauthorized"))
+}
+
+/// WAHA Core's refusal of a check that cannot wait for the session: another session than
+/// its one (it runs only `default`), or a stopped one.
+fn waha_no_session(state: &FakeState, asked: &str, session: &str) -> Option<Response> {
+    if asked != session {
+        return Some(waha_error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "WAHA Core support only 'default' session. If you want to run more then one WhatsApp account - please get WAHA PLUS version. Check this out: https://waha.devlike.pro/docs/how-to/plus-version",
+        ));
     }
-    (asked != session).then(|| {
-        (
+    (*state.session.borrow() == Session::Stopped).then(|| {
+        waha_error(
             StatusCode::NOT_FOUND,
-            Json(json!({"message": "Session not found"})),
+            &format!(
+                "We didn't find a session with name '{asked}'.\nPlease start it first by using POST /api/sessions/{asked}/start request"
+            ),
         )
-            .into_response()
     })
 }
 
@@ -292,6 +401,7 @@ fn new_state(registered: &[&str], api_key: &str) -> Arc<FakeState> {
             .map(|n| n.trim_start_matches('+').to_string())
             .collect(),
         api_key: api_key.to_string(),
+        key_required: std::sync::atomic::AtomicBool::new(true),
         script: Mutex::new(VecDeque::new()),
         default: Mutex::new(Mode::Normal),
         calls: Mutex::new(Vec::new()),
@@ -302,7 +412,8 @@ fn new_state(registered: &[&str], api_key: &str) -> Arc<FakeState> {
         gate: tokio::sync::watch::channel(true).0,
         held: AtomicUsize::new(0),
         poison: Mutex::new(HashSet::new()),
-        connected: std::sync::atomic::AtomicBool::new(true),
+        session: tokio::sync::watch::channel(Session::Working).0,
+        status_wait: Mutex::new(STATUS_WAIT),
         probes: AtomicUsize::new(0),
     })
 }
@@ -312,32 +423,42 @@ pub async fn waha(registered: &[&str], api_key: &str, session: &'static str) -> 
     async fn check(
         State((state, session)): State<(Arc<FakeState>, &'static str)>,
         headers: HeaderMap,
+        uri: axum::http::Uri,
         Query(q): Query<std::collections::HashMap<String, String>>,
     ) -> Response {
+        if let Some(refused) = waha_unauthorized(&state, &headers) {
+            return refused;
+        }
         let asked = q.get("session").map(String::as_str).unwrap_or_default();
-        if let Some(refused) = waha_refuses(&state, &headers, asked, session) {
+        if let Some(refused) = waha_no_session(&state, asked, session) {
             return refused;
         }
         let phone = q.get("phone").cloned().unwrap_or_default();
         let (mode, _guard) = state.begin(vec![phone.clone()]).await;
+        match mode {
+            Mode::RateOverlimit => return waha_exception("rate-overlimit", &uri),
+            Mode::ServerError => return waha_exception("session not ready", &uri),
+            _ => {}
+        }
         if let Some(resp) = failure(&mode) {
             return resp;
         }
-        if !state.connected() {
-            // WAHA waits a few seconds for the session to be WORKING, then gives up so.
+        let status = state.status_after_wait().await;
+        if status != Session::Working {
+            // The session status guard's own body (an object, not NestJS's message).
             return (
                 StatusCode::UNPROCESSABLE_ENTITY,
                 Json(json!({
                     "error": "Session status is not as expected. Try again later or restart the session",
                     "session": session,
-                    "status": "SCAN_QR_CODE",
+                    "status": status.as_str(),
                     "expected": ["WORKING"],
                 })),
             )
                 .into_response();
         }
         if state.poisoned(std::slice::from_ref(&phone)) {
-            return failure(&Mode::ServerError).expect("a failure");
+            return waha_exception("session not ready", &uri);
         }
         if state.registered.contains(&phone) {
             Json(json!({"numberExists": true, "chatId": format!("{phone}@c.us")})).into_response()
@@ -351,19 +472,18 @@ pub async fn waha(registered: &[&str], api_key: &str, session: &'static str) -> 
         Path(asked): Path<String>,
         headers: HeaderMap,
     ) -> Response {
-        if let Some(refused) = waha_refuses(&state, &headers, &asked, session) {
+        if let Some(refused) = waha_unauthorized(&state, &headers) {
             return refused;
+        }
+        if asked != session {
+            return waha_error(StatusCode::NOT_FOUND, "Session not found");
         }
         state.probes.fetch_add(1, Ordering::SeqCst);
         if let Some(broken) = state.broken() {
             return broken;
         }
-        let status = if state.connected() {
-            "WORKING"
-        } else {
-            "SCAN_QR_CODE"
-        };
-        Json(json!({"name": session, "status": status})).into_response()
+        let status = state.session.borrow().as_str();
+        Json(json!({"name": session, "status": status, "config": null, "me": null})).into_response()
     }
     let router = Router::new()
         .route("/api/contacts/check-exists", get(check))
