@@ -20,6 +20,7 @@ mod races;
 mod retention;
 mod security;
 mod submit_poll;
+mod waha_states;
 mod watch;
 mod webhooks;
 mod workers;
