@@ -14,6 +14,7 @@ mod gateways;
 mod grpcurl;
 mod outages;
 mod pool;
+mod pool_grants;
 mod processes;
 mod python_client;
 mod races;

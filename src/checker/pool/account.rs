@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use crate::checker::isolate::ask;
 use crate::checker::{Backend, CallError, CallResult, Outcome, timed_check};
-use crate::domain::checker::AccountStatus;
+use crate::domain::checker::{AccountStatus, RATE_PER_SEC};
 use crate::store::Store;
 use crate::store::checkers::{Backoff, Take, Trouble};
 use crate::store::rows::AccountRow;
@@ -134,12 +134,12 @@ impl Account {
         } else {
             usize::MAX
         };
-        ((free - now).as_seconds_f64(), 1.0 / row.rate_per_sec, left)
+        ((free - now).as_seconds_f64(), 1.0 / rate(&row), left)
     }
 
     /// Books `numbers` more (positive) or fewer (negative) on the account's rate.
     pub fn book(&self, numbers: i64) {
-        let rate = self.row.lock().expect("account row").rate_per_sec;
+        let rate = rate(&self.row.lock().expect("account row"));
         let span = chrono::Duration::microseconds((numbers as f64 / rate * 1e6) as i64);
         let mut booked = self.booked.lock().expect("account booking");
         *booked = (*booked).max(Utc::now()) + span;
@@ -441,6 +441,12 @@ impl Account {
             "checking account state changed"
         );
     }
+}
+
+/// The account's rate, at least the door's floor (a row written before the door refused
+/// tiny rates must not overflow the booking's arithmetic).
+fn rate(row: &AccountRow) -> f64 {
+    row.rate_per_sec.max(*RATE_PER_SEC.start())
 }
 
 /// The `outcome` label of an answer in `wav_checks_total`.

@@ -344,28 +344,37 @@ impl Pool {
         self.hasher.hash_one(e164)
     }
 
-    /// Whether a number may go to `account` in this call: not again to an account it
-    /// failed on here, unless that account has answered other numbers since (then its
-    /// failure there again is the number's). Across calls it may go anywhere: a failure
-    /// nobody can judge is the account's, and its breaker decides.
+    /// Whether a number may go to `account` in this call: to an account it has not failed
+    /// on here; to one it failed on only when every usable account has failed it and that
+    /// one has answered other numbers since (then a failure there again is the number's).
+    /// Across calls it may go anywhere: a failure nobody can judge is the account's, and
+    /// its breaker decides.
     fn may_ask(
         failed: &HashMap<usize, Vec<(Uuid, u64)>>,
+        usable: &[Arc<Account>],
         number: usize,
         account: &Account,
     ) -> bool {
-        failed.get(&number).is_none_or(|on| {
-            on.iter()
-                .all(|(id, mark)| *id != account.id || account.answered() > *mark)
-        })
+        let Some(on) = failed.get(&number) else {
+            return true;
+        };
+        let failed_on = |a: &Account| on.iter().find(|(id, _)| *id == a.id);
+        match failed_on(account) {
+            None => true,
+            Some((_, mark)) => {
+                account.answered() > *mark && usable.iter().all(|a| failed_on(a).is_some())
+            }
+        }
     }
 
     /// A number whose own request failed on `account` (whose answer count before the
-    /// request was `mark`): true when that makes it the number's fault (it failed on
-    /// another account too, or failed here before and this account has answered other
-    /// numbers since), and then the failures it added to the accounts' streaks are taken
-    /// back; else it is remembered. A number found at fault stays remembered, so its
-    /// next failure counts at once (an attempt each time, as for any failing number).
-    async fn judge(&self, key: u64, account: &Arc<Account>, mark: u64) -> bool {
+    /// request was `mark`), with `usable` the accounts it could still go to: true when
+    /// that makes it the number's fault (it failed on another account too, or failed here
+    /// before, this account has answered other numbers since and no usable account is
+    /// left that it has not failed on); then the failures it added to the accounts'
+    /// streaks are taken back. Else it is remembered. A number found at fault stays
+    /// remembered, so its next failure is judged the same way.
+    async fn judge(&self, key: u64, account: &Arc<Account>, mark: u64, usable: &[Uuid]) -> bool {
         let absolve: Vec<Uuid> = {
             let mut memory = self.suspects.lock().expect("suspects");
             let suspect = memory.entry(key).or_insert_with(|| Suspect {
@@ -374,14 +383,18 @@ impl Pool {
                 since: Instant::now(),
             });
             suspect.unabsolved.push(account.id);
-            let guilty = suspect
+            let elsewhere = suspect.failed_on.iter().any(|(id, _)| *id != account.id);
+            let again = suspect
                 .failed_on
                 .iter()
-                .any(|(id, before)| *id != account.id || account.answered() > *before);
+                .any(|(id, before)| *id == account.id && account.answered() > *before);
+            let fresh_left = usable
+                .iter()
+                .any(|u| *u != account.id && suspect.failed_on.iter().all(|(id, _)| id != u));
             if !suspect.failed_on.iter().any(|(id, _)| *id == account.id) {
                 suspect.failed_on.push((account.id, mark));
             }
-            if !guilty {
+            if !elsewhere && !(again && !fresh_left) {
                 return false;
             }
             std::mem::take(&mut suspect.unabsolved)
@@ -428,7 +441,10 @@ impl Checker for Pool {
             if accounts.is_empty() {
                 break;
             }
-            let slices = assign(&mut todo, &accounts, |i, a| Pool::may_ask(&failed, i, a));
+            let slices = assign(&mut todo, &accounts, |i, a| {
+                Pool::may_ask(&failed, &accounts, i, a)
+            });
+            let usable: Vec<Uuid> = accounts.iter().map(|a| a.id).collect();
             if slices.is_empty() {
                 // Every usable account is at its cap, or has failed the numbers left.
                 break;
@@ -456,7 +472,10 @@ impl Checker for Pool {
                         .or_default()
                         .push((account.id, slice.answered_before));
                     let key = self.key(&e164[i]);
-                    if self.judge(key, &account, slice.answered_before).await {
+                    if self
+                        .judge(key, &account, slice.answered_before, &usable)
+                        .await
+                    {
                         metrics::counter!("wav_checks_total", "checker" => account.name.clone(), "outcome" => "number_error")
                             .increment(1);
                         outcomes[i] = Some(Outcome::Retryable(reason));
