@@ -134,14 +134,14 @@ async fn closing_hours_stop_the_account_in_every_replica_at_its_next_request() {
 
 #[tokio::test]
 async fn a_429_while_calls_wait_for_the_rate_sets_off_no_burst() {
-    let numbers = us_numbers(0, 12);
+    let numbers = us_numbers(0, 3);
     let on = registered(&numbers);
     let gw = fakes::waha(&on, "secret", "default").await;
-    // The first request is refused for two seconds; every other one answers.
-    gw.state.script([Mode::RateLimited(Some(2))]);
+    // The first request is held at the gateway, then refused for four seconds.
+    gw.state.script([Mode::RateLimited(Some(4))]);
+    gw.state.hold_from(0);
     let db = fresh_database().await;
-    add_account(&db.store, "a", &gw, "waha", 2.0, |_| {}).await;
-    // Four loops and four calls at once: while the 429 comes back, calls wait for slots.
+    add_account(&db.store, "a", &gw, "waha", 0.5, |_| {}).await;
     let app = spawn_app_on(db.url.clone(), db.store.clone(), |s| {
         use_pool(s);
         s.pacing.rate_limit_backoff = ms(500);
@@ -149,19 +149,38 @@ async fn a_429_while_calls_wait_for_the_rate_sets_off_no_burst() {
     .await;
     let (_, key) = app.account(100).await;
     let mut client = app.client().await;
-    let done = submit_and_wait(&mut client, &key, &numbers).await;
-    assert_eq!(statuses(&done), expected(&numbers));
+    // Three batches: three worker loops each hold a call for the account, two of them
+    // waiting for its next slot (2 s away at 0.5 checks/s) while the first is held.
+    let mut batches = Vec::new();
+    for n in &numbers {
+        batches.push(submit(&mut client, &key, std::slice::from_ref(n)).await.batch_id);
+    }
+    wait_until("three claims under way, one request held", || async {
+        let leased: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM queue_chunks WHERE lease_token IS NOT NULL",
+        )
+        .fetch_one(db.store.pool())
+        .await
+        .unwrap();
+        leased == 3 && gw.state.held() == 1
+    })
+    .await;
+    gw.state.release();
+    for (batch, want) in batches.iter().zip(expected(&numbers)) {
+        let done = wait_completed(&mut client, &key, batch).await;
+        assert_eq!(statuses(&done), [want]);
+    }
     let at = times(&gw);
-    assert_eq!(at.len(), 13, "each number once, plus the refused request");
+    assert_eq!(at.len(), 4, "each number once, plus the refused request");
     let after = at[1] - at[0];
     assert!(
-        after >= ms(1900),
-        "the next request came {after:?} after the 429 (Retry-After: 2 s)"
+        after >= ms(3900),
+        "the next request came {after:?} after the 429 (Retry-After: 4 s): the waiting calls went"
     );
     let closest = at.windows(2).map(|w| w[1] - w[0]).min().unwrap();
     assert!(
-        closest >= ms(450),
-        "requests {closest:?} apart at 2 checks/s: giving checks back made a burst"
+        closest >= ms(1900),
+        "requests {closest:?} apart at 0.5 checks/s: giving checks back made a burst"
     );
     assert_eq!(attempts_made(&app.store).await, [1]);
 }
