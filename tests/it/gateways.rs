@@ -179,7 +179,6 @@ async fn evolution_checks_many_numbers_per_call_and_survives_empty_and_partial_a
     ]);
     let app = spawn_gateway_app(&gw, "evolution", |s| {
         s.workers.loops = 1;
-        s.workers.max_attempts = 5;
     })
     .await;
     let (_, key) = app.account(100).await;
@@ -203,10 +202,7 @@ async fn a_number_the_gateway_always_leaves_out_ends_in_error_and_is_refunded() 
     let gw = fakes::evolution(&["+14155552671", "+442079460958"], "secret", "main").await;
     gw.state
         .set_default(Mode::MissingRows(vec!["442079460958".into()]));
-    let app = spawn_gateway_app(&gw, "evolution", |s| {
-        s.workers.max_attempts = 2;
-    })
-    .await;
+    let app = spawn_gateway_app(&gw, "evolution", |_| {}).await;
     let (account, key) = app.account(100).await;
     let mut client = app.client().await;
     let sub = submit(
@@ -505,7 +501,7 @@ async fn one_bad_number_among_five(kind: &str) {
         _ => fakes::evolution(&["+14155552671"], "secret", "main").await,
     };
     gw.state.poison("+14155550102");
-    let app = spawn_gateway_app(&gw, kind, |s| s.workers.max_attempts = 3).await;
+    let app = spawn_gateway_app(&gw, kind, |_| {}).await;
     let (account, key) = app.account(10).await;
     let mut client = app.client().await;
     let numbers = [
@@ -523,7 +519,7 @@ async fn one_bad_number_among_five(kind: &str) {
         "{kind}: {}",
         done.results[2].error
     );
-    assert!(done.results[2].error.contains("gave up after 3 attempts"));
+    assert!(done.results[2].error.contains("gave up after 5 attempts"));
     let asked = gw.state.asked_counts();
     for n in ["14155552671", "14155550100", "14155550103", "14155550104"] {
         assert!(

@@ -522,14 +522,14 @@ pub fn use_gateway(s: &mut Settings, gateway: &crate::fakes::Gateway, kind: &str
             s.checker.evolution.api_key = key;
         }
     }
-    // Fast by default; tests about pacing set their own limits after these.
-    s.pacing.rate_per_sec = Some(1000.0);
+    // Fast by default (the fastest an account may go); tests about pacing set their own
+    // limits after these.
+    s.pacing.rate_per_sec = Some(100.0);
     s.pacing.max_concurrency = Some(8);
     s.pacing.daily_cap = Some(0);
     s.workers.retry_base = ms(10);
     s.workers.retry_max = ms(50);
     s.pacing.rate_limit_backoff = ms(50);
-    s.pacing.breaker_failures = 1000;
 }
 
 /// A server on a fresh database whose workers ask this fake gateway.
