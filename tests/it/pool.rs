@@ -412,13 +412,14 @@ async fn a_poison_number_as_the_first_check_of_new_accounts_is_still_the_numbers
     let (a, b, app) = poisoned_pool(&[], &poison[0], "waha").await;
     let (_, key) = app.account(10).await;
     let mut client = app.client().await;
-    // It fails on both accounts each time, so the failure is the number's: three
-    // attempts, each asked on both accounts, then ERROR.
+    // It fails on both accounts, so the failure is the number's; found at fault, its next
+    // failures count at once: three attempts in four requests, then ERROR.
     let done = submit_and_wait(&mut client, &key, &poison).await;
     assert_eq!(done.results[0].status, ERROR);
     assert_eq!(done.credits_refunded, 1);
     let (per_gateway, _) = asked(&[&a, &b]);
-    assert_eq!(per_gateway, [3, 3], "each attempt asked both accounts");
+    assert!(per_gateway.iter().all(|&n| n >= 1), "{per_gateway:?}");
+    assert_eq!(per_gateway.iter().sum::<usize>(), 4, "{per_gateway:?}");
     for name in ["a", "b"] {
         assert_eq!(
             account_status(&app.store, name).await.status,

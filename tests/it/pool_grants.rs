@@ -153,15 +153,18 @@ async fn a_429_while_calls_wait_for_the_rate_sets_off_no_burst() {
     // waiting for its next slot (2 s away at 0.5 checks/s) while the first is held.
     let mut batches = Vec::new();
     for n in &numbers {
-        batches.push(submit(&mut client, &key, std::slice::from_ref(n)).await.batch_id);
+        batches.push(
+            submit(&mut client, &key, std::slice::from_ref(n))
+                .await
+                .batch_id,
+        );
     }
     wait_until("three claims under way, one request held", || async {
-        let leased: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM queue_chunks WHERE lease_token IS NOT NULL",
-        )
-        .fetch_one(db.store.pool())
-        .await
-        .unwrap();
+        let leased: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM queue_chunks WHERE lease_token IS NOT NULL")
+                .fetch_one(db.store.pool())
+                .await
+                .unwrap();
         leased == 3 && gw.state.held() == 1
     })
     .await;
@@ -217,7 +220,11 @@ async fn a_throttled_accounts_backoff_doubles_until_a_trial_is_answered() {
     }
     let row = account_status(&app.store, "a").await;
     assert!(row.throttles >= 4, "the streak is kept in the row: {row:?}");
-    assert_eq!(gw.state.probes(), 0, "a session probe proves nothing about a 429");
+    assert_eq!(
+        gw.state.probes(),
+        0,
+        "a session probe proves nothing about a 429"
+    );
     assert_eq!(poll(&mut client, &key, &sub.batch_id).await.pending, 3);
     assert_eq!(attempts_made(&app.store).await, [0]);
 
@@ -278,7 +285,11 @@ async fn a_number_failing_on_one_account_is_answered_by_another_at_no_cost() {
     let mut client = app.client().await;
     let done = submit_and_wait(&mut client, &key, &numbers).await;
     assert_eq!(statuses(&done), expected(&numbers));
-    assert_eq!(attempts_made(&app.store).await, [1], "no number charged twice");
+    assert_eq!(
+        attempts_made(&app.store).await,
+        [1],
+        "no number charged twice"
+    );
 }
 
 #[tokio::test]
@@ -351,16 +362,26 @@ async fn an_account_row_that_cannot_be_read_is_named_and_the_others_still_check(
     assert_eq!(names, ["good", "huge"]);
     assert_eq!(unreadable.len(), 1);
     assert_eq!(unreadable[0].name, "lost");
-    assert!(unreadable[0].reason.contains("cannot read"), "{unreadable:?}");
+    assert!(
+        unreadable[0].reason.contains("cannot read"),
+        "{unreadable:?}"
+    );
     let huge = &rows[1];
-    assert_eq!(huge.cap_today, 1, "warm-up day 1 of 2^31: the least cap, no overflow");
+    assert_eq!(
+        huge.cap_today, 1,
+        "warm-up day 1 of 2^31: the least cap, no overflow"
+    );
 
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_wavalidate"))
         .args(["checker", "list"])
         .env("DATABASE_URL", &db.url)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let lost = list
         .as_array()

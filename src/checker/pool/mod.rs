@@ -412,14 +412,19 @@ impl Checker for Pool {
         self.name
     }
 
-    /// About `CLAIM_SECONDS` of the usable accounts' combined rate.
+    /// About `CLAIM_SECONDS` of each usable account's rate, at most one backend call's
+    /// worth each: the workers renew their leases (and write results) between calls, so a
+    /// call is never much longer than one upstream call per account.
     fn max_batch(&self) -> usize {
-        let rate: f64 = self
+        let numbers: usize = self
             .usable(&HashSet::new())
             .iter()
-            .map(|a| a.row.lock().expect("account row").rate_per_sec)
+            .map(|a| {
+                let rate = a.row.lock().expect("account row").rate_per_sec;
+                ((rate * CLAIM_SECONDS).ceil() as usize).min(a.backend().max_batch())
+            })
             .sum();
-        ((rate * CLAIM_SECONDS).ceil() as usize).clamp(1, MAX_CLAIM)
+        numbers.clamp(1, MAX_CLAIM)
     }
 
     fn paused_for(&self) -> Option<Duration> {
