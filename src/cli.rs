@@ -360,25 +360,25 @@ pub struct ServeArgs {
     /// Timeout of one gateway HTTP request (ms).
     #[arg(long, env = "WAV_HTTP_TIMEOUT_MS", default_value_t = ms(defaults().checker.http_timeout))]
     pub http_timeout_ms: u64,
-    /// Checks per second per process, 0 for no limit [default: 1 for gateways, unlimited for simulated].
+    /// A single backend's account: checks per second, shared by every replica; 0 for the most an account may (100) [default: 1].
     #[arg(long, env = "WAV_RATE_PER_SEC")]
     pub rate_per_sec: Option<f64>,
-    /// Checker calls in flight at once per process [default: 1 for gateways, unlimited for simulated].
+    /// A single backend's account: calls in flight at once per process [default: 1].
     #[arg(long, env = "WAV_MAX_CONCURRENCY")]
     pub max_concurrency: Option<usize>,
-    /// Checks per UTC day across all replicas, 0 for none [default: 1000 for gateways, 0 for simulated].
+    /// A single backend's account: checks per UTC day across all replicas, 0 for none [default: 1000].
     #[arg(long, env = "WAV_DAILY_CAP")]
     pub daily_cap: Option<i64>,
-    /// Consecutive failed checker calls that open the circuit breaker.
+    /// Failed requests in a row that open a checking account's circuit (every account's).
     #[arg(long, env = "WAV_BREAKER_FAILURES", default_value_t = defaults().pacing.breaker_failures)]
     pub breaker_failures: u32,
-    /// Seconds an open circuit pauses the checker before a trial call.
+    /// Seconds an open circuit rests before a trial number, doubling per failed trial.
     #[arg(long, env = "WAV_BREAKER_COOLDOWN_SECS", default_value_t = defaults().pacing.breaker_cooldown.as_secs())]
     pub breaker_cooldown_secs: u64,
-    /// First pause after an upstream rate limit (429), doubling per repeat, with jitter (ms).
+    /// A throttled account's first rest after a rate limit (429), doubling per one in a row (ms).
     #[arg(long, env = "WAV_RATE_LIMIT_BACKOFF_MS", default_value_t = ms(defaults().pacing.rate_limit_backoff))]
     pub rate_limit_backoff_ms: u64,
-    /// Longest pause after repeated upstream rate limits (ms).
+    /// Longest rest either backoff doubles to (ms); a longer Retry-After is still honoured.
     #[arg(long, env = "WAV_RATE_LIMIT_BACKOFF_MAX_MS", default_value_t = ms(defaults().pacing.rate_limit_backoff_max))]
     pub rate_limit_backoff_max_ms: u64,
     /// How long a checked answer is reused for the same number, e.g. 7d, 12h, 0s to disable.

@@ -394,7 +394,8 @@ impl Pool {
             if !suspect.failed_on.iter().any(|(id, _)| *id == account.id) {
                 suspect.failed_on.push((account.id, mark));
             }
-            if !elsewhere && !(again && !fresh_left) {
+            let guilty = elsewhere || (again && !fresh_left);
+            if !guilty {
                 return false;
             }
             std::mem::take(&mut suspect.unabsolved)
