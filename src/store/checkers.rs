@@ -81,20 +81,6 @@ impl Default for Backoff {
     }
 }
 
-type PgScalar<'q> = sqlx::query::QueryScalar<'q, sqlx::Postgres, Uuid, sqlx::postgres::PgArguments>;
-
-/// `bind_pacing` for a statement returning an id.
-fn bind_pacing_scalar<'q>(query: PgScalar<'q>, p: &'q AccountPacing) -> PgScalar<'q> {
-    query
-        .bind(p.rate_per_sec)
-        .bind(p.max_concurrency)
-        .bind(p.daily_cap)
-        .bind(p.warmup_days)
-        .bind(p.hours.map(|h| h.start))
-        .bind(p.hours.map(|h| h.end))
-        .bind(&p.timezone)
-}
-
 type PgQuery<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
 
 /// Binds an account's pacing as the next parameters, in the column order rate_per_sec,
@@ -145,7 +131,7 @@ impl Store {
     pub async fn flag_account(&self, new: &NewAccount) -> Result<Uuid> {
         let p = &new.pacing;
         let config = serde_json::to_string(&new.config).expect("config serializes");
-        let upsert = sqlx::query_scalar(
+        let upsert = sqlx::query(
             "INSERT INTO checkers (id, name, backend, config, rate_per_sec, max_concurrency, daily_cap,
                                    warmup_days, hours_start, hours_end, timezone, from_flags)
              VALUES ($1, $2, $3, $4::jsonb, $5, $6, $7, $8, $9, $10, $11, true)
@@ -159,7 +145,8 @@ impl Store {
         .bind(&new.name)
         .bind(new.backend.name())
         .bind(config);
-        Ok(bind_pacing_scalar(upsert, p).fetch_one(&self.pool).await?)
+        let row = bind_pacing(upsert, p).fetch_one(&self.pool).await?;
+        Ok(sqlx::Row::try_get(&row, "id")?)
     }
 
     async fn known_timezone(&self, timezone: &str) -> Result<()> {

@@ -7,10 +7,6 @@ use wavalidate::pb::{BatchStatus, NumberStatus};
 use wavalidate_test_support::fakes::{self, Mode};
 use wavalidate_test_support::*;
 
-fn statuses(p: &wavalidate::pb::PollBatchResponse) -> Vec<i32> {
-    p.results.iter().map(|r| r.status).collect()
-}
-
 const ON: i32 = NumberStatus::OnWhatsapp as i32;
 const NOT: i32 = NumberStatus::NotOnWhatsapp as i32;
 const INVALID: i32 = NumberStatus::InvalidNumber as i32;

@@ -10,8 +10,6 @@ use wavalidate::pb::{self, NumberStatus};
 use wavalidate_test_support::fakes::{self, Gateway, Mode};
 use wavalidate_test_support::*;
 
-const ON: i32 = NumberStatus::OnWhatsapp as i32;
-const NOT: i32 = NumberStatus::NotOnWhatsapp as i32;
 const ERROR: i32 = NumberStatus::Error as i32;
 
 /// Numbers asked, per fake gateway, and how often each number was asked over all of them.
@@ -28,25 +26,6 @@ fn asked(gateways: &[&Gateway]) -> (Vec<usize>, HashMap<String, usize>) {
         })
         .collect();
     (per_gateway, per_number)
-}
-
-/// The attempt counts the numbers were charged, each once.
-async fn attempts_made(store: &wavalidate::store::Store) -> Vec<i32> {
-    sqlx::query_scalar("SELECT DISTINCT attempts FROM batch_numbers ORDER BY 1")
-        .fetch_all(store.pool())
-        .await
-        .unwrap()
-}
-
-fn registered(numbers: &[String]) -> Vec<&str> {
-    // Every third number is on WhatsApp.
-    numbers.iter().step_by(3).map(String::as_str).collect()
-}
-
-fn expected(numbers: &[String]) -> Vec<i32> {
-    (0..numbers.len())
-        .map(|i| if i % 3 == 0 { ON } else { NOT })
-        .collect()
 }
 
 #[tokio::test]
@@ -507,17 +486,7 @@ async fn a_daily_cap_is_never_exceeded_even_by_two_replicas() {
 #[tokio::test]
 async fn the_checker_commands_manage_accounts_and_refuse_bad_settings_with_one_line() {
     let db = fresh_database().await;
-    let run = |args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_wavalidate"))
-            .arg("checker")
-            .args(args)
-            .env("DATABASE_URL", &db.url)
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-        let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
-        (out.status.success(), stdout, stderr)
-    };
+    let run = |args: &[&str]| checker_command(&db.url, args);
     let (ok, out, _) = run(&[
         "add",
         "--name",
@@ -666,17 +635,7 @@ async fn the_checker_commands_manage_accounts_and_refuse_bad_settings_with_one_l
 #[tokio::test]
 async fn the_checker_commands_refuse_pacing_out_of_bounds_naming_flag_and_value() {
     let db = fresh_database().await;
-    let run = |args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_wavalidate"))
-            .arg("checker")
-            .args(args)
-            .env("DATABASE_URL", &db.url)
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-        let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
-        (out.status.success(), stdout, stderr)
-    };
+    let run = |args: &[&str]| checker_command(&db.url, args);
     let add = [
         "add",
         "--name",

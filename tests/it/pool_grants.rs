@@ -10,35 +10,31 @@ use wavalidate::pb::NumberStatus;
 use wavalidate_test_support::fakes::{self, Gateway, Mode};
 use wavalidate_test_support::*;
 
-const ON: i32 = NumberStatus::OnWhatsapp as i32;
 const NOT: i32 = NumberStatus::NotOnWhatsapp as i32;
-
-fn registered(numbers: &[String]) -> Vec<&str> {
-    numbers.iter().step_by(3).map(String::as_str).collect()
-}
-
-fn expected(numbers: &[String]) -> Vec<i32> {
-    (0..numbers.len())
-        .map(|i| if i % 3 == 0 { ON } else { NOT })
-        .collect()
-}
-
-fn statuses(p: &wavalidate::pb::PollBatchResponse) -> Vec<i32> {
-    p.results.iter().map(|r| r.status).collect()
-}
-
-async fn attempts_made(store: &wavalidate::store::Store) -> Vec<i32> {
-    sqlx::query_scalar("SELECT DISTINCT attempts FROM batch_numbers ORDER BY 1")
-        .fetch_all(store.pool())
-        .await
-        .unwrap()
-}
 
 /// Request times at the fake, in order.
 fn times(gw: &Gateway) -> Vec<Instant> {
     let mut at: Vec<Instant> = gw.state.calls().iter().map(|c| c.0).collect();
     at.sort();
     at
+}
+
+/// Account "a" (5 checks/s, one request at a time per process: while one is held at its
+/// gateway, no other of its requests is under way there) and "b" (20/s), on fakes that
+/// register every third of `numbers`.
+async fn slow_and_fast(numbers: &[String]) -> (Gateway, Gateway, TestDb) {
+    let on = registered(numbers);
+    let (a, b) = (
+        fakes::waha(&on, "secret", "default").await,
+        fakes::waha(&on, "secret", "default").await,
+    );
+    let db = fresh_database().await;
+    add_account(&db.store, "a", &a, "waha", 5.0, |p| {
+        p.max_concurrency = Some(1)
+    })
+    .await;
+    add_account(&db.store, "b", &b, "waha", 20.0, |_| {}).await;
+    (a, b, db)
 }
 
 /// Local hours that are closed now, in UTC.
@@ -51,19 +47,7 @@ fn closed_hours() -> String {
 #[tokio::test]
 async fn a_pause_stops_the_next_request_of_a_slice_already_under_way() {
     let numbers = us_numbers(0, 120);
-    let on = registered(&numbers);
-    let (a, b) = (
-        fakes::waha(&on, "secret", "default").await,
-        fakes::waha(&on, "secret", "default").await,
-    );
-    let db = fresh_database().await;
-    // One request at a time on "a" in this process: while one is held at its gateway, no
-    // other of its requests is under way.
-    add_account(&db.store, "a", &a, "waha", 5.0, |p| {
-        p.max_concurrency = Some(1)
-    })
-    .await;
-    add_account(&db.store, "b", &b, "waha", 20.0, |_| {}).await;
+    let (a, _b, db) = slow_and_fast(&numbers).await;
     a.state.hold_from(3);
     let app = spawn_app_on(db.url.clone(), db.store.clone(), use_pool).await;
     let (_, key) = app.account(1000).await;
@@ -90,17 +74,7 @@ async fn a_pause_stops_the_next_request_of_a_slice_already_under_way() {
 #[tokio::test]
 async fn closing_hours_stop_the_account_in_every_replica_at_its_next_request() {
     let numbers = us_numbers(0, 80);
-    let on = registered(&numbers);
-    let (a, b) = (
-        fakes::waha(&on, "secret", "default").await,
-        fakes::waha(&on, "secret", "default").await,
-    );
-    let db = fresh_database().await;
-    add_account(&db.store, "a", &a, "waha", 5.0, |p| {
-        p.max_concurrency = Some(1)
-    })
-    .await;
-    add_account(&db.store, "b", &b, "waha", 20.0, |_| {}).await;
+    let (a, _b, db) = slow_and_fast(&numbers).await;
     // Every request of "a" waits at its gateway: one per replica (one at a time in each).
     a.state.hold_from(0);
     let one = spawn_app_on(db.url.clone(), db.store.clone(), use_pool).await;
@@ -372,17 +346,9 @@ async fn an_account_row_that_cannot_be_read_is_named_and_the_others_still_check(
         "warm-up day 1 of 2^31: the least cap, no overflow"
     );
 
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wavalidate"))
-        .args(["checker", "list"])
-        .env("DATABASE_URL", &db.url)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (ok, out, err) = checker_command(&db.url, &["list"]);
+    assert!(ok, "{err}");
+    let list: serde_json::Value = serde_json::from_str(&out).unwrap();
     let lost = list
         .as_array()
         .unwrap()
@@ -397,4 +363,42 @@ async fn an_account_row_that_cannot_be_read_is_named_and_the_others_still_check(
     let mut client = app.client().await;
     let done = submit_and_wait(&mut client, &key, &numbers).await;
     assert_eq!(statuses(&done), expected(&numbers));
+}
+
+#[tokio::test]
+async fn a_day_that_rolls_over_mid_claim_grants_the_new_days_cap() {
+    let numbers = us_numbers(0, 6);
+    let on = registered(&numbers);
+    let gw = fakes::waha(&on, "secret", "default").await;
+    let db = fresh_database().await;
+    add_account(&db.store, "a", &gw, "waha", 50.0, |p| {
+        p.daily_cap = Some(3);
+        p.max_concurrency = Some(1);
+    })
+    .await;
+    // The third request (the day's last check) is held while the day ends.
+    gw.state.hold_from(2);
+    let app = spawn_app_on(db.url.clone(), db.store.clone(), use_pool).await;
+    let (_, key) = app.account(100).await;
+    let mut client = app.client().await;
+    let sub = submit(&mut client, &key, &numbers).await;
+    wait_until("the day's third check held at the gateway", || async {
+        gw.state.held() == 1
+    })
+    .await;
+    // Midnight: the counters in the row now belong to yesterday.
+    sqlx::query("UPDATE checkers SET day = day - 1 WHERE name = 'a'")
+        .execute(db.store.pool())
+        .await
+        .unwrap();
+    gw.state.release();
+    let done = wait_completed(&mut client, &key, &sub.batch_id).await;
+    assert_eq!(statuses(&done), expected(&numbers));
+    assert!(gw.state.asked_counts().values().all(|&n| n == 1));
+    let row = account_status(&app.store, "a").await;
+    assert_eq!(
+        (row.checks_today, row.status),
+        (3, AccountStatus::Resting),
+        "the rest was granted under the new day's cap, and it is spent"
+    );
 }

@@ -51,13 +51,6 @@ async fn troubled(gateway: &Gateway, session: &str) -> (TestApp, AccountRow) {
     (app, row)
 }
 
-async fn attempts_made(store: &Store) -> Vec<i32> {
-    sqlx::query_scalar("SELECT DISTINCT attempts FROM batch_numbers ORDER BY 1")
-        .fetch_all(store.pool())
-        .await
-        .unwrap()
-}
-
 /// Ends the account's wait so that it is probed now.
 async fn probe_now(store: &Store) {
     sqlx::query("UPDATE checkers SET state_until = now(), probe_at = now() WHERE name = 'gw'")

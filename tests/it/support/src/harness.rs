@@ -616,3 +616,47 @@ pub async fn account_status(store: &Store, name: &str) -> wavalidate::store::row
         .expect("accounts readable")
         .unwrap_or_else(|| panic!("no account {name}"))
 }
+
+/// The attempt counts the numbers were charged, each once.
+pub async fn attempts_made(store: &Store) -> Vec<i32> {
+    sqlx::query_scalar("SELECT DISTINCT attempts FROM batch_numbers ORDER BY 1")
+        .fetch_all(store.pool())
+        .await
+        .unwrap()
+}
+
+/// The numbers a pool test's fakes register: every third.
+pub fn registered(numbers: &[String]) -> Vec<&str> {
+    numbers.iter().step_by(3).map(String::as_str).collect()
+}
+
+/// The statuses `registered` numbers come to.
+pub fn expected(numbers: &[String]) -> Vec<i32> {
+    (0..numbers.len())
+        .map(|i| {
+            if i % 3 == 0 {
+                pb::NumberStatus::OnWhatsapp as i32
+            } else {
+                pb::NumberStatus::NotOnWhatsapp as i32
+            }
+        })
+        .collect()
+}
+
+/// A poll's statuses, in index order.
+pub fn statuses(p: &pb::PollBatchResponse) -> Vec<i32> {
+    p.results.iter().map(|r| r.status).collect()
+}
+
+/// Runs `wavalidate checker ARGS` against `url`: (succeeded, stdout, stderr trimmed).
+pub fn checker_command(url: &str, args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(binary())
+        .arg("checker")
+        .args(args)
+        .env("DATABASE_URL", url)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    (out.status.success(), stdout, stderr)
+}
