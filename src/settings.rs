@@ -9,12 +9,13 @@ use clap::ValueEnum;
 
 use crate::checker::pool::Rules;
 use crate::domain::checker::{
-    AccountBackend, AccountConfig, AccountPacing, FLAG_ACCOUNT_PREFIX, NewAccount,
+    AccountBackend, AccountConfig, AccountPacing, DAILY_CAP, FLAG_ACCOUNT_PREFIX, MAX_CONCURRENCY,
+    NewAccount, RATE_PER_SEC,
 };
 use crate::store::checkers::Backoff;
 
 /// The fastest a single account set by flags may check (a rate of 0 means this).
-pub const MAX_RATE_PER_SEC: f64 = 100.0;
+pub const MAX_RATE_PER_SEC: f64 = *RATE_PER_SEC.end();
 
 #[derive(Debug, Clone, Default)]
 pub struct Settings {
@@ -363,8 +364,15 @@ impl PacingSettings {
                 Some(r) if r <= 0.0 => MAX_RATE_PER_SEC,
                 Some(r) => r.min(MAX_RATE_PER_SEC),
             },
-            max_concurrency: self.max_concurrency.unwrap_or(1).clamp(1, 1024) as i32,
-            daily_cap: self.daily_cap.unwrap_or(1000).clamp(0, i64::from(i32::MAX)) as i32,
+            max_concurrency: self.max_concurrency.unwrap_or(1).clamp(
+                *MAX_CONCURRENCY.start() as usize,
+                *MAX_CONCURRENCY.end() as usize,
+            ) as i32,
+            daily_cap: self
+                .daily_cap
+                .unwrap_or(1000)
+                .clamp(i64::from(*DAILY_CAP.start()), i64::from(*DAILY_CAP.end()))
+                as i32,
             warmup_days: 0,
             hours: None,
             timezone: "UTC".into(),
@@ -595,24 +603,48 @@ impl Settings {
                 )?;
             }
         }
+        // The single backend's account: the door's bounds (`domain::checker`), 0 for the
+        // fastest rate.
         let p = &self.pacing;
         check(
-            p.rate_per_sec.is_none_or(|r| r >= 0.0 && r.is_finite()),
+            p.rate_per_sec
+                .is_none_or(|r| r == 0.0 || RATE_PER_SEC.contains(&r)),
             "--rate-per-sec",
             "WAV_RATE_PER_SEC",
-            || "must be a number of checks per second, 0 for none".into(),
+            || {
+                format!(
+                    "must be between {} and {} checks per second, or 0 for {}",
+                    RATE_PER_SEC.start(),
+                    RATE_PER_SEC.end(),
+                    RATE_PER_SEC.end()
+                )
+            },
         )?;
         check(
-            p.max_concurrency.is_none_or(|c| c >= 1),
+            p.max_concurrency
+                .is_none_or(|c| i32::try_from(c).is_ok_and(|c| MAX_CONCURRENCY.contains(&c))),
             "--max-concurrency",
             "WAV_MAX_CONCURRENCY",
-            || "must be at least 1".into(),
+            || {
+                format!(
+                    "must be between {} and {}",
+                    MAX_CONCURRENCY.start(),
+                    MAX_CONCURRENCY.end()
+                )
+            },
         )?;
         check(
-            p.daily_cap.is_none_or(|c| c >= 0),
+            p.daily_cap
+                .is_none_or(|c| i32::try_from(c).is_ok_and(|c| DAILY_CAP.contains(&c))),
             "--daily-cap",
             "WAV_DAILY_CAP",
-            || "must not be negative (0 for none)".into(),
+            || {
+                format!(
+                    "must be between {} and {} (0 for none)",
+                    DAILY_CAP.start(),
+                    DAILY_CAP.end()
+                )
+            },
         )?;
         check(
             self.webhooks.poll >= ms(10),
