@@ -153,7 +153,7 @@ async fn an_accounts_trouble_moves_its_numbers_to_the_others_at_no_cost() {
     let sub = submit(&mut client, &key, numbers).await;
     // The Evolution instance answers its first request, then its session is lost.
     wait_until("the Evolution account's second request", || async {
-        lost.state.held() == 1
+        lost.state.held() >= 1
     })
     .await;
     lost.state.set_connected(false);
@@ -247,7 +247,7 @@ async fn a_gateway_that_breaks_after_working_costs_the_numbers_nothing() {
     let first = submit(&mut client, &key, &all[..60]).await;
     // Three numbers answered, then the gateway fails every request, its session status too.
     wait_until("the breaking gateway's fourth request", || async {
-        breaks.state.held() == 1
+        breaks.state.held() >= 1
     })
     .await;
     breaks.state.set_default(Mode::ServerError);

@@ -402,3 +402,37 @@ async fn a_day_that_rolls_over_mid_claim_grants_the_new_days_cap() {
         "the rest was granted under the new day's cap, and it is spent"
     );
 }
+
+#[tokio::test]
+async fn a_lone_account_whose_gateway_breaks_after_working_charges_no_number() {
+    let numbers = us_numbers(0, 10);
+    let on = registered(&numbers);
+    let gw = fakes::waha(&on, "secret", "default").await;
+    // Three numbers answered, then every check fails while the session says WORKING.
+    gw.state.hold_from(3);
+    let app = spawn_gateway_app(&gw, "waha", |s| {
+        s.pacing.breaker_cooldown = secs(3600);
+        s.workers.loops = 1;
+    })
+    .await;
+    let (_, key) = app.account(100).await;
+    let mut client = app.client().await;
+    let sub = submit(&mut client, &key, &numbers).await;
+    wait_until("the fourth request held", || async { gw.state.held() == 1 }).await;
+    for n in &numbers {
+        gw.state.poison(n);
+    }
+    gw.state.release();
+    wait_until("the circuit open and the three answers written", || async {
+        let open = account_status(&app.store, "flags:waha").await.status == AccountStatus::Failing;
+        open && poll(&mut client.clone(), &key, &sub.batch_id)
+            .await
+            .completed
+            == 3
+    })
+    .await;
+    // Answers before a failure are no evidence against the number: only answers after it.
+    assert_eq!(attempts_made(&app.store).await, [0, 1]);
+    let p = poll(&mut client, &key, &sub.batch_id).await;
+    assert_eq!((p.completed, p.pending), (3, 7));
+}

@@ -58,13 +58,25 @@ pub struct Slice {
     /// Numbers the account could not take (its trouble, its cap, a refusal): for another
     /// account, uncounted.
     pub back: Vec<usize>,
-    /// Numbers whose own request failed while the account otherwise worked: the
-    /// account's failure until the pool finds the number fails elsewhere too.
-    pub suspects: Vec<(usize, String)>,
-    /// The account's answer count before this slice (see `Account::answered`).
-    pub answered_before: u64,
+    /// Numbers whose own request failed: the account's failure until the pool finds
+    /// the number fails elsewhere too.
+    pub suspects: Vec<Suspect>,
     /// The account cannot go on: give it nothing more in this call.
     pub troubled: bool,
+}
+
+/// A number whose own request failed on this account.
+#[derive(Debug)]
+pub struct Suspect {
+    /// Position in the call.
+    pub index: usize,
+    pub reason: String,
+    /// The account's answer count at the failure (answers to the same request's other
+    /// numbers count as after it): a later count above it means the account answered
+    /// other numbers since.
+    pub mark: u64,
+    /// Failed as a half-open account's trial: the account's failure, whatever else.
+    pub trial: bool,
 }
 
 /// Checks taken for one call, given back unless they were spent on requests.
@@ -147,10 +159,7 @@ impl Account {
 
     /// Asks `numbers` (position in the call, E.164), in calls of the backend's size.
     pub async fn run(&self, numbers: Vec<(usize, String)>) -> Slice {
-        let mut slice = Slice {
-            answered_before: self.answered(),
-            ..Slice::default()
-        };
+        let mut slice = Slice::default();
         let Ok(_permit) = self.permits.acquire().await else {
             slice.back = numbers.into_iter().map(|(i, _)| i).collect();
             return slice;
@@ -291,13 +300,21 @@ impl Account {
         slice: &mut Slice,
     ) -> bool {
         let answered = result.outcomes.len().min(asked.len());
+        // The same request's (or split call's) answers count as after its failures.
+        let before = self.answered();
+        let suspect = |index: usize, reason: String, mark: u64| Suspect {
+            index,
+            reason,
+            mark,
+            trial,
+        };
         let mut worked = 0;
         for ((i, _), outcome) in asked.iter().zip(result.outcomes) {
             match outcome {
                 // A number that failed on its own while others were answered: a suspect.
                 Outcome::Retryable(reason) => {
                     self.count("suspect", 1);
-                    slice.suspects.push((*i, reason));
+                    slice.suspects.push(suspect(*i, reason, before));
                 }
                 outcome => {
                     self.count(label(&outcome), 1);
@@ -311,9 +328,8 @@ impl Account {
         let Some(error) = result.error else {
             // A backend that answered fewer numbers than asked: suspects too.
             for (i, _) in unanswered {
-                slice
-                    .suspects
-                    .push((*i, "the checker returned no answer for this number".into()));
+                let reason = "the checker returned no answer for this number".to_string();
+                slice.suspects.push(suspect(*i, reason, before));
             }
             self.worked(asked.len() as i32, trial).await;
             return true;
@@ -332,7 +348,9 @@ impl Account {
             && answered == 0
         {
             self.count("suspect", 1);
-            slice.suspects.push((*i, reason.clone()));
+            slice
+                .suspects
+                .push(suspect(*i, reason.clone(), self.answered()));
             return !self.in_trouble(&error).await;
         }
         // The account's trouble: its numbers go to another account, uncounted.

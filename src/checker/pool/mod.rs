@@ -32,7 +32,7 @@ use crate::store::rows::AccountRow;
 mod account;
 
 pub use account::Rules;
-use account::{Account, LOGGED_OUT_PROBE, Slice};
+use account::{Account, LOGGED_OUT_PROBE, Slice, Suspect};
 
 /// How often accounts are re-read (so changes reach running processes within seconds).
 const REFRESH_EVERY: Duration = Duration::from_secs(1);
@@ -61,16 +61,19 @@ pub struct Pool {
     accounts: RwLock<Vec<Arc<Account>>>,
     /// Numbers (by a keyed hash, never their digits) whose own request failed on an
     /// account, not yet judged: which accounts, and their answer counts then.
-    suspects: Mutex<HashMap<u64, Suspect>>,
+    suspects: Mutex<HashMap<u64, Known>>,
     hasher: std::collections::hash_map::RandomState,
 }
 
+/// What this process knows of a number whose own request failed.
 #[derive(Debug)]
-struct Suspect {
-    /// Each account it failed on, with that account's answer count before the failure.
+struct Known {
+    /// Each account it failed on, with that account's answer count at its last failure.
     failed_on: Vec<(Uuid, u64)>,
     /// Accounts whose streak still counts one of its failures.
     unabsolved: Vec<Uuid>,
+    /// Found at fault once: its next failures count at once.
+    at_fault: bool,
     since: Instant,
 }
 
@@ -367,38 +370,45 @@ impl Pool {
         }
     }
 
-    /// A number whose own request failed on `account` (whose answer count before the
-    /// request was `mark`), with `usable` the accounts it could still go to: true when
-    /// that makes it the number's fault (it failed on another account too, or failed here
-    /// before, this account has answered other numbers since and no usable account is
-    /// left that it has not failed on); then the failures it added to the accounts'
-    /// streaks are taken back. Else it is remembered. A number found at fault stays
-    /// remembered, so its next failure is judged the same way.
-    async fn judge(&self, key: u64, account: &Arc<Account>, mark: u64, usable: &[Uuid]) -> bool {
+    /// A number whose own request failed on `account`, with `usable` the accounts it
+    /// could still go to: true when that makes it the number's fault, and then the
+    /// failures it added to the accounts' streaks are taken back. It is at fault when it
+    /// has failed on another account too; or failed on this one before, this account
+    /// answered other numbers between the two failures, and no usable account is left
+    /// that it has not failed on; or it was found at fault before (its next failures
+    /// count at once). A half-open account's trial failure is always the account's.
+    async fn judge(
+        &self,
+        key: u64,
+        account: &Arc<Account>,
+        failure: &Suspect,
+        usable: &[Uuid],
+    ) -> bool {
         let absolve: Vec<Uuid> = {
             let mut memory = self.suspects.lock().expect("suspects");
-            let suspect = memory.entry(key).or_insert_with(|| Suspect {
+            let known = memory.entry(key).or_insert_with(|| Known {
                 failed_on: Vec::new(),
                 unabsolved: Vec::new(),
+                at_fault: false,
                 since: Instant::now(),
             });
-            suspect.unabsolved.push(account.id);
-            let elsewhere = suspect.failed_on.iter().any(|(id, _)| *id != account.id);
-            let again = suspect
+            known.unabsolved.push(account.id);
+            let elsewhere = known.failed_on.iter().any(|(id, _)| *id != account.id);
+            let again = known
                 .failed_on
                 .iter()
-                .any(|(id, before)| *id == account.id && account.answered() > *before);
+                .any(|(id, mark)| *id == account.id && failure.mark > *mark);
             let fresh_left = usable
                 .iter()
-                .any(|u| *u != account.id && suspect.failed_on.iter().all(|(id, _)| id != u));
-            if !suspect.failed_on.iter().any(|(id, _)| *id == account.id) {
-                suspect.failed_on.push((account.id, mark));
-            }
-            let guilty = elsewhere || (again && !fresh_left);
+                .any(|u| *u != account.id && known.failed_on.iter().all(|(id, _)| id != u));
+            known.failed_on.retain(|(id, _)| *id != account.id);
+            known.failed_on.push((account.id, failure.mark));
+            let guilty = !failure.trial && (known.at_fault || elsewhere || (again && !fresh_left));
             if !guilty {
                 return false;
             }
-            std::mem::take(&mut suspect.unabsolved)
+            known.at_fault = true;
+            std::mem::take(&mut known.unabsolved)
         };
         for account in self.accounts().iter().filter(|a| absolve.contains(&a.id)) {
             account.absolve().await;
@@ -472,19 +482,16 @@ impl Checker for Pool {
                         outcomes[i] = Some(outcome);
                     }
                 }
-                for (i, reason) in slice.suspects {
-                    failed
-                        .entry(i)
-                        .or_default()
-                        .push((account.id, slice.answered_before));
+                for failure in slice.suspects {
+                    let i = failure.index;
+                    let on = failed.entry(i).or_default();
+                    on.retain(|(id, _)| *id != account.id);
+                    on.push((account.id, failure.mark));
                     let key = self.key(&e164[i]);
-                    if self
-                        .judge(key, &account, slice.answered_before, &usable)
-                        .await
-                    {
+                    if self.judge(key, &account, &failure, &usable).await {
                         metrics::counter!("wav_checks_total", "checker" => account.name.clone(), "outcome" => "number_error")
                             .increment(1);
-                        outcomes[i] = Some(Outcome::Retryable(reason));
+                        outcomes[i] = Some(Outcome::Retryable(failure.reason));
                     } else {
                         todo.push(i);
                     }
