@@ -48,6 +48,9 @@ pub struct Account {
     /// Numbers this account answered in this process: a number that failed here is the
     /// number's fault once it fails here again after the account answered others.
     answered: AtomicU64,
+    /// When this process expects the account's rate to allow its next request (its last
+    /// grant's end): a call waits until then before it asks PostgreSQL, which decides.
+    slot_hint: Mutex<tokio::time::Instant>,
 }
 
 /// What a slice of numbers came to on one account.
@@ -102,6 +105,7 @@ impl Account {
             rules,
             booked: Mutex::new(Utc::now()),
             answered: AtomicU64::new(0),
+            slot_hint: Mutex::new(tokio::time::Instant::now()),
         }
     }
 
@@ -190,13 +194,21 @@ impl Account {
     /// when the account may not ask (paused, trouble, hours, cap, removed).
     async fn take(&self, wanted: usize) -> Result<(usize, bool), String> {
         loop {
+            // Asking before the slot this process knows of would only be told to wait.
+            let hint = *self.slot_hint.lock().expect("slot hint");
+            tokio::time::sleep_until(hint).await;
             let take = self
                 .store
                 .take_checks(self.id, wanted as i32, self.rules.trial_lease)
                 .await;
+            let now = tokio::time::Instant::now();
             match take {
-                Ok(Take::Granted { checks, trial }) => return Ok((checks.max(0) as usize, trial)),
-                Ok(Take::Wait(wait)) if wait <= MAX_SLOT_WAIT => tokio::time::sleep(wait).await,
+                Ok(Take::Granted { checks, trial }) => {
+                    let span = Duration::from_secs_f64(f64::from(checks.max(0)) / rate(&self.row.lock().expect("account row")));
+                    self.hint(now + span);
+                    return Ok((checks.max(0) as usize, trial));
+                }
+                Ok(Take::Wait(wait)) if wait <= MAX_SLOT_WAIT => self.hint(now + wait),
                 Ok(Take::Wait(wait)) => {
                     return Err(format!("its next slot is {}s away", wait.as_secs()));
                 }
@@ -207,6 +219,13 @@ impl Account {
                 }
             }
         }
+    }
+
+    /// Moves the slot this process knows of later (never earlier: another call of this
+    /// process may have learnt of a later one).
+    fn hint(&self, at: tokio::time::Instant) {
+        let mut hint = self.slot_hint.lock().expect("slot hint");
+        *hint = (*hint).max(at);
     }
 
     /// One call: take checks at the moment of each request, ask, record. False when the
