@@ -204,7 +204,9 @@ impl Account {
             let now = tokio::time::Instant::now();
             match take {
                 Ok(Take::Granted { checks, trial }) => {
-                    let span = Duration::from_secs_f64(f64::from(checks.max(0)) / rate(&self.row.lock().expect("account row")));
+                    let span = Duration::from_secs_f64(
+                        f64::from(checks.max(0)) / rate(&self.row.lock().expect("account row")),
+                    );
                     self.hint(now + span);
                     return Ok((checks.max(0) as usize, trial));
                 }
