@@ -27,10 +27,18 @@ CREATE FUNCTION checker_in_hours(c checkers) RETURNS boolean LANGUAGE sql STABLE
             AND ((now() AT TIME ZONE c.timezone)::time >= c.hours_start
                  OR (now() AT TIME ZONE c.timezone)::time < c.hours_end)) $$;
 
--- Seconds a call of n checks holds the account's rate. The floor keeps a rate stored
--- before the door refused tiny ones (1e-300) from overflowing the interval.
+-- Seconds a call of n checks holds the account's rate, within the door's bounds (a rate
+-- stored before the door refused 1e-300, or written by hand as NaN or Infinity, neither
+-- overflows the interval nor goes unpaced; NaN is taken as the slowest).
 CREATE FUNCTION checker_span(c checkers, n int) RETURNS interval LANGUAGE sql IMMUTABLE AS $$
-    SELECT make_interval(secs => n / greatest(c.rate_per_sec, 0.0001)) $$;
+    SELECT make_interval(secs => n / CASE WHEN c.rate_per_sec = 'NaN'::float8 THEN 0.0001
+                                          ELSE least(greatest(c.rate_per_sec, 0.0001), 100) END) $$;
+
+-- A timestamp the service can read: 'infinity' written by hand becomes a far date.
+CREATE FUNCTION checker_finite(t timestamptz) RETURNS timestamptz LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE WHEN t IS NULL OR isfinite(t) THEN t
+                WHEN t > '2000-01-01'::timestamptz THEN '9999-12-31'::timestamptz
+                ELSE '1970-01-01'::timestamptz END $$;
 
 -- The one place that lets an account ask: up to `wanted` checks now, or why not. Locks
 -- the account's row alone. Refused (granted 0, `refused` set): removed, paused, in

@@ -361,25 +361,25 @@ pub struct ServeArgs {
     #[arg(long, env = "WAV_HTTP_TIMEOUT_MS", default_value_t = ms(defaults().checker.http_timeout))]
     pub http_timeout_ms: u64,
     /// A single backend's account: checks per second, shared by every replica; 0 for the most an account may (100) [default: 1].
-    #[arg(long, env = "WAV_RATE_PER_SEC")]
+    #[arg(long, allow_negative_numbers = true, env = "WAV_RATE_PER_SEC")]
     pub rate_per_sec: Option<f64>,
     /// A single backend's account: calls in flight at once per process [default: 1].
-    #[arg(long, env = "WAV_MAX_CONCURRENCY")]
+    #[arg(long, allow_negative_numbers = true, env = "WAV_MAX_CONCURRENCY")]
     pub max_concurrency: Option<usize>,
     /// A single backend's account: checks per UTC day across all replicas, 0 for none [default: 1000].
-    #[arg(long, env = "WAV_DAILY_CAP")]
+    #[arg(long, allow_negative_numbers = true, env = "WAV_DAILY_CAP")]
     pub daily_cap: Option<i64>,
     /// Failed requests in a row that open a checking account's circuit (every account's).
-    #[arg(long, env = "WAV_BREAKER_FAILURES", default_value_t = defaults().pacing.breaker_failures)]
+    #[arg(long, allow_negative_numbers = true, env = "WAV_BREAKER_FAILURES", default_value_t = defaults().pacing.breaker_failures)]
     pub breaker_failures: u32,
     /// Seconds an open circuit rests before a trial number, doubling per failed trial.
-    #[arg(long, env = "WAV_BREAKER_COOLDOWN_SECS", default_value_t = defaults().pacing.breaker_cooldown.as_secs())]
+    #[arg(long, allow_negative_numbers = true, env = "WAV_BREAKER_COOLDOWN_SECS", default_value_t = defaults().pacing.breaker_cooldown.as_secs())]
     pub breaker_cooldown_secs: u64,
     /// A throttled account's first rest after a rate limit (429), doubling per one in a row (ms).
-    #[arg(long, env = "WAV_RATE_LIMIT_BACKOFF_MS", default_value_t = ms(defaults().pacing.rate_limit_backoff))]
+    #[arg(long, allow_negative_numbers = true, env = "WAV_RATE_LIMIT_BACKOFF_MS", default_value_t = ms(defaults().pacing.rate_limit_backoff))]
     pub rate_limit_backoff_ms: u64,
     /// Longest rest either backoff doubles to (ms); a longer Retry-After is still honoured.
-    #[arg(long, env = "WAV_RATE_LIMIT_BACKOFF_MAX_MS", default_value_t = ms(defaults().pacing.rate_limit_backoff_max))]
+    #[arg(long, allow_negative_numbers = true, env = "WAV_RATE_LIMIT_BACKOFF_MAX_MS", default_value_t = ms(defaults().pacing.rate_limit_backoff_max))]
     pub rate_limit_backoff_max_ms: u64,
     /// How long a checked answer is reused for the same number, e.g. 7d, 12h, 0s to disable.
     #[arg(long, env = "WAV_CACHE_TTL", default_value_t = human(defaults().checker.cache_ttl))]

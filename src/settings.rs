@@ -344,10 +344,8 @@ impl PacingSettings {
                 throttle_base: self.rate_limit_backoff,
                 failures_before_failing: self.breaker_failures.clamp(1, 1000) as i32,
                 failing_cooldown: self.breaker_cooldown,
-                max: self
-                    .rate_limit_backoff_max
-                    .max(self.rate_limit_backoff)
-                    .max(self.breaker_cooldown),
+                // `validate` makes sure it is at least both bases.
+                max: self.rate_limit_backoff_max,
             },
             // A trial is one request: it holds the account at most this long.
             trial_lease: http_timeout * 2 + Duration::from_secs(1),
@@ -643,6 +641,35 @@ impl Settings {
                     "must be between {} and {} (0 for none)",
                     DAILY_CAP.start(),
                     DAILY_CAP.end()
+                )
+            },
+        )?;
+        check(
+            p.breaker_failures >= 1,
+            "--breaker-failures",
+            "WAV_BREAKER_FAILURES",
+            || "must be at least 1".into(),
+        )?;
+        check(
+            p.breaker_cooldown >= Duration::from_secs(1),
+            "--breaker-cooldown-secs",
+            "WAV_BREAKER_COOLDOWN_SECS",
+            || "must be at least 1 (an open circuit must rest)".into(),
+        )?;
+        check(
+            p.rate_limit_backoff >= ms(10),
+            "--rate-limit-backoff-ms",
+            "WAV_RATE_LIMIT_BACKOFF_MS",
+            || "must be at least 10 (a rate-limited account must rest)".into(),
+        )?;
+        check(
+            p.rate_limit_backoff_max >= p.rate_limit_backoff.max(p.breaker_cooldown),
+            "--rate-limit-backoff-max-ms",
+            "WAV_RATE_LIMIT_BACKOFF_MAX_MS",
+            || {
+                format!(
+                    "must be at least --rate-limit-backoff-ms and --breaker-cooldown-secs ({} ms)",
+                    p.rate_limit_backoff.max(p.breaker_cooldown).as_millis()
                 )
             },
         )?;

@@ -12,8 +12,9 @@ macro_rules! account_columns {
     () => {
         "id, name, backend, config, rate_per_sec, max_concurrency, daily_cap,
          warmup_days, hours_start, hours_end, timezone, paused, from_flags, state, failures, throttles,
-         checks_today, cap_today, checks_total, last_check_at, next_slot, status, status_until,
-         status_reason"
+         checks_today, cap_today, checks_total, checker_finite(last_check_at) AS last_check_at,
+         checker_finite(next_slot) AS next_slot, status,
+         checker_finite(status_until) AS status_until, status_reason"
     };
 }
 
@@ -318,13 +319,18 @@ impl Store {
     }
 
     /// A number's failure judged to be the number's after all (it failed on another
-    /// account too): the failure it added to this account's streak is taken back.
-    pub async fn account_absolved(&self, id: Uuid) -> Result<()> {
+    /// account too): the failure it added to this account's streak is taken back, and a
+    /// circuit those failures opened closes again (numbers at fault, not the account).
+    pub async fn account_absolved(&self, id: Uuid, failures_before_failing: i32) -> Result<()> {
         sqlx::query(
-            "UPDATE checkers SET failures = greatest(failures - 1, 0)
-             WHERE id = $1 AND state = 'active'",
+            "UPDATE checkers c SET failures = greatest(c.failures - 1, 0),
+                    state = CASE WHEN c.state = 'failing' AND c.failures - 1 < $2 THEN 'active' ELSE c.state END,
+                    state_until = CASE WHEN c.state = 'failing' AND c.failures - 1 < $2 THEN NULL ELSE c.state_until END,
+                    reason = CASE WHEN c.state = 'failing' AND c.failures - 1 < $2 THEN NULL ELSE c.reason END
+             WHERE id = $1 AND c.state IN ('active', 'failing')",
         )
         .bind(id)
+        .bind(failures_before_failing)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -342,25 +348,33 @@ impl Store {
         at_least: Duration,
         backoff: &Backoff,
         reason: &str,
+        trial: bool,
     ) -> Result<Option<(i32, i32, f64)>> {
+        // A trouble already in force, met by a request granted before it was recorded (not
+        // a trial), is the same episode: its streak does not grow, its wait only lengthens
+        // to what this answer asks.
         sqlx::query_as(
             "WITH next AS (
-                SELECT id,
-                       failures,
-                       throttles + ($2 = 'throttled')::int AS throttles
+                SELECT id, failures, state = $2 AND state_until > now() AND NOT $9 AS same,
+                       throttles + ($2 = 'throttled' AND NOT (state = $2 AND state_until > now() AND NOT $9))::int
+                           AS throttles,
+                       state_until AS until_before
                 FROM checkers WHERE id = $1 FOR UPDATE),
              wait AS (
                 SELECT id, failures, throttles, greatest($3, CASE $2
                     WHEN 'throttled' THEN checker_backoff(throttles, $5, $6)
                     WHEN 'failing' THEN checker_backoff(failures - $7 + 1, $8, $6)
-                    ELSE 0 END) AS secs
+                    ELSE 0 END) AS secs,
+                    same, until_before
                 FROM next)
              UPDATE checkers c
              SET state = $2, reason = $4, failures = w.failures, throttles = w.throttles,
-                 state_until = now() + make_interval(secs => w.secs),
-                 probe_at = now() + make_interval(secs => w.secs)
+                 state_until = CASE WHEN w.same THEN greatest(w.until_before, now() + make_interval(secs => $3))
+                                    ELSE now() + make_interval(secs => w.secs) END,
+                 probe_at = CASE WHEN w.same THEN c.probe_at ELSE now() + make_interval(secs => w.secs) END
              FROM wait w WHERE c.id = w.id
-             RETURNING c.failures, c.throttles, w.secs",
+             RETURNING c.failures, c.throttles,
+                       extract(epoch FROM c.state_until - now())::float8 AS secs",
         )
         .bind(id)
         .bind(trouble.status().as_str())
@@ -370,6 +384,7 @@ impl Store {
         .bind(backoff.max.as_secs_f64())
         .bind(backoff.failures_before_failing)
         .bind(backoff.failing_cooldown.as_secs_f64())
+        .bind(trial)
         .fetch_optional(&self.pool)
         .await
         .map_err(StoreError::from)
@@ -377,11 +392,17 @@ impl Store {
 
     /// A failed call that does not (yet) put the account in trouble; returns the failures
     /// in a row so far.
-    pub async fn account_failed(&self, id: Uuid) -> Result<i32> {
+    /// A request that was under way when the circuit opened (not a trial) adds nothing:
+    /// one failed episode opens it once, however many requests were in flight.
+    pub async fn account_failed(&self, id: Uuid, trial: bool) -> Result<i32> {
         Ok(sqlx::query_scalar(
-            "UPDATE checkers SET failures = failures + 1 WHERE id = $1 RETURNING failures",
+            "UPDATE checkers
+             SET failures = failures
+                 + CASE WHEN $2 OR NOT (state = 'failing' AND state_until > now()) THEN 1 ELSE 0 END
+             WHERE id = $1 RETURNING failures",
         )
         .bind(id)
+        .bind(trial)
         .fetch_optional(&self.pool)
         .await?
         .unwrap_or(0))

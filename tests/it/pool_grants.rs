@@ -172,6 +172,7 @@ async fn a_throttled_accounts_backoff_doubles_until_a_trial_is_answered() {
     let app = spawn_app_on(db.url.clone(), db.store.clone(), |s| {
         use_pool(s);
         s.pacing.rate_limit_backoff = ms(500);
+        s.pacing.breaker_cooldown = secs(1);
         s.pacing.rate_limit_backoff_max = secs(3);
     })
     .await;
@@ -435,4 +436,82 @@ async fn a_lone_account_whose_gateway_breaks_after_working_charges_no_number() {
     assert_eq!(attempts_made(&app.store).await, [0, 1]);
     let p = poll(&mut client, &key, &sub.batch_id).await;
     assert_eq!((p.completed, p.pending), (3, 7));
+}
+
+#[tokio::test]
+async fn rate_limits_met_by_requests_already_in_flight_are_one_episode() {
+    let gw = fakes::waha(&[], "secret", "default").await;
+    gw.state.set_default(Mode::RateLimited(None));
+    gw.state.hold_from(0);
+    let db = fresh_database().await;
+    add_account(&db.store, "a", &gw, "waha", 20.0, |_| {}).await;
+    let app = spawn_app_on(db.url.clone(), db.store.clone(), use_pool).await;
+    let (_, key) = app.account(100).await;
+    let mut client = app.client().await;
+    // Four batches: four loops each have a request granted and held at the gateway.
+    for n in us_numbers(0, 4) {
+        submit(&mut client, &key, &[n]).await;
+    }
+    wait_until("four requests held", || async { gw.state.held() == 4 }).await;
+    gw.state.release();
+    // Each loop records its answer before it lets its claim go.
+    wait_until("the four answers recorded", || async {
+        let leased: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM queue_chunks WHERE lease_token IS NOT NULL")
+                .fetch_one(db.store.pool())
+                .await
+                .unwrap();
+        leased == 0 && gw.state.calls().len() == 4 && gw.state.held() == 0
+    })
+    .await;
+    let row = account_status(&app.store, "a").await;
+    assert_eq!(row.status, AccountStatus::Throttled);
+    assert_eq!(
+        row.throttles, 1,
+        "one rate limit, however many requests were under way when it came"
+    );
+    let wait = row.status_until.unwrap() - chrono::Utc::now();
+    assert!(
+        wait <= chrono::Duration::seconds(30),
+        "the first backoff: {wait}"
+    );
+}
+
+#[tokio::test]
+async fn numbers_failing_on_every_account_end_in_error_and_leave_the_accounts_working() {
+    let numbers = us_numbers(0, 8);
+    let on = registered(&numbers);
+    let (a, b) = (
+        fakes::waha(&on, "secret", "default").await,
+        fakes::waha(&on, "secret", "default").await,
+    );
+    // Three numbers both gateways fail (their sessions work): enough in a row to open a
+    // circuit before anyone could tell they are the numbers' fault.
+    for gw in [&a, &b] {
+        for n in &numbers[..3] {
+            gw.state.poison(n);
+        }
+    }
+    let db = fresh_database().await;
+    add_account(&db.store, "a", &a, "waha", 50.0, |_| {}).await;
+    add_account(&db.store, "b", &b, "waha", 50.0, |_| {}).await;
+    let app = spawn_app_on(db.url.clone(), db.store.clone(), |s| {
+        use_pool(s);
+        s.pacing.breaker_cooldown = secs(3600);
+    })
+    .await;
+    let (_, key) = app.account(100).await;
+    let mut client = app.client().await;
+    let done = submit_and_wait(&mut client, &key, &numbers).await;
+    let mut want = expected(&numbers);
+    want[..3].fill(NumberStatus::Error as i32);
+    assert_eq!(statuses(&done), want);
+    for name in ["a", "b"] {
+        let row = account_status(&app.store, name).await;
+        assert_eq!(
+            row.status,
+            AccountStatus::Active,
+            "numbers at fault do not keep a circuit open: {row:?}"
+        );
+    }
 }

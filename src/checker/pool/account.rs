@@ -122,6 +122,11 @@ impl Account {
         self.answered.load(Ordering::SeqCst)
     }
 
+    /// Active (not half-open) by the last refresh.
+    pub fn is_active(&self) -> bool {
+        self.status() == AccountStatus::Active
+    }
+
     /// Active, or half-open: throttled or failing with its wait over, so it may be given
     /// one number, its trial (PostgreSQL decides at the call).
     pub fn usable(&self, now: DateTime<Utc>) -> bool {
@@ -372,12 +377,12 @@ impl Account {
             slice
                 .suspects
                 .push(suspect(*i, reason.clone(), self.answered()));
-            return !self.in_trouble(&error).await;
+            return !self.in_trouble(&error, trial).await;
         }
         // The account's trouble: its numbers go to another account, uncounted.
         slice.back.extend(unanswered.iter().map(|(i, _)| *i));
         self.count("account_error", unanswered.len() as u64);
-        self.in_trouble(&error).await;
+        self.in_trouble(&error, trial).await;
         false
     }
 
@@ -409,14 +414,16 @@ impl Account {
     /// A suspect's failure here turned out to be the number's: the failure it added to
     /// the account's streak is taken back.
     pub async fn absolve(&self) {
-        if let Err(err) = self.store.account_absolved(self.id).await {
+        let threshold = self.rules.backoff.failures_before_failing;
+        if let Err(err) = self.store.account_absolved(self.id, threshold).await {
             tracing::warn!(account = %self.name, error = %err, "cannot take back a failure");
         }
     }
 
     /// Records the account's trouble in PostgreSQL (every replica stops using it) and logs
-    /// the transition. True when the account is now out of use.
-    pub async fn in_trouble(&self, error: &CallError) -> bool {
+    /// the transition. True when the account is now out of use. `trial`: the half-open
+    /// account's one request (its trouble doubles the wait; others met the same episode).
+    pub async fn in_trouble(&self, error: &CallError, trial: bool) -> bool {
         let reason = error.reason();
         let (trouble, at_least) = match error {
             CallError::RateLimited { retry_after } => {
@@ -427,7 +434,7 @@ impl Account {
             // Nothing was asked: the numbers go elsewhere, the account's state stands.
             CallError::Withheld(_) => return true,
             CallError::Misconfigured(_) | CallError::Unreachable(_) | CallError::Failed(_) => {
-                let failures = match self.store.account_failed(self.id).await {
+                let failures = match self.store.account_failed(self.id, trial).await {
                     Ok(failures) => failures,
                     Err(err) => {
                         tracing::warn!(account = %self.name, error = %err, "cannot record a failure");
@@ -444,16 +451,29 @@ impl Account {
                 (Trouble::Failing, Duration::ZERO)
             }
         };
-        self.record_trouble(trouble, at_least, &reason).await;
+        self.record_trouble(trouble, at_least, &reason, trial).await;
         true
     }
 
     /// Writes the account's trouble (every replica stops using it) and logs the change.
-    async fn record_trouble(&self, trouble: Trouble, at_least: Duration, reason: &str) {
+    async fn record_trouble(
+        &self,
+        trouble: Trouble,
+        at_least: Duration,
+        reason: &str,
+        trial: bool,
+    ) {
         let before = self.row.lock().expect("account row").status;
         let wait = match self
             .store
-            .account_in_trouble(self.id, trouble, at_least, &self.rules.backoff, reason)
+            .account_in_trouble(
+                self.id,
+                trouble,
+                at_least,
+                &self.rules.backoff,
+                reason,
+                trial,
+            )
             .await
         {
             Ok(Some((failures, throttles, wait))) => {
@@ -482,10 +502,14 @@ impl Account {
     }
 }
 
-/// The account's rate, at least the door's floor (a row written before the door refused
-/// tiny rates must not overflow the booking's arithmetic).
+/// The account's rate within the door's bounds (a row written before the door refused
+/// tiny rates, or by hand, must not overflow the booking's arithmetic).
 fn rate(row: &AccountRow) -> f64 {
-    row.rate_per_sec.max(*RATE_PER_SEC.start())
+    if row.rate_per_sec.is_nan() {
+        return *RATE_PER_SEC.start();
+    }
+    row.rate_per_sec
+        .clamp(*RATE_PER_SEC.start(), *RATE_PER_SEC.end())
 }
 
 /// The `outcome` label of an answer in `wav_checks_total`.

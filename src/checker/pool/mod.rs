@@ -259,7 +259,7 @@ impl Pool {
                 tracing::info!(account = %account.name, from = %before, to = "active", "checking account state changed: its session works again");
             }
             Probe::Trouble(trouble) => {
-                account.in_trouble(&trouble).await;
+                account.in_trouble(&trouble, false).await;
             }
         }
     }
@@ -305,7 +305,8 @@ impl Pool {
 /// already gave it, and each number takes it 1/rate longer. So numbers spread in
 /// proportion to the accounts' rates and around the work they already have; ties go to
 /// the most preferred (the order of `accounts`), and no account gets more than it has left
-/// today, nor a number `may` keeps from it. What no account can take is left in `todo`.
+/// today, nor a number `may` keeps from it, nor work that would start past `CLAIM_SECONDS`
+/// from now. What no account can take is left in `todo` (back to the queue, uncounted).
 fn assign(
     todo: &mut Vec<usize>,
     accounts: &[Arc<Account>],
@@ -317,8 +318,10 @@ fn assign(
     let mut kept = Vec::new();
     while let Some(number) = todo.pop() {
         // The first of equals: `min_by` keeps the earliest minimum.
+        // Nothing beyond the claim's horizon: a slow account is not handed work it would
+        // hold for minutes while a faster one (back from its trouble) could do it.
         let soonest = (0..free.len())
-            .filter(|&i| free[i].2 > 0 && may(number, &accounts[i]))
+            .filter(|&i| free[i].2 > 0 && free[i].0 <= CLAIM_SECONDS && may(number, &accounts[i]))
             .min_by(|&a, &b| free[a].0.total_cmp(&free[b].0));
         let Some(soonest) = soonest else {
             kept.push(number);
@@ -345,6 +348,13 @@ fn assign(
 impl Pool {
     fn key(&self, e164: &str) -> u64 {
         self.hasher.hash_one(e164)
+    }
+
+    /// Whether a number's own request has failed before (a half-open account's trial is
+    /// not spent on it: its failure would say nothing about the account).
+    fn suspected(&self, e164: &str) -> bool {
+        let memory = self.suspects.lock().expect("suspects");
+        !memory.is_empty() && memory.contains_key(&self.key(e164))
     }
 
     /// Whether a number may go to `account` in this call: to an account it has not failed
@@ -376,7 +386,8 @@ impl Pool {
     /// has failed on another account too; or failed on this one before, this account
     /// answered other numbers between the two failures, and no usable account is left
     /// that it has not failed on; or it was found at fault before (its next failures
-    /// count at once). A half-open account's trial failure is always the account's.
+    /// count at once). A half-open account's trial failure is the account's unless the
+    /// number failed on another account too.
     async fn judge(
         &self,
         key: u64,
@@ -403,7 +414,10 @@ impl Pool {
                 .any(|u| *u != account.id && known.failed_on.iter().all(|(id, _)| id != u));
             known.failed_on.retain(|(id, _)| *id != account.id);
             known.failed_on.push((account.id, failure.mark));
-            let guilty = !failure.trial && (known.at_fault || elsewhere || (again && !fresh_left));
+            // Failing on two accounts convicts it even on a trial; the weaker evidence
+            // (again on one account, or a past conviction) does not outweigh a trial's.
+            let guilty =
+                elsewhere || (!failure.trial && (known.at_fault || (again && !fresh_left)));
             if !guilty {
                 return false;
             }
@@ -457,8 +471,16 @@ impl Checker for Pool {
             if accounts.is_empty() {
                 break;
             }
+            // A half-open account's trial goes to a number not suspected, where there is one.
+            let suspected: HashSet<usize> = todo
+                .iter()
+                .copied()
+                .filter(|&i| self.suspected(&e164[i]))
+                .collect();
+            let only_suspects = suspected.len() == todo.len();
             let slices = assign(&mut todo, &accounts, |i, a| {
                 Pool::may_ask(&failed, &accounts, i, a)
+                    && (a.is_active() || only_suspects || !suspected.contains(&i))
             });
             let usable: Vec<Uuid> = accounts.iter().map(|a| a.id).collect();
             if slices.is_empty() {
