@@ -82,17 +82,6 @@ impl AccountStatus {
             AccountStatus::Failing => "failing",
         }
     }
-
-    /// In trouble: it waits until `status_until`, then is probed.
-    pub fn troubled(self) -> bool {
-        matches!(
-            self,
-            AccountStatus::Throttled
-                | AccountStatus::LoggedOut
-                | AccountStatus::Banned
-                | AccountStatus::Failing
-        )
-    }
 }
 
 impl fmt::Display for AccountStatus {

@@ -71,17 +71,6 @@ pub struct Backoff {
     pub max: Duration,
 }
 
-impl Default for Backoff {
-    fn default() -> Backoff {
-        Backoff {
-            throttle_base: Duration::from_secs(30),
-            failures_before_failing: 3,
-            failing_cooldown: Duration::from_secs(60),
-            max: Duration::from_secs(3600),
-        }
-    }
-}
-
 type PgQuery<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
 
 /// Binds an account's pacing as the next parameters, in the column order rate_per_sec,

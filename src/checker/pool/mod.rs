@@ -350,11 +350,18 @@ impl Pool {
         self.hasher.hash_one(e164)
     }
 
-    /// Whether a number's own request has failed before (a half-open account's trial is
-    /// not spent on it: its failure would say nothing about the account).
-    fn suspected(&self, e164: &str) -> bool {
+    /// Numbers whose own request has failed before (a half-open account's trial is not
+    /// spent on them: their failure would say nothing about the account).
+    /// Of `todo`'s numbers, those; one look at the memory, no hashing while it is empty.
+    fn suspected(&self, todo: &[usize], e164: &[String]) -> HashSet<usize> {
         let memory = self.suspects.lock().expect("suspects");
-        !memory.is_empty() && memory.contains_key(&self.key(e164))
+        if memory.is_empty() {
+            return HashSet::new();
+        }
+        todo.iter()
+            .copied()
+            .filter(|&i| memory.contains_key(&self.key(&e164[i])))
+            .collect()
     }
 
     /// Whether a number may go to `account` in this call: to an account it has not failed
@@ -472,11 +479,7 @@ impl Checker for Pool {
                 break;
             }
             // A half-open account's trial goes to a number not suspected, where there is one.
-            let suspected: HashSet<usize> = todo
-                .iter()
-                .copied()
-                .filter(|&i| self.suspected(&e164[i]))
-                .collect();
+            let suspected = self.suspected(&todo, e164);
             let only_suspects = suspected.len() == todo.len();
             let slices = assign(&mut todo, &accounts, |i, a| {
                 Pool::may_ask(&failed, &accounts, i, a)
