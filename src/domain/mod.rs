@@ -2,5 +2,6 @@
 pub mod api_key;
 pub mod batch;
 pub mod checker;
+pub mod numbering;
 pub mod phone;
 pub mod webhook;

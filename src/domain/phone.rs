@@ -4,7 +4,9 @@ use std::collections::HashMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Once;
 
-use phonenumber::{Mode, PhoneNumber, Type, country, metadata::DATABASE};
+use phonenumber::{Metadata, Mode, PhoneNumber, Type, country, metadata::DATABASE};
+
+use super::numbering::{self, LineType};
 
 /// Longest entry we accept; anything longer is a client bug, not a phone number.
 pub const MAX_ENTRY_CHARS: usize = 256;
@@ -22,6 +24,28 @@ impl Region {
         }
         upper.parse().ok().map(Region)
     }
+
+    /// ISO 3166-1 alpha-2, upper case.
+    pub fn code(&self) -> &str {
+        self.0.as_ref()
+    }
+
+    /// A region given as ISO 3166-1 alpha-2 ("US") or as a country calling code ("1",
+    /// "+44"), which stands for the main region of that code.
+    pub fn from_hint(text: &str) -> Option<Region> {
+        let text = text.trim();
+        let digits = text.strip_prefix('+').unwrap_or(text);
+        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return Region::parse(text);
+        }
+        let code: u16 = digits.parse().ok()?;
+        let regions = DATABASE.by_code(&code)?;
+        let main = regions
+            .iter()
+            .find(|m| m.is_main_country_for_code())
+            .or(regions.first())?;
+        Region::parse(main.id())
+    }
 }
 
 /// A number libphonenumber accepts, in E.164.
@@ -32,6 +56,9 @@ pub struct ValidNumber {
     pub region: String,
     /// Set when a legacy form was repaired before validation.
     pub note: Option<String>,
+    pub line_type: LineType,
+    /// The original carrier of the number's range, where libphonenumber's data has one.
+    pub carrier: Option<&'static str>,
 }
 
 /// One entry after parsing: a valid number or the reason it is not one.
@@ -76,7 +103,7 @@ pub fn parse_number(text: &str, default_region: Option<Region>) -> Parsed {
         if number.is_valid() {
             return Ok(Some((number, None)));
         }
-        Ok(repair_legacy(&number))
+        Ok(repair_legacy(&number).or_else(|| restore_national_prefix(&folded, &number)))
     }));
     match parsed {
         Err(_) => invalid("could not be parsed as a phone number"),
@@ -84,11 +111,23 @@ pub fn parse_number(text: &str, default_region: Option<Region>) -> Parsed {
             reason: parse_error_reason(text, default_region, &err),
         },
         Ok(Ok(None)) => invalid("not a valid number for its country (libphonenumber)"),
-        Ok(Ok(Some((number, note)))) => Parsed::Valid(ValidNumber {
-            e164: number.format().mode(Mode::E164).to_string(),
-            region: region_of(&number),
-            note: note.map(str::to_string),
-        }),
+        Ok(Ok(Some((number, note)))) => {
+            let e164 = number.format().mode(Mode::E164).to_string();
+            let (plan, line_type) = classify(&number);
+            let region = plan
+                .map(|m| m.id())
+                .filter(|id| id.len() == 2 && id.bytes().all(|b| b.is_ascii_uppercase()))
+                .unwrap_or_default()
+                .to_string();
+            let carrier = numbering::carrier_of(&e164, &region, line_type);
+            Parsed::Valid(ValidNumber {
+                e164,
+                region,
+                note: note.map(str::to_string),
+                line_type,
+                carrier,
+            })
+        }
     }
 }
 
@@ -174,14 +213,99 @@ fn parse_error_reason(text: &str, region: Option<Region>, err: &phonenumber::Par
     }
 }
 
-/// ISO 3166-1 alpha-2 region of a valid number; empty for non-geographic numbers (+800, +882...).
-fn region_of(number: &PhoneNumber) -> String {
-    number
-        .metadata(&DATABASE)
-        .map(|m| m.id())
-        .filter(|id| id.len() == 2 && id.bytes().all(|b| b.is_ascii_uppercase()))
-        .unwrap_or_default()
-        .to_string()
+/// The region whose plan a valid number is in (None for non-geographic calling codes'
+/// plans too are returned; their ids are "001") and its line type, as libphonenumber's
+/// `getNumberType` decides them. The crate's own lookups read the national number without
+/// its leading zeros, which left Italy's, the Vatican's and a dozen other countries'
+/// zero-led numbers unclassified (tests/it/numbering.rs compares every region's examples
+/// with Python's phonenumbers).
+fn classify(number: &PhoneNumber) -> (Option<&'static Metadata>, LineType) {
+    let nsn = number.national().to_string();
+    let Some(plans) = DATABASE.by_code(&number.code().value()) else {
+        return (None, LineType::Unknown);
+    };
+    if let [plan] = plans[..] {
+        return (Some(plan), kind_in(plan, &nsn));
+    }
+    for plan in plans {
+        match plan.leading_digits() {
+            Some(leading) if leading.find(&nsn).is_some_and(|m| m.start() == 0) => {
+                return (Some(plan), kind_in(plan, &nsn));
+            }
+            Some(_) => {}
+            None => match kind_in(plan, &nsn) {
+                LineType::Unknown => {}
+                kind => return (Some(plan), kind),
+            },
+        }
+    }
+    (None, LineType::Unknown)
+}
+
+/// libphonenumber's order: the special services first, then fixed line and mobile (a
+/// plan whose two patterns are the same cannot tell them apart).
+fn kind_in(plan: &Metadata, nsn: &str) -> LineType {
+    let d = plan.descriptors();
+    if !d.general().is_match(nsn) {
+        return LineType::Unknown;
+    }
+    let matches = |kind: Type| d.get(kind).is_some_and(|desc| desc.is_match(nsn));
+    const SERVICES: [(Type, LineType); 8] = [
+        (Type::PremiumRate, LineType::PremiumRate),
+        (Type::TollFree, LineType::TollFree),
+        (Type::SharedCost, LineType::SharedCost),
+        (Type::Voip, LineType::Voip),
+        (Type::PersonalNumber, LineType::PersonalNumber),
+        (Type::Pager, LineType::Pager),
+        (Type::Uan, LineType::Uan),
+        (Type::Voicemail, LineType::Voicemail),
+    ];
+    if let Some((_, line)) = SERVICES.iter().find(|(kind, _)| matches(*kind)) {
+        return *line;
+    }
+    let same = d.fixed_line().map(|f| f.national_number().as_str())
+        == d.mobile().map(|m| m.national_number().as_str());
+    if matches(Type::FixedLine) {
+        if same || matches(Type::Mobile) {
+            return LineType::FixedLineOrMobile;
+        }
+        return LineType::FixedLine;
+    }
+    if !same && matches(Type::Mobile) {
+        return LineType::Mobile;
+    }
+    LineType::Unknown
+}
+
+/// The crate strips a national prefix even after a `+` and a calling code: "+370 800
+/// 12345" lost its 8 and was refused. Read the digits after the calling code again as a
+/// national number of the code's main region, with that region's national prefix in
+/// front, which the crate then strips as it should.
+fn restore_national_prefix(
+    folded: &str,
+    number: &PhoneNumber,
+) -> Option<(PhoneNumber, Option<&'static str>)> {
+    if !folded.trim_start().starts_with('+') {
+        return None;
+    }
+    let code = number.code().value();
+    let digits: String = folded.chars().filter(char::is_ascii_digit).collect();
+    let after = digits.strip_prefix(code.to_string().as_str())?;
+    if after == number.national().to_string() {
+        return None;
+    }
+    let plans = DATABASE.by_code(&code)?;
+    let main = plans
+        .iter()
+        .find(|m| m.is_main_country_for_code())
+        .or(plans.first())?;
+    let region: country::Id = main.id().parse().ok()?;
+    let prefix = main.national_prefix()?;
+    let repaired = phonenumber::parse(Some(region), format!("{prefix}{after}")).ok()?;
+    (repaired.code().value() == code
+        && repaired.is_valid()
+        && repaired.format().mode(Mode::E164).to_string() == format!("+{code}{after}"))
+    .then_some((repaired, None))
 }
 
 /// A unique entry of a batch, at its position among the unique entries.
@@ -219,20 +343,87 @@ pub fn dedup_entries(numbers: &[String], region: Option<Region>) -> Vec<Entry> {
 mod tests {
     use super::*;
 
+    /// What the data says of the canonical form, which these tests do not check.
+    fn facts(e164: &str) -> (LineType, Option<&'static str>) {
+        match parse_number(e164, None) {
+            Parsed::Valid(v) => (v.line_type, v.carrier),
+            Parsed::Invalid { reason } => panic!("{e164}: {reason}"),
+        }
+    }
+
     fn valid(e164: &str, region: &str) -> Parsed {
+        let (line_type, carrier) = facts(e164);
         Parsed::Valid(ValidNumber {
             e164: e164.into(),
             region: region.into(),
             note: None,
+            line_type,
+            carrier,
         })
     }
 
     fn repaired(e164: &str, region: &str, note: &str) -> Parsed {
+        let (line_type, carrier) = facts(e164);
         Parsed::Valid(ValidNumber {
             e164: e164.into(),
             region: region.into(),
             note: Some(note.into()),
+            line_type,
+            carrier,
         })
+    }
+
+    #[test]
+    fn classifies_numbers_whose_national_number_starts_with_zero() {
+        // The crate's own lookups dropped the leading zero: Italian fixed lines were unclassified,
+        // and the Vatican's numbers read as Italy's.
+        assert_eq!(
+            parse_number("+39 02 1234 5678", None),
+            Parsed::Valid(ValidNumber {
+                e164: "+390212345678".into(),
+                region: "IT".into(),
+                note: None,
+                line_type: LineType::FixedLine,
+                carrier: None,
+            })
+        );
+        assert_eq!(facts("+390669812345").0, LineType::FixedLine);
+        assert_eq!(
+            valid("+390669812345", "VA"),
+            parse_number("+390669812345", None)
+        );
+        assert_eq!(facts("+14155552671").0, LineType::FixedLineOrMobile);
+        assert_eq!(facts("+447400123456").0, LineType::Mobile);
+        assert!(
+            facts("+447400123456").1.is_some(),
+            "a UK mobile range has its carrier"
+        );
+    }
+
+    #[test]
+    fn keeps_the_digits_after_a_calling_code() {
+        // The crate took the 8 of +370 800 for Lithuania's national prefix and refused the rest.
+        match parse_number("+370 800 12345", None) {
+            Parsed::Valid(v) => assert_eq!(
+                (v.e164.as_str(), v.line_type),
+                ("+37080012345", LineType::TollFree)
+            ),
+            Parsed::Invalid { reason } => panic!("{reason}"),
+        }
+        // Written nationally the 8 stays the prefix it is.
+        assert!(
+            matches!(parse_number("8 800 12345", Region::parse("LT")), Parsed::Valid(v) if v.e164 == "+37080012345")
+        );
+        // Russia's and Belarus's 8 800 / 8 801 numbers are still refused: the crate strips
+        // their 8 even when written nationally, so no form reaches it intact (a known gap).
+        assert!(matches!(
+            parse_number("+78001234567", None),
+            Parsed::Invalid { .. }
+        ));
+        assert!(matches!(
+            parse_number("+3758011234567", None),
+            Parsed::Invalid { .. }
+        ));
     }
 
     #[test]
@@ -374,6 +565,17 @@ mod tests {
             Parsed::Invalid { reason } => assert!(reason.contains("default_region"), "{reason}"),
             other => panic!("national number without region parsed: {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_region_hint_may_be_a_calling_code() {
+        assert_eq!(Region::from_hint("1"), Region::parse("US"));
+        assert_eq!(Region::from_hint("+44"), Region::parse("GB"));
+        assert_eq!(Region::from_hint(" br "), Region::parse("BR"));
+        assert_eq!(Region::from_hint("7"), Region::parse("RU"));
+        assert_eq!(Region::from_hint("999"), None);
+        assert_eq!(Region::from_hint("+"), None);
+        assert_eq!(Region::from_hint("99999999999999999999"), None);
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The tonic service: authenticate, read the request, call the core, encode the reply.
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
@@ -9,7 +10,10 @@ use uuid::Uuid;
 use super::convert;
 use crate::domain::batch::BatchId;
 use crate::pb::{self, wa_validation_service_server::WaValidationService};
-use crate::service::{KeySources, PageToken, SubmitInput, ValidationService};
+use crate::service::{
+    CheckInput, DEFAULT_CHECK_WAIT, KeySources, MAX_CHECK_WAIT, PageToken, SubmitInput,
+    ValidationService,
+};
 
 pub struct GrpcService {
     core: Arc<ValidationService>,
@@ -48,8 +52,44 @@ with_api_key!(
     pb::WatchBatchRequest,
     pb::GetBalanceRequest,
     pb::ListBatchesRequest,
-    pb::CancelBatchRequest
+    pb::CancelBatchRequest,
+    pb::CheckNumberRequest
 );
+
+/// How long a CheckNumber may wait: the default unless the call's own deadline
+/// (`grpc-timeout`) is sooner, less a margin for the answer to reach the client in time.
+fn check_wait(metadata: &tonic::metadata::MetadataMap) -> Duration {
+    let Some(deadline) = metadata
+        .get("grpc-timeout")
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_grpc_timeout)
+    else {
+        return DEFAULT_CHECK_WAIT;
+    };
+    let margin = (deadline / 10).clamp(Duration::from_millis(50), Duration::from_secs(1));
+    deadline.saturating_sub(margin).min(MAX_CHECK_WAIT)
+}
+
+/// The gRPC wire form of a deadline: up to 8 digits and a unit (H, M, S, m, u, n).
+fn parse_grpc_timeout(text: &str) -> Option<Duration> {
+    if !text.is_ascii() {
+        return None;
+    }
+    let (digits, unit) = text.split_at(text.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
 
 type WatchEvents = Pin<Box<dyn Stream<Item = Result<pb::WatchBatchResponse, Status>> + Send>>;
 
@@ -144,5 +184,66 @@ impl WaValidationService for GrpcService {
         let batch = BatchId::parse(&request.get_ref().batch_id)?;
         let cancelled = self.core.cancel(account, batch).await?;
         Ok(Response::new(convert::cancel_response(cancelled)))
+    }
+
+    async fn check_number(
+        &self,
+        request: Request<pb::CheckNumberRequest>,
+    ) -> Result<Response<pb::CheckNumberResponse>, Status> {
+        let account = self.caller(&request).await?;
+        let wait = check_wait(request.metadata());
+        let req = request.into_inner();
+        let checked = self
+            .core
+            .check_number(
+                account,
+                CheckInput {
+                    phone_number: &req.phone_number,
+                    country_code: &req.country_code,
+                    request_id: &req.request_id,
+                    force_check: req.force_check,
+                },
+                wait,
+            )
+            .await?;
+        Ok(Response::new(convert::check_response(checked)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_grpc_deadlines() {
+        assert_eq!(parse_grpc_timeout("5S"), Some(Duration::from_secs(5)));
+        assert_eq!(
+            parse_grpc_timeout("1500m"),
+            Some(Duration::from_millis(1500))
+        );
+        assert_eq!(parse_grpc_timeout("2M"), Some(Duration::from_secs(120)));
+        assert_eq!(
+            parse_grpc_timeout("99999999H"),
+            Some(Duration::from_secs(99_999_999 * 3600))
+        );
+        for bad in [
+            "",
+            "S",
+            "5",
+            "5s",
+            "123456789S",
+            "-1S",
+            "1.5S",
+            "５S",
+            "S５",
+        ] {
+            assert_eq!(parse_grpc_timeout(bad), None, "{bad:?}");
+        }
+        let mut metadata = tonic::metadata::MetadataMap::new();
+        assert_eq!(check_wait(&metadata), DEFAULT_CHECK_WAIT);
+        metadata.insert("grpc-timeout", "2S".parse().unwrap());
+        assert_eq!(check_wait(&metadata), Duration::from_millis(1800));
+        metadata.insert("grpc-timeout", "1H".parse().unwrap());
+        assert_eq!(check_wait(&metadata), MAX_CHECK_WAIT);
     }
 }

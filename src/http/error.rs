@@ -1,7 +1,7 @@
 //! An API error as a JSON response: its code's HTTP status and reason, ProWebLook's
 //! wording where their API has the case, and the details as fields (`ErrorBody`).
 use axum::Json;
-use axum::extract::rejection::JsonRejection;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
@@ -42,5 +42,12 @@ impl From<JsonRejection> for ApiError {
         } else {
             ApiError::InvalidArgument(format!("invalid JSON body: {}", rejection.body_text()))
         }
+    }
+}
+
+/// Query parameters that do not parse: 400 with what the parser said.
+impl From<QueryRejection> for ApiError {
+    fn from(rejection: QueryRejection) -> ApiError {
+        ApiError::InvalidArgument(format!("invalid query: {}", rejection.body_text()))
     }
 }

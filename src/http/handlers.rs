@@ -1,16 +1,22 @@
 //! The JSON routes: each reads its request, calls the core and shapes the reply. The
 //! `#[utoipa::path]` on each is what the router serves it with and documents it by.
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Json;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 
 use super::auth::{BodyKey, Caller, CallerJson};
 use super::types::*;
-use crate::domain::batch::{BatchId, BatchStatus};
+use uuid::Uuid;
+
+use crate::domain::batch::{BatchId, BatchStatus, NumberState};
 use crate::error::ApiError;
-use crate::service::{PageToken, SubmitInput, ValidationService};
+use crate::service::{
+    CheckInput, DEFAULT_CHECK_WAIT, MAX_CHECK_WAIT, PageToken, SubmitInput, ValidationService,
+};
 
 type Core = State<Arc<ValidationService>>;
 
@@ -43,6 +49,77 @@ pub async fn submit(
     Ok((StatusCode::ACCEPTED, Json(SubmitReply::of(&batch))))
 }
 
+impl BodyKey for CheckParams {
+    fn api_key(&self) -> &str {
+        &self.api_key
+    }
+}
+
+/// Check one number while the caller waits: one credit, charged and refunded as in a
+/// batch. 200 with the answer; 202 (`status: PENDING`) when none came within `timeout`
+/// seconds (default 20): poll `batch_id`; 503 when it could not be checked (refunded).
+#[utoipa::path(get, path = "/api/v1/wavalidation", params(CheckParams),
+    responses((status = 200, body = CheckReply), (status = 202, body = CheckReply), (status = 503, body = CheckReply),
+              (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 402, body = ErrorBody)))]
+pub async fn check_get(
+    State(core): Core,
+    Caller(account): Caller,
+    params: Result<Query<CheckParams>, QueryRejection>,
+) -> Result<(StatusCode, Json<CheckReply>), ApiError> {
+    check(&core, account, params?.0).await
+}
+
+/// The same check with a JSON body (`api_key` may be in it).
+#[utoipa::path(post, path = "/api/v1/wavalidation", request_body = CheckParams,
+    responses((status = 200, body = CheckReply), (status = 202, body = CheckReply), (status = 503, body = CheckReply),
+              (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 402, body = ErrorBody)))]
+pub async fn check_post(
+    State(core): Core,
+    CallerJson(account, params): CallerJson<CheckParams>,
+) -> Result<(StatusCode, Json<CheckReply>), ApiError> {
+    check(&core, account, params).await
+}
+
+async fn check(
+    core: &ValidationService,
+    account: Uuid,
+    params: CheckParams,
+) -> Result<(StatusCode, Json<CheckReply>), ApiError> {
+    let wait = match params.timeout {
+        None => DEFAULT_CHECK_WAIT,
+        Some(secs) if secs.is_finite() && secs > 0.0 && secs <= MAX_CHECK_WAIT.as_secs_f64() => {
+            Duration::from_secs_f64(secs)
+        }
+        Some(_) => {
+            return Err(ApiError::bad_field(
+                "timeout",
+                format!(
+                    "timeout is in seconds, more than 0 and at most {}",
+                    MAX_CHECK_WAIT.as_secs()
+                ),
+            ));
+        }
+    };
+    let checked = core
+        .check_number(
+            account,
+            CheckInput {
+                phone_number: &params.phone_number,
+                country_code: &params.country_code,
+                request_id: &params.request_id,
+                force_check: params.force_check,
+            },
+            wait,
+        )
+        .await?;
+    let status = match checked.result.state {
+        NumberState::Pending => StatusCode::ACCEPTED,
+        NumberState::Error => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::OK,
+    };
+    Ok((status, Json(CheckReply::from(checked))))
+}
+
 /// Progress and every result so far, in submission order.
 #[utoipa::path(get, path = "/api/v1/wavalidation/batch/{batch_id}", params(("batch_id" = String, Path), KeyQuery),
     responses((status = 200, body = PollReply), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
@@ -64,8 +141,9 @@ pub async fn poll(
 pub async fn balance(
     State(core): Core,
     Caller(account): Caller,
-    Query(q): Query<BalanceQuery>,
+    q: Result<Query<BalanceQuery>, QueryRejection>,
 ) -> Result<Json<BalanceReply>, ApiError> {
+    let Query(q) = q?;
     if let Some(service) = q.service.as_deref().filter(|s| *s != "wavalidation") {
         return Err(ApiError::bad_field(
             "service",
@@ -85,8 +163,9 @@ pub async fn balance(
 pub async fn list(
     State(core): Core,
     Caller(account): Caller,
-    Query(q): Query<ListQuery>,
+    q: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<ListReply>, ApiError> {
+    let Query(q) = q?;
     let status = match q.status.as_deref() {
         None | Some("") => None,
         Some("completed") => Some(BatchStatus::Completed),

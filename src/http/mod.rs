@@ -18,7 +18,7 @@ mod handlers;
 mod sse;
 mod types;
 
-pub use types::ErrorBody;
+pub use types::{ErrorBody, ResultJson};
 
 /// Largest request accepted: 1,000 entries of 256 characters fit with room to spare.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -44,6 +44,7 @@ async fn not_found() -> Response {
 /// The JSON routes and `/openapi.json`, documenting exactly the routes served.
 pub fn router(core: Arc<ValidationService>) -> Router {
     let (router, openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(handlers::check_get, handlers::check_post))
         .routes(routes!(handlers::submit))
         .routes(routes!(handlers::poll))
         .routes(routes!(sse::events))

@@ -9,13 +9,13 @@ use futures::{Stream, StreamExt};
 use serde_json::json;
 
 use super::auth::Caller;
-use super::types::{ErrorBody, EventResult, KeyQuery};
+use super::types::{ErrorBody, KeyQuery, ResultJson};
 use crate::domain::batch::{BatchId, WatchEvent};
 use crate::error::ApiError;
 use crate::service::ValidationService;
 
-/// Server-Sent Events: one `result` event per number (the NumberResult as proto3 JSON
-/// field names in snake_case), then one `completed` event, then the stream ends.
+/// Server-Sent Events: one `result` event per number (the same result object as a
+/// poll's), then one `completed` event, then the stream ends.
 #[utoipa::path(get, path = "/api/v1/wavalidation/batch/{batch_id}/events", params(("batch_id" = String, Path), KeyQuery),
     responses((status = 200, description = "text/event-stream of `result` and `completed` events"), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn events(
@@ -28,7 +28,7 @@ pub async fn events(
         let event = match item {
             Ok(WatchEvent::Result(r)) => Event::default()
                 .event("result")
-                .json_data(EventResult::from(r)),
+                .json_data(ResultJson::from(r)),
             Ok(WatchEvent::Completed(c)) => Event::default().event("completed").json_data(json!({
                 "total_numbers": c.total_numbers,
                 "completed": c.completed,

@@ -5,6 +5,8 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::domain::batch::{BatchStatus, BatchSummary, NumberResult, NumberState};
+use crate::domain::numbering;
+use crate::service::Checked;
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct SubmitBody {
@@ -35,6 +37,113 @@ pub struct SubmitReply {
     pub status: String,
 }
 
+/// A single check, as query parameters (GET) or a JSON body (POST).
+#[derive(Debug, Deserialize, ToSchema, IntoParams)]
+pub struct CheckParams {
+    /// May also come as `Authorization: Bearer` or `X-Api-Key`.
+    #[serde(default)]
+    pub api_key: String,
+    /// The number, with a leading `+` or with `country_code`.
+    #[serde(default)]
+    pub phone_number: String,
+    /// For a number written without `+`: a region (`US`) or a calling code (`1`).
+    #[serde(default)]
+    pub country_code: String,
+    /// Idempotency key: a repeat returns the same check and charges nothing.
+    #[serde(default)]
+    pub request_id: String,
+    /// Ask WhatsApp even when a recent answer is cached.
+    #[serde(default, deserialize_with = "flexible_bool")]
+    pub force_check: bool,
+    /// Seconds to wait for the answer before replying 202 with the batch to poll
+    /// (default 20, at most 60).
+    #[serde(default)]
+    pub timeout: Option<f64>,
+}
+
+/// `true`/`false` from JSON, or `true`/`false`/`1`/`0` from a query string.
+fn flexible_bool<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Flag {
+        Bool(bool),
+        Text(String),
+    }
+    match Flag::deserialize(d)? {
+        Flag::Bool(b) => Ok(b),
+        Flag::Text(t) => match t.as_str() {
+            "true" | "1" => Ok(true),
+            "false" | "0" | "" => Ok(false),
+            _ => Err(serde::de::Error::custom(
+                "force_check must be true or false",
+            )),
+        },
+    }
+}
+
+/// The single check's answer: ProWebLook's fields, then ours (the batch result's names).
+/// 200 with an answer, 202 (`status: PENDING`) when none came in time: poll `batch_id`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CheckReply {
+    /// `VALID_CONFIRMED` (on WhatsApp), `INVALID` (not on WhatsApp, or not a valid
+    /// number), `ERROR` (could not be checked; refunded), `CANCELLED` or `PENDING`.
+    pub status: String,
+    /// International format, e.g. `+1 415-555-2671`; null for an invalid entry.
+    #[schema(required = true)]
+    pub formatted_number: Option<String>,
+    /// As in batch results.
+    #[schema(required = true)]
+    pub linetype: Option<String>,
+    /// The original carrier of the number's range; null where the data has none.
+    #[schema(required = true)]
+    pub carrier: Option<String>,
+    /// The range's place, or the country's name.
+    #[schema(required = true)]
+    pub location: Option<String>,
+    /// Country calling code, e.g. 1.
+    #[schema(required = true)]
+    pub countrycodenum: Option<i32>,
+    /// ISO 3166-1 alpha-2, e.g. `US`.
+    #[schema(required = true)]
+    pub countrycode: Option<String>,
+    /// e.g. `United States`.
+    #[schema(required = true)]
+    pub countryname: Option<String>,
+    /// e.g. `(415) 555-2671`.
+    #[schema(required = true)]
+    pub formatnational: Option<String>,
+    /// e.g. `+1 415-555-2671`.
+    #[schema(required = true)]
+    pub formatinternational: Option<String>,
+    /// IANA time zone names; empty for an invalid entry.
+    pub timezone: Vec<String>,
+    /// As in batch results: true on WhatsApp, false not on WhatsApp or invalid, null
+    /// without an answer.
+    #[schema(required = true)]
+    pub numberstatus: Option<bool>,
+    #[schema(required = true)]
+    pub businessnumber: Option<bool>,
+    /// The batch of one holding this check (poll or watch it).
+    pub batch_id: String,
+    pub phone_number: String,
+    /// As in batch results: `PENDING`, `ON_WHATSAPP`, `NOT_ON_WHATSAPP`, `INVALID_NUMBER`,
+    /// `ERROR` or `CANCELLED`.
+    pub number_status: String,
+    #[schema(required = true)]
+    pub wa_status: Option<String>,
+    #[schema(required = true)]
+    pub e164: Option<String>,
+    #[schema(required = true)]
+    pub wa_id: Option<String>,
+    #[schema(required = true)]
+    pub error: Option<String>,
+    #[schema(required = true)]
+    pub checked_at: Option<DateTime<Utc>>,
+    pub from_cache: bool,
+    #[schema(required = true)]
+    pub normalization_note: Option<String>,
+}
+
 /// The key, on routes without a body (read by the `Caller` extractor).
 #[derive(Debug, Deserialize, IntoParams)]
 pub struct KeyQuery {
@@ -48,40 +157,63 @@ pub struct BalanceQuery {
     pub service: Option<String>,
 }
 
-/// One number, ProWebLook's fields first, ours beside them. A pending result
-/// carries only `index`, `phone_number`, `status` and `number_status`.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
+/// One number: ProWebLook's fields first, ours beside them. Every key is always present,
+/// `null` where there is no value, so a client reading a field blindly gets the same
+/// meaning in polls, Server-Sent Events and the CLI's outputs (README: "Result fields").
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ResultJson {
+    /// Position among the batch's unique entries, in submission order.
     pub index: i32,
+    /// The entry's text as first submitted.
     pub phone_number: String,
     /// `completed` or `pending`.
     pub status: String,
+    /// `VALID_CONFIRMED` (on WhatsApp), `INVALID` (not on WhatsApp), `INVALID_NUMBER`,
+    /// `ERROR` or `CANCELLED`; null while pending.
+    #[schema(required = true)]
+    pub wa_status: Option<String>,
+    /// True when the number is on WhatsApp; false when it is not or is not a valid
+    /// number; null while pending, on error and when cancelled.
+    #[schema(required = true)]
+    pub numberstatus: Option<bool>,
+    /// True for a WhatsApp Business account; false when the answer is not on WhatsApp,
+    /// invalid or a personal account; null while there is no answer.
+    #[schema(required = true)]
+    pub businessnumber: Option<bool>,
+    /// E.164, e.g. `+14155552671`; null for an invalid entry.
+    #[schema(required = true)]
+    pub formatted_number: Option<String>,
+    /// The original carrier of the number's range (libphonenumber data, not a
+    /// portability lookup); null where the data has none.
+    #[schema(required = true)]
+    pub carrier: Option<String>,
+    /// `Mobile`, `Fixed Line`, `Fixed Line or Mobile`, `VoIP`, `Toll Free`, `Premium Rate`,
+    /// `Shared Cost`, `Personal Number`, `Pager`, `UAN`, `Voicemail` or `Unknown`; null for
+    /// an invalid entry.
+    #[schema(required = true)]
+    pub linetype: Option<String>,
+    /// ISO 3166-1 alpha-2; null for an invalid entry or a non-geographic number (+800...).
+    #[schema(required = true)]
+    pub country: Option<String>,
     /// `PENDING`, `ON_WHATSAPP`, `NOT_ON_WHATSAPP`, `INVALID_NUMBER`, `ERROR` or `CANCELLED`.
     pub number_status: String,
-    /// `VALID_CONFIRMED` (on WhatsApp), `INVALID` (not on WhatsApp), `INVALID_NUMBER`, `ERROR`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub wa_status: Option<String>,
-    /// `valid` or `invalid` (the number itself, by libphonenumber).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub numberstatus: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub businessnumber: Option<bool>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub formatted_number: Option<String>,
-    /// ISO 3166-1 alpha-2.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub country: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Same as `formatted_number`.
+    #[schema(required = true)]
     pub e164: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// The WhatsApp id when on WhatsApp: the digits of the form actually registered
+    /// (which may differ from `e164` in Brazil, Mexico, Argentina), or a LID.
+    #[schema(required = true)]
     pub wa_id: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Why the entry is invalid, could not be checked or was cancelled.
+    #[schema(required = true)]
     pub error: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// When the answer was obtained (a cached answer: when it was first checked).
+    #[schema(required = true)]
     pub checked_at: Option<DateTime<Utc>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub from_cache: Option<bool>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Answered from the result cache without asking WhatsApp.
+    pub from_cache: bool,
+    /// Set when a legacy form was repaired (Mexico's +52 1, Brazil's missing ninth digit).
+    #[schema(required = true)]
     pub normalization_note: Option<String>,
 }
 
@@ -202,7 +334,11 @@ impl From<BatchSummary> for BatchJson {
 impl From<NumberResult> for ResultJson {
     fn from(r: NumberResult) -> ResultJson {
         let state = r.state;
-        let mut json = ResultJson {
+        let answered = matches!(
+            state,
+            NumberState::OnWhatsApp | NumberState::NotOnWhatsApp | NumberState::InvalidNumber
+        );
+        ResultJson {
             index: r.index,
             phone_number: r.phone_number,
             status: if state == NumberState::Pending {
@@ -211,77 +347,72 @@ impl From<NumberResult> for ResultJson {
                 "completed"
             }
             .into(),
-            number_status: state.name().into(),
-            wa_status: None,
-            numberstatus: None,
-            businessnumber: None,
-            formatted_number: None,
-            country: None,
-            e164: None,
-            wa_id: None,
-            error: None,
-            checked_at: None,
-            from_cache: None,
-            normalization_note: None,
-        };
-        if state == NumberState::Pending {
-            return json;
-        }
-        json.wa_status = Some(
-            match state {
-                NumberState::OnWhatsApp => "VALID_CONFIRMED",
-                NumberState::NotOnWhatsApp => "INVALID",
-                NumberState::InvalidNumber => "INVALID_NUMBER",
-                NumberState::Cancelled => "CANCELLED",
-                _ => "ERROR",
+            wa_status: match state {
+                NumberState::Pending => None,
+                NumberState::OnWhatsApp => Some("VALID_CONFIRMED"),
+                NumberState::NotOnWhatsApp => Some("INVALID"),
+                NumberState::InvalidNumber => Some("INVALID_NUMBER"),
+                NumberState::Cancelled => Some("CANCELLED"),
+                NumberState::Error => Some("ERROR"),
             }
-            .into(),
-        );
-        json.numberstatus = Some(if r.e164.is_some() { "valid" } else { "invalid" }.into());
-        json.businessnumber = Some(r.is_business);
-        json.formatted_number = r.e164.clone();
-        json.country = r.region.filter(|region| !region.is_empty());
-        json.e164 = r.e164;
-        json.wa_id = r.wa_id;
-        json.error = r.error;
-        json.checked_at = r.checked_at;
-        json.from_cache = Some(r.from_cache);
-        json.normalization_note = r.normalization_note;
-        json
+            .map(str::to_string),
+            numberstatus: answered.then_some(state == NumberState::OnWhatsApp),
+            businessnumber: answered.then_some(state == NumberState::OnWhatsApp && r.is_business),
+            formatted_number: r.e164.clone(),
+            carrier: r.carrier,
+            linetype: r.line_type.map(|t| t.word().to_string()),
+            country: r.region.filter(|region| !region.is_empty()),
+            number_status: state.name().into(),
+            e164: r.e164,
+            wa_id: r.wa_id,
+            error: r.error,
+            checked_at: r.checked_at,
+            from_cache: r.from_cache,
+            normalization_note: r.normalization_note,
+        }
     }
 }
 
-/// A result as a Server-Sent Event: the gRPC NumberResult's fields, empty strings for
-/// what is absent.
-#[derive(Debug, Serialize)]
-pub struct EventResult {
-    pub index: i32,
-    pub phone_number: String,
-    pub number_status: &'static str,
-    pub e164: String,
-    pub wa_id: String,
-    pub is_business: bool,
-    pub region: String,
-    pub error: String,
-    pub checked_at: Option<DateTime<Utc>>,
-    pub from_cache: bool,
-    pub normalization_note: String,
-}
-
-impl From<NumberResult> for EventResult {
-    fn from(r: NumberResult) -> EventResult {
-        EventResult {
-            index: r.index,
-            phone_number: r.phone_number,
-            number_status: r.state.name(),
-            e164: r.e164.unwrap_or_default(),
-            wa_id: r.wa_id.unwrap_or_default(),
-            is_business: r.is_business,
-            region: r.region.unwrap_or_default(),
-            error: r.error.unwrap_or_default(),
-            checked_at: r.checked_at,
-            from_cache: r.from_cache,
-            normalization_note: r.normalization_note.unwrap_or_default(),
+impl From<Checked> for CheckReply {
+    fn from(checked: Checked) -> CheckReply {
+        let details = checked.result.e164.as_deref().and_then(numbering::of);
+        let result = ResultJson::from(checked.result);
+        let status = match result.number_status.as_str() {
+            "ON_WHATSAPP" => "VALID_CONFIRMED",
+            "NOT_ON_WHATSAPP" | "INVALID_NUMBER" => "INVALID",
+            other => other,
+        };
+        let (details, timezone) = match details {
+            Some(n) => {
+                let zones = n.time_zones.iter().map(|z| z.to_string()).collect();
+                (Some(n), zones)
+            }
+            None => (None, Vec::new()),
+        };
+        CheckReply {
+            status: status.to_string(),
+            formatted_number: details.as_ref().map(|n| n.international.clone()),
+            linetype: result.linetype,
+            carrier: result.carrier,
+            location: details.as_ref().and_then(|n| n.location.clone()),
+            countrycodenum: details.as_ref().map(|n| n.calling_code.into()),
+            countrycode: result.country.clone(),
+            countryname: details.as_ref().and_then(|n| n.country_name.clone()),
+            formatnational: details.as_ref().map(|n| n.national.clone()),
+            formatinternational: details.map(|n| n.international),
+            timezone,
+            numberstatus: result.numberstatus,
+            businessnumber: result.businessnumber,
+            batch_id: checked.batch.id.to_string(),
+            phone_number: result.phone_number,
+            number_status: result.number_status,
+            wa_status: result.wa_status,
+            e164: result.e164,
+            wa_id: result.wa_id,
+            error: result.error,
+            checked_at: result.checked_at,
+            from_cache: result.from_cache,
+            normalization_note: result.normalization_note,
         }
     }
 }
@@ -289,6 +420,7 @@ impl From<NumberResult> for EventResult {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::numbering::LineType;
 
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
@@ -302,25 +434,57 @@ mod tests {
         }
     }
 
-    #[test]
-    fn pending_results_carry_only_the_basics() {
-        let pending = NumberResult {
+    fn result(state: NumberState, e164: Option<&str>) -> NumberResult {
+        NumberResult {
             index: 3,
-            phone_number: "+14155552671".into(),
-            state: NumberState::Pending,
-            e164: Some("+14155552671".into()),
+            phone_number: "+1 415 555 2671".into(),
+            state,
+            e164: e164.map(str::to_string),
             wa_id: None,
             is_business: false,
-            region: Some("US".into()),
+            region: e164.map(|_| "US".to_string()),
             error: None,
             checked_at: None,
             from_cache: false,
             normalization_note: None,
+            line_type: e164.map(|_| LineType::FixedLineOrMobile),
+            carrier: None,
+        }
+    }
+
+    /// Every key, whatever the state: a client reading a field never finds it missing.
+    #[test]
+    fn every_result_has_every_key() {
+        let keys = |r: NumberResult| {
+            let json = serde_json::to_value(ResultJson::from(r)).unwrap();
+            json.as_object()
+                .unwrap()
+                .keys()
+                .cloned()
+                .collect::<Vec<_>>()
         };
-        let json = serde_json::to_value(ResultJson::from(pending)).unwrap();
-        assert_eq!(
-            json,
-            serde_json::json!({"index": 3, "phone_number": "+14155552671", "status": "pending", "number_status": "PENDING"})
-        );
+        let all = keys(result(NumberState::OnWhatsApp, Some("+14155552671")));
+        assert_eq!(all.len(), 17, "{all:?}");
+        for state in [
+            NumberState::Pending,
+            NumberState::NotOnWhatsApp,
+            NumberState::InvalidNumber,
+            NumberState::Error,
+            NumberState::Cancelled,
+        ] {
+            assert_eq!(keys(result(state, None)), all, "{state:?}");
+        }
+    }
+
+    #[test]
+    fn numberstatus_is_whether_the_number_is_on_whatsapp() {
+        let numberstatus = |state, e164| ResultJson::from(result(state, e164)).numberstatus;
+        let valid = Some("+14155552671");
+        assert_eq!(numberstatus(NumberState::OnWhatsApp, valid), Some(true));
+        assert_eq!(numberstatus(NumberState::NotOnWhatsApp, valid), Some(false));
+        assert_eq!(numberstatus(NumberState::InvalidNumber, None), Some(false));
+        assert_eq!(numberstatus(NumberState::Pending, valid), None);
+        assert_eq!(numberstatus(NumberState::Error, valid), None);
+        assert_eq!(numberstatus(NumberState::Cancelled, valid), None);
     }
 }

@@ -19,10 +19,12 @@ use crate::store::Store;
 use crate::store::batches::NewBatch;
 
 pub mod auth;
+mod check;
 mod paging;
 pub mod watch;
 
 pub use auth::KeySources;
+pub use check::{CheckInput, Checked, DEFAULT_CHECK_WAIT, MAX_CHECK_WAIT};
 pub use paging::PageToken;
 pub use watch::WatchStream;
 
@@ -201,12 +203,16 @@ impl ValidationService {
         account_id: Uuid,
         input: SubmitInput<'_>,
     ) -> Result<BatchSummary, ApiError> {
-        timed("submit", self.submit_inner(account_id, input)).await
+        timed("submit", self.submit_queued(account_id, input, false)).await
     }
 
     /// The batch and every result so far.
     pub async fn poll(&self, account_id: Uuid, batch: BatchId) -> Result<BatchResults, ApiError> {
-        timed("poll", async {
+        timed("poll", self.poll_inner(account_id, batch)).await
+    }
+
+    async fn poll_inner(&self, account_id: Uuid, batch: BatchId) -> Result<BatchResults, ApiError> {
+        {
             let (row, rows) = self
                 .store
                 .batch_with_results(account_id, batch.0)
@@ -223,13 +229,16 @@ impl ValidationService {
             batch.failed = counts.failed;
             batch.cancelled = counts.cancelled;
             Ok(BatchResults { batch, results })
-        })
-        .await
+        }
     }
 
     /// Starts streaming a batch's results; the stream ends after the completed event.
     pub async fn watch(&self, account_id: Uuid, batch: BatchId) -> Result<WatchStream, ApiError> {
-        timed("watch", async {
+        timed("watch", self.watch_inner(account_id, batch)).await
+    }
+
+    async fn watch_inner(&self, account_id: Uuid, batch: BatchId) -> Result<WatchStream, ApiError> {
+        {
             let row = self
                 .store
                 .batch(account_id, batch.0)
@@ -243,8 +252,7 @@ impl ValidationService {
                 self.shutdown.clone(),
                 self.config.watch_stall,
             ))
-        })
-        .await
+        }
     }
 
     pub async fn balance(&self, account_id: Uuid) -> Result<i64, ApiError> {
@@ -321,10 +329,13 @@ impl ValidationService {
         .await
     }
 
-    async fn submit_inner(
+    /// Stores a submission; `ahead` queues its numbers before all queued batch work
+    /// (a caller is waiting for them).
+    async fn submit_queued(
         &self,
         account_id: Uuid,
         input: SubmitInput<'_>,
+        ahead: bool,
     ) -> Result<BatchSummary, ApiError> {
         check_entries(input.phone_numbers)?;
         let region = parse_region(input.default_region)?;
@@ -372,6 +383,7 @@ impl ValidationService {
                 entries: &entries,
                 cached: &cached,
                 callback_url: (!callback_url.is_empty()).then_some(callback_url),
+                ahead,
             })
             .await?;
         tracing::info!(batch_id = %batch.id, %account_id, total = batch.total_numbers, "batch submitted");

@@ -20,6 +20,8 @@ pub struct NewBatch<'a> {
     /// Answers from the result cache, by E.164; these numbers are done at once.
     pub cached: &'a HashMap<String, CachedAnswer>,
     pub callback_url: Option<&'a str>,
+    /// Queue the numbers before every batch's (a caller is waiting for them).
+    pub ahead: bool,
 }
 
 // Macros rather than consts so queries stay `&'static str` (sqlx refuses runtime-built SQL).
@@ -30,7 +32,7 @@ macro_rules! batch_columns {
 }
 macro_rules! result_columns {
     () => {
-        "idx, input, e164, region, state, wa_id, is_business, error, checked_at, from_cache, normalization_note"
+        "idx, input, e164, region, state, wa_id, is_business, error, checked_at, from_cache, normalization_note, line_type, carrier"
     };
 }
 
@@ -58,10 +60,13 @@ impl Store {
 
         // Reserved before the transaction; it also pre-checks the balance, so a batch
         // that cannot be paid for costs no insert. The charge is checked again below.
-        let Some(start) = self
-            .reserve_fair_slots(new.account_id, total, queued)
-            .await?
-        else {
+        let start = if new.ahead {
+            self.front_of_queue(new.account_id, total).await?
+        } else {
+            self.reserve_fair_slots(new.account_id, total, queued)
+                .await?
+        };
+        let Some(start) = start else {
             // A retry of a batch accepted before the balance ran low is still that batch,
             // and a reused request_id is reported as such, as when the balance suffices.
             if new.request_id.is_some() {
@@ -76,7 +81,8 @@ impl Store {
         let slots = FairSlots {
             account_id: new.account_id,
             end: start + queued,
-            len: queued,
+            // Queued ahead, the batch reserved nothing of the account's clock.
+            len: if new.ahead { 0 } else { queued },
         };
         let stored = self.store_paid(&new, total, invalid, cached, start).await;
         // Whatever kept the batch out (a twin, a short balance, an error) gives the slots back.
@@ -147,7 +153,7 @@ impl Store {
     ) -> Result<Option<i64>> {
         sqlx::query_scalar(
             "WITH v AS (
-                SELECT coalesce((SELECT min(fair_key) FROM queue_chunks),
+                SELECT coalesce((SELECT min(fair_key) FROM queue_chunks WHERE fair_key >= 0),
                                 (SELECT max(fair_clock) FROM accounts), 0) AS now)
              UPDATE accounts SET fair_clock = greatest(fair_clock, v.now) + $3
              FROM v WHERE id = $1 AND credits >= $2
@@ -156,6 +162,21 @@ impl Store {
         .bind(account_id)
         .bind(covering)
         .bind(queued)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(StoreError::from)
+    }
+
+    /// A place before every batch's work, for a caller waiting on its number: fair keys
+    /// below zero in arrival order (batches' keys are never negative); None when the
+    /// balance is below `covering`.
+    async fn front_of_queue(&self, account_id: Uuid, covering: i64) -> Result<Option<i64>> {
+        sqlx::query_scalar(
+            "SELECT (extract(epoch FROM clock_timestamp()) * 1000000)::bigint - 4611686018427387904
+             FROM accounts WHERE id = $1 AND credits >= $2",
+        )
+        .bind(account_id)
+        .bind(covering)
         .fetch_optional(&self.pool)
         .await
         .map_err(StoreError::from)
@@ -502,6 +523,8 @@ async fn insert_batch(
     let mut business = Vec::with_capacity(n);
     let mut checked_at: Vec<Option<DateTime<Utc>>> = Vec::with_capacity(n);
     let mut from_cache = Vec::with_capacity(n);
+    let mut line_type: Vec<Option<i16>> = Vec::with_capacity(n);
+    let mut carrier: Vec<Option<&str>> = Vec::with_capacity(n);
     // Queued entries, cut into chunks of CHUNK_NUMBERS in index order, each at its
     // place in the fair queue.
     let mut chunk_first: Vec<i32> = Vec::new();
@@ -517,6 +540,8 @@ async fn insert_batch(
                 region.push(Some(v.region.as_str()));
                 note.push(v.note.as_deref());
                 error.push(None);
+                line_type.push(Some(v.line_type.code()));
+                carrier.push(v.carrier);
                 match cache.get(&v.e164) {
                     Some(c) => {
                         state.push(if c.on_whatsapp {
@@ -550,6 +575,8 @@ async fn insert_batch(
                 e164.push(None);
                 region.push(None);
                 note.push(None);
+                line_type.push(None);
+                carrier.push(None);
                 state.push(NumberState::InvalidNumber as i16);
                 error.push(Some(reason.as_str()));
                 wa_id.push(None);
@@ -574,11 +601,13 @@ async fn insert_batch(
             RETURNING *),
          n AS (
             INSERT INTO batch_numbers (batch_id, idx, input, e164, region, state, error,
-                                       normalization_note, wa_id, is_business, checked_at, from_cache)
+                                       normalization_note, wa_id, is_business, checked_at, from_cache,
+                                       line_type, carrier)
             SELECT b.id, t.* FROM b, unnest($9::int[], $10::text[], $11::text[], $12::text[], $13::smallint[],
                                            $14::text[], $15::text[], $16::text[], $17::bool[],
-                                           $18::timestamptz[], $19::bool[])
-                AS t(idx, input, e164, region, state, error, note, wa_id, is_business, checked_at, from_cache)),
+                                           $18::timestamptz[], $19::bool[], $23::smallint[], $24::text[])
+                AS t(idx, input, e164, region, state, error, note, wa_id, is_business, checked_at, from_cache,
+                     line_type, carrier)),
          q AS (
             INSERT INTO queue_chunks (batch_id, first_idx, last_idx, fair_key)
             SELECT b.id, t.* FROM b, unnest($20::int[], $21::int[], $22::bigint[]) AS t(first_idx, last_idx, fair))
@@ -609,6 +638,8 @@ async fn insert_batch(
     .bind(chunk_first)
     .bind(chunk_last)
     .bind(chunk_fair)
+    .bind(line_type)
+    .bind(carrier)
     .fetch_optional(tx)
     .await
     .map_err(StoreError::from)

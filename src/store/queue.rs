@@ -226,7 +226,7 @@ async fn write_answers(
             FROM r JOIN k ON k.batch_id = r.batch_id AND k.first_idx = r.chunk
             WHERE n.batch_id = r.batch_id AND n.idx = r.idx AND n.state = $26
             RETURNING n.batch_id, n.idx, n.input, n.e164, n.region, n.state, n.wa_id, n.is_business,
-                      n.error, n.checked_at, n.from_cache, n.normalization_note),
+                      n.error, n.checked_at, n.from_cache, n.normalization_note, n.line_type, n.carrier),
          -- Numbers to try again keep their last error, shown while they wait.
          retried AS (
             UPDATE batch_numbers n SET error = t.error, attempts = k.attempts
@@ -297,7 +297,7 @@ async fn write_answers(
             FROM e JOIN k ON k.batch_id = e.batch_id AND k.first_idx = e.first_idx
             WHERE q.batch_id = e.batch_id AND q.first_idx = e.first_idx AND e.action IN ($24, $25))
          SELECT u.batch_id, u.idx, u.input, u.e164, u.region, u.state, u.wa_id, u.is_business, u.error,
-                u.checked_at, u.from_cache, u.normalization_note
+                u.checked_at, u.from_cache, u.normalization_note, u.line_type, u.carrier
          FROM u WHERE u.batch_id = ANY($11)"
     ))
     .bind(answers.iter().map(|a| a.batch_id).collect::<Vec<_>>())

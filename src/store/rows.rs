@@ -5,6 +5,8 @@ use uuid::Uuid;
 
 use crate::domain::batch::{BatchStatus, BatchSummary, NumberResult, NumberState};
 use crate::domain::checker::{AccountBackend, AccountConfig, AccountStatus};
+use crate::domain::numbering::LineType;
+use crate::domain::phone::{Parsed, parse_number};
 
 /// A live check's answer kept for reuse.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -43,6 +45,8 @@ pub struct ResultRow {
     pub checked_at: Option<DateTime<Utc>>,
     pub from_cache: bool,
     pub normalization_note: Option<String>,
+    pub line_type: Option<i16>,
+    pub carrier: Option<String>,
 }
 
 impl BatchRow {
@@ -83,6 +87,15 @@ impl From<BatchRow> for BatchSummary {
 impl From<ResultRow> for NumberResult {
     fn from(row: ResultRow) -> NumberResult {
         let state = row.state();
+        // Rows stored before line types were: read from the number (costly, and rare).
+        let (line_type, carrier) = match (row.line_type, row.e164.as_deref()) {
+            (Some(code), _) => (Some(LineType::from_code(code)), row.carrier),
+            (None, Some(e164)) => match parse_number(e164, None) {
+                Parsed::Valid(v) => (Some(v.line_type), v.carrier.map(str::to_string)),
+                Parsed::Invalid { .. } => (None, None),
+            },
+            (None, None) => (None, None),
+        };
         NumberResult {
             index: row.idx,
             phone_number: row.input,
@@ -96,6 +109,8 @@ impl From<ResultRow> for NumberResult {
             checked_at: row.checked_at,
             from_cache: row.from_cache,
             normalization_note: row.normalization_note,
+            line_type,
+            carrier,
         }
     }
 }

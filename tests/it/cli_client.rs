@@ -86,10 +86,13 @@ async fn a_2500_number_csv_goes_out_in_three_batches_and_comes_back_in_order() {
     assert_eq!(written, expected, "submission order, first occurrence kept");
     let invalid = rows
         .iter()
-        .filter(|r| r.get(col("status")) == Some("INVALID_NUMBER"))
+        .filter(|r| r.get(col("number_status")) == Some("INVALID_NUMBER"))
         .count();
     assert_eq!(invalid, 1);
-    assert!(rows.iter().all(|r| r.get(col("status")) != Some("PENDING")));
+    assert!(
+        rows.iter()
+            .all(|r| r.get(col("number_status")) != Some("PENDING"))
+    );
 }
 
 #[tokio::test]
