@@ -39,6 +39,7 @@ async fn grpcurl_lists_describes_and_calls_through_reflection() {
     ])
     .await;
     assert!(described.contains("rpc WatchBatch"), "{described}");
+    assert!(described.contains("rpc CheckNumber"), "{described}");
 
     let health = grpcurl(&["-plaintext", &addr, "grpc.health.v1.Health/Check"]).await;
     assert!(health.contains("SERVING"), "{health}");
@@ -72,4 +73,23 @@ async fn grpcurl_lists_describes_and_calls_through_reflection() {
     .await;
     assert_eq!(watched.matches("\"result\"").count(), 2, "{watched}");
     assert!(watched.contains("\"completed\""), "{watched}");
+
+    let checked = grpcurl(&[
+        "-plaintext",
+        "-H",
+        &auth,
+        "-d",
+        r#"{"phone_number": "+44 7400 123456"}"#,
+        &addr,
+        "wavalidation.v1.WaValidationService/CheckNumber",
+    ])
+    .await;
+    assert!(
+        checked.contains("\"lineType\": \"LINE_TYPE_MOBILE\""),
+        "{checked}"
+    );
+    assert!(
+        checked.contains("\"internationalFormat\": \"+44 7400 123456\""),
+        "{checked}"
+    );
 }

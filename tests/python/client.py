@@ -58,6 +58,17 @@ def main(addr: str, key: str) -> None:
     assert poll.results[2].status == pb.NUMBER_STATUS_INVALID_NUMBER
     assert poll.completed + poll.failed + poll.pending == poll.total_numbers
     assert poll.HasField("completed_at")
+    assert poll.results[0].line_type == pb.LINE_TYPE_FIXED_LINE_OR_MOBILE, poll.results[0]
+    assert poll.results[2].line_type == pb.LINE_TYPE_UNSPECIFIED
+
+    # One number while we wait, a deadline of our own.
+    checked = stub.CheckNumber(
+        pb.CheckNumberRequest(phone_number="020 7946 0958", country_code="44"), metadata=auth, timeout=10)
+    assert checked.result.e164 == "+442079460958", checked
+    assert checked.result.status != pb.NUMBER_STATUS_PENDING, checked
+    assert checked.result.line_type == pb.LINE_TYPE_FIXED_LINE, checked
+    assert checked.details.country_calling_code == 44 and checked.details.national_format == "020 7946 0958", checked
+    assert checked.batch_id, checked
 
     balance = stub.GetBalance(pb.GetBalanceRequest(api_key=key)).credits
     try:
