@@ -2,7 +2,7 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{FromRef, FromRequest, FromRequestParts, Query, Request};
+use axum::extract::{Form, FromRef, FromRequest, FromRequestParts, Query, Request};
 use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 use uuid::Uuid;
@@ -17,6 +17,10 @@ pub struct Caller(pub Uuid);
 
 /// A JSON body and the account of its key: the body's `api_key` field or the headers.
 pub struct CallerJson<T>(pub Uuid, pub T);
+
+/// Parameters from a JSON body, a form body, or the query string when the body is empty
+/// (ProWebLook's clients POST all three), and the account of their key.
+pub struct CallerParams<T>(pub Uuid, pub T);
 
 /// A body that may carry the caller's key.
 pub trait BodyKey {
@@ -55,5 +59,47 @@ where
         let Json(body) = Json::<T>::from_request(req, state).await?;
         let keys = KeySources::from_headers(&headers, body.api_key());
         Ok(CallerJson(core.authenticate(keys).await?, body))
+    }
+}
+
+impl<S, T> FromRequest<S> for CallerParams<T>
+where
+    Arc<ValidationService>: FromRef<S>,
+    S: Send + Sync,
+    T: DeserializeOwned + BodyKey + Send,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<CallerParams<T>, ApiError> {
+        let core = Arc::<ValidationService>::from_ref(state);
+        let headers = req.headers().clone();
+        let form = headers
+            .get(axum::http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|t| t.starts_with("application/x-www-form-urlencoded"));
+        let json = headers.contains_key(axum::http::header::CONTENT_TYPE) && !form;
+        let params = if json {
+            Json::<T>::from_request(req, state).await?.0
+        } else if form {
+            Form::<T>::from_request(req, state).await?.0
+        } else {
+            let uri = req.uri().clone();
+            let body = axum::body::to_bytes(req.into_body(), super::MAX_BODY_BYTES)
+                .await
+                .map_err(|_| {
+                    ApiError::TooLarge(format!(
+                        "request body larger than {} bytes",
+                        super::MAX_BODY_BYTES
+                    ))
+                })?;
+            if !body.is_empty() {
+                return Err(ApiError::InvalidArgument(
+                    "send the parameters as JSON (Content-Type: application/json), as a form, or in the query string".into(),
+                ));
+            }
+            Query::<T>::try_from_uri(&uri)?.0
+        };
+        let keys = KeySources::from_headers(&headers, params.api_key());
+        Ok(CallerParams(core.authenticate(keys).await?, params))
     }
 }

@@ -1,7 +1,7 @@
 //! An API error as a JSON response: its code's HTTP status and reason, ProWebLook's
 //! wording where their API has the case, and the details as fields (`ErrorBody`).
 use axum::Json;
-use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::rejection::{FormRejection, JsonRejection, QueryRejection};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
@@ -49,5 +49,12 @@ impl From<JsonRejection> for ApiError {
 impl From<QueryRejection> for ApiError {
     fn from(rejection: QueryRejection) -> ApiError {
         ApiError::InvalidArgument(format!("invalid query: {}", rejection.body_text()))
+    }
+}
+
+/// A form body that does not parse: 400 with what the parser said.
+impl From<FormRejection> for ApiError {
+    fn from(rejection: FormRejection) -> ApiError {
+        ApiError::InvalidArgument(format!("invalid form body: {}", rejection.body_text()))
     }
 }

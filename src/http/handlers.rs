@@ -8,7 +8,7 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 
-use super::auth::{BodyKey, Caller, CallerJson};
+use super::auth::{BodyKey, Caller, CallerJson, CallerParams};
 use super::types::*;
 use uuid::Uuid;
 
@@ -69,13 +69,15 @@ pub async fn check_get(
     check(&core, account, params?.0).await
 }
 
-/// The same check with a JSON body (`api_key` may be in it).
-#[utoipa::path(post, path = "/api/v1/wavalidation", request_body = CheckParams,
+/// The same check with the parameters as a JSON body, a form body or the query string
+/// (`api_key` may be among them).
+#[utoipa::path(post, path = "/api/v1/wavalidation",
+    request_body(content((CheckParams = "application/json"), (CheckParams = "application/x-www-form-urlencoded"))),
     responses((status = 200, body = CheckReply), (status = 202, body = CheckReply), (status = 503, body = CheckReply),
               (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 402, body = ErrorBody)))]
 pub async fn check_post(
     State(core): Core,
-    CallerJson(account, params): CallerJson<CheckParams>,
+    CallerParams(account, params): CallerParams<CheckParams>,
 ) -> Result<(StatusCode, Json<CheckReply>), ApiError> {
     check(&core, account, params).await
 }

@@ -378,6 +378,34 @@ async fn the_single_check_answers_with_proweblooks_fields() {
         "{uk}"
     );
 
+    // A form body, and the query string of a bodiless POST, as ProWebLook's clients send them.
+    let form: Value = http
+        .post(format!("{}/api/v1/wavalidation", base(&app)))
+        .form(&[
+            ("api_key", key.as_str()),
+            ("phone_number", "(415) 555-2671"),
+            ("country_code", "US"),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (form["e164"].as_str(), form["numberstatus"].as_bool()),
+        (Some(ON), Some(true)),
+        "{form}"
+    );
+    let resp = http
+        .post(format!("{}/api/v1/wavalidation", base(&app)))
+        .query(&[("api_key", key.as_str()), ("phone_number", UK_MOBILE)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.json::<Value>().await.unwrap()["linetype"], "Mobile");
+
     // Not on WhatsApp: INVALID, false; an entry that is no number: INVALID too, refunded.
     let (_, off) = check(&http, &app, &[("phone_number", OFF), ("api_key", &key)]).await;
     assert_eq!(
@@ -400,8 +428,8 @@ async fn the_single_check_answers_with_proweblooks_fields() {
     assert_eq!(bad["timezone"], json!([]));
     assert_eq!(
         app.store.balance(account).await.unwrap(),
-        7,
-        "the invalid entry was refunded"
+        5,
+        "five checks of numbers; the invalid entry was refunded"
     );
 
     // Each check is a batch of one the caller can poll again.
