@@ -38,6 +38,10 @@ impl Region {
         if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
             return Region::parse(text);
         }
+        // No calling code starts with 0 ("001" is a dialling prefix, not a code).
+        if digits.starts_with('0') {
+            return None;
+        }
         let code: u16 = digits.parse().ok()?;
         let regions = DATABASE.by_code(&code)?;
         let main = regions
@@ -203,7 +207,7 @@ fn parse_error_reason(text: &str, region: Option<Region>, err: &phonenumber::Par
     use phonenumber::ParseError as E;
     match err {
         E::InvalidCountryCode if region.is_none() && !text.trim_start().starts_with('+') => {
-            "no country code: write the number with a leading + or set default_region".to_string()
+            "no country code: write the number with a leading + or give its region (default_region; country_code for a single check)".to_string()
         }
         E::InvalidCountryCode => "unknown country calling code".to_string(),
         E::NoNumber => "not a phone number".to_string(),
@@ -575,6 +579,7 @@ mod tests {
         assert_eq!(Region::from_hint("7"), Region::parse("RU"));
         assert_eq!(Region::from_hint("999"), None);
         assert_eq!(Region::from_hint("+"), None);
+        assert_eq!(Region::from_hint("001"), None);
         assert_eq!(Region::from_hint("99999999999999999999"), None);
     }
 

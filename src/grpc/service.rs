@@ -11,8 +11,7 @@ use super::convert;
 use crate::domain::batch::BatchId;
 use crate::pb::{self, wa_validation_service_server::WaValidationService};
 use crate::service::{
-    CheckInput, DEFAULT_CHECK_WAIT, KeySources, MAX_CHECK_WAIT, PageToken, SubmitInput,
-    ValidationService,
+    CheckInput, DEFAULT_CHECK_WAIT, KeySources, PageToken, SubmitInput, ValidationService,
 };
 
 pub struct GrpcService {
@@ -67,7 +66,7 @@ fn check_wait(metadata: &tonic::metadata::MetadataMap) -> Duration {
         return DEFAULT_CHECK_WAIT;
     };
     let margin = (deadline / 10).clamp(Duration::from_millis(50), Duration::from_secs(1));
-    deadline.saturating_sub(margin).min(MAX_CHECK_WAIT)
+    deadline.saturating_sub(margin)
 }
 
 /// The gRPC wire form of a deadline: up to 8 digits and a unit (H, M, S, m, u, n).
@@ -244,6 +243,6 @@ mod tests {
         metadata.insert("grpc-timeout", "2S".parse().unwrap());
         assert_eq!(check_wait(&metadata), Duration::from_millis(1800));
         metadata.insert("grpc-timeout", "1H".parse().unwrap());
-        assert_eq!(check_wait(&metadata), MAX_CHECK_WAIT);
+        assert_eq!(check_wait(&metadata), Duration::from_secs(3599));
     }
 }

@@ -73,6 +73,10 @@ where
     async fn from_request(req: Request, state: &S) -> Result<CallerParams<T>, ApiError> {
         let core = Arc::<ValidationService>::from_ref(state);
         let headers = req.headers().clone();
+        let query_key = Query::<KeyQuery>::try_from_uri(req.uri())
+            .ok()
+            .and_then(|q| q.0.api_key)
+            .filter(|k| !k.trim().is_empty());
         let form = headers
             .get(axum::http::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
@@ -99,7 +103,18 @@ where
             }
             Query::<T>::try_from_uri(&uri)?.0
         };
-        let keys = KeySources::from_headers(&headers, params.api_key());
+        // A key in the query string counts beside one in the body: two different keys are refused.
+        let body_key = params.api_key().trim();
+        let key = match query_key.as_deref() {
+            Some(q) if !body_key.is_empty() && q.trim() != body_key => {
+                return Err(ApiError::InvalidArgument(
+                    "two different API keys in one request (query string and body)".into(),
+                ));
+            }
+            Some(q) if body_key.is_empty() => q,
+            _ => body_key,
+        };
+        let keys = KeySources::from_headers(&headers, key);
         Ok(CallerParams(core.authenticate(keys).await?, params))
     }
 }

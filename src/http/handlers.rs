@@ -15,7 +15,8 @@ use uuid::Uuid;
 use crate::domain::batch::{BatchId, BatchStatus, NumberState};
 use crate::error::ApiError;
 use crate::service::{
-    CheckInput, DEFAULT_CHECK_WAIT, MAX_CHECK_WAIT, PageToken, SubmitInput, ValidationService,
+    CheckInput, DEFAULT_CHECK_WAIT, MAX_CHECK_WAIT, MIN_CHECK_WAIT, PageToken, SubmitInput,
+    ValidationService,
 };
 
 type Core = State<Arc<ValidationService>>;
@@ -60,7 +61,8 @@ impl BodyKey for CheckParams {
 /// seconds (default 20): poll `batch_id`; 503 when it could not be checked (refunded).
 #[utoipa::path(get, path = "/api/v1/wavalidation", params(CheckParams),
     responses((status = 200, body = CheckReply), (status = 202, body = CheckReply), (status = 503, body = CheckReply),
-              (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 402, body = ErrorBody)))]
+              (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 402, body = ErrorBody),
+              (status = 409, body = ErrorBody), (status = 429, body = ErrorBody)))]
 pub async fn check_get(
     State(core): Core,
     Caller(account): Caller,
@@ -74,7 +76,8 @@ pub async fn check_get(
 #[utoipa::path(post, path = "/api/v1/wavalidation",
     request_body(content((CheckParams = "application/json"), (CheckParams = "application/x-www-form-urlencoded"))),
     responses((status = 200, body = CheckReply), (status = 202, body = CheckReply), (status = 503, body = CheckReply),
-              (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 402, body = ErrorBody)))]
+              (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 402, body = ErrorBody),
+              (status = 409, body = ErrorBody), (status = 429, body = ErrorBody)))]
 pub async fn check_post(
     State(core): Core,
     CallerParams(account, params): CallerParams<CheckParams>,
@@ -89,14 +92,19 @@ async fn check(
 ) -> Result<(StatusCode, Json<CheckReply>), ApiError> {
     let wait = match params.timeout {
         None => DEFAULT_CHECK_WAIT,
-        Some(secs) if secs.is_finite() && secs > 0.0 && secs <= MAX_CHECK_WAIT.as_secs_f64() => {
+        Some(secs)
+            if secs.is_finite()
+                && secs >= MIN_CHECK_WAIT.as_secs_f64()
+                && secs <= MAX_CHECK_WAIT.as_secs_f64() =>
+        {
             Duration::from_secs_f64(secs)
         }
         Some(_) => {
             return Err(ApiError::bad_field(
                 "timeout",
                 format!(
-                    "timeout is in seconds, more than 0 and at most {}",
+                    "timeout is in seconds, from {} to {}",
+                    MIN_CHECK_WAIT.as_secs_f64(),
                     MAX_CHECK_WAIT.as_secs()
                 ),
             ));

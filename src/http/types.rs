@@ -39,12 +39,15 @@ pub struct SubmitReply {
 
 /// A single check, as query parameters (GET) or a JSON body (POST).
 #[derive(Debug, Deserialize, ToSchema, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct CheckParams {
     /// May also come as `Authorization: Bearer` or `X-Api-Key`.
     #[serde(default)]
     pub api_key: String,
     /// The number, with a leading `+` or with `country_code`.
     #[serde(default)]
+    #[schema(required = true)]
+    #[param(required = true)]
     pub phone_number: String,
     /// For a number written without `+`: a region (`US`) or a calling code (`1`).
     #[serde(default)]
@@ -146,12 +149,14 @@ pub struct CheckReply {
 
 /// The key, on routes without a body (read by the `Caller` extractor).
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct KeyQuery {
     /// May also come as `Authorization: Bearer` or `X-Api-Key`.
     pub api_key: Option<String>,
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct BalanceQuery {
     /// Must be `wavalidation` when given.
     pub service: Option<String>,
@@ -259,6 +264,7 @@ pub struct CancelReply {
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
     /// At most 200; default 50.
     pub page_size: Option<i32>,

@@ -15,6 +15,9 @@ use crate::error::ApiError;
 pub const DEFAULT_CHECK_WAIT: Duration = Duration::from_secs(20);
 /// The longest a check waits, whatever the caller asks: a held request holds a connection.
 pub const MAX_CHECK_WAIT: Duration = Duration::from_secs(60);
+/// The shortest: storing the check takes a few milliseconds, and a caller gone by then
+/// would be charged without hearing of its batch.
+pub const MIN_CHECK_WAIT: Duration = Duration::from_millis(200);
 
 /// A single check as both APIs receive it.
 #[derive(Debug, Default)]
@@ -34,7 +37,8 @@ pub struct Checked {
 }
 
 impl ValidationService {
-    /// Checks one number, waiting up to `wait` (at most [`MAX_CHECK_WAIT`]) for its answer.
+    /// Checks one number, answering within `wait` of the call (at most [`MAX_CHECK_WAIT`];
+    /// shorter than [`MIN_CHECK_WAIT`] is refused before anything is charged).
     pub async fn check_number(
         &self,
         account_id: Uuid,
@@ -50,6 +54,17 @@ impl ValidationService {
         input: CheckInput<'_>,
         wait: Duration,
     ) -> Result<Checked, ApiError> {
+        // The caller's clock started with the call: the time spent storing counts.
+        let until = tokio::time::Instant::now() + wait.min(MAX_CHECK_WAIT);
+        if wait < MIN_CHECK_WAIT {
+            return Err(ApiError::bad_field(
+                "timeout",
+                format!(
+                    "a check needs a deadline of at least {} ms to answer with its batch",
+                    MIN_CHECK_WAIT.as_millis()
+                ),
+            ));
+        }
         let number = input.phone_number;
         if number.trim().is_empty() {
             return Err(ApiError::bad_field(
@@ -66,10 +81,12 @@ impl ValidationService {
         let region = match input.country_code.trim() {
             "" => None,
             hint => Some(Region::from_hint(hint).ok_or_else(|| {
+                let shown: String = hint.chars().take(16).collect();
+                let cut = if shown.len() < hint.len() { "..." } else { "" };
                 ApiError::bad_field(
                     "country_code",
                     format!(
-                        "unknown country_code {hint:?}: use a region such as \"US\" or a calling code such as \"1\""
+                        "unknown country_code {shown:?}{cut}: use a region such as \"US\" or a calling code such as \"1\""
                     ),
                 )
             })?),
@@ -90,8 +107,7 @@ impl ValidationService {
             .await?;
         let batch_id = BatchId(batch.id);
         if batch.completed_at.is_none() {
-            self.wait_for_answer(account_id, batch_id, wait.min(MAX_CHECK_WAIT))
-                .await?;
+            self.wait_for_answer(account_id, batch_id, until).await?;
         }
         // What the batch holds now: the answer, or PENDING when the wait ran out.
         let polled = self.poll_inner(account_id, batch_id).await?;
@@ -111,7 +127,7 @@ impl ValidationService {
         &self,
         account_id: Uuid,
         batch: BatchId,
-        wait: Duration,
+        until: tokio::time::Instant,
     ) -> Result<(), ApiError> {
         let mut events = self.watch_inner(account_id, batch).await?;
         let answered = async {
@@ -124,7 +140,7 @@ impl ValidationService {
                 }
             }
         };
-        let _ = tokio::time::timeout(wait, answered).await;
+        let _ = tokio::time::timeout_at(until, answered).await;
         Ok(())
     }
 }

@@ -24,7 +24,7 @@ mod paging;
 pub mod watch;
 
 pub use auth::KeySources;
-pub use check::{CheckInput, Checked, DEFAULT_CHECK_WAIT, MAX_CHECK_WAIT};
+pub use check::{CheckInput, Checked, DEFAULT_CHECK_WAIT, MAX_CHECK_WAIT, MIN_CHECK_WAIT};
 pub use paging::PageToken;
 pub use watch::WatchStream;
 
@@ -110,10 +110,12 @@ fn parse_region(text: &str) -> Result<Option<Region>, ApiError> {
         return Ok(None);
     }
     Region::parse(text).map(Some).ok_or_else(|| {
+        let shown: String = text.chars().take(16).collect();
+        let cut = if shown.len() < text.len() { "..." } else { "" };
         ApiError::bad_field(
             "default_region",
             format!(
-                "unknown region {text:?}: use an ISO 3166-1 alpha-2 code such as \"US\" or \"gb\""
+                "unknown region {shown:?}{cut}: use an ISO 3166-1 alpha-2 code such as \"US\" or \"gb\""
             ),
         )
     })

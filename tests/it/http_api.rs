@@ -323,4 +323,15 @@ async fn the_openapi_document_describes_the_http_api() {
         assert!(doc["paths"][path].is_object(), "{path} missing");
     }
     assert!(doc["components"]["schemas"]["PollReply"].is_object());
+    // A parameter said to be in the path is in the path's template; the rest are query parameters.
+    for (path, methods) in doc["paths"].as_object().unwrap() {
+        for (method, op) in methods.as_object().unwrap() {
+            for param in op["parameters"].as_array().into_iter().flatten() {
+                let name = param["name"].as_str().unwrap();
+                let in_path = path.contains(&format!("{{{name}}}"));
+                let want = if in_path { "path" } else { "query" };
+                assert_eq!(param["in"], want, "{method} {path}: {param}");
+            }
+        }
+    }
 }
