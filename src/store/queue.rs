@@ -50,8 +50,9 @@ macro_rules! held_chunks_locked {
 
 impl Store {
     /// Leases up to `chunks` queue chunks, in fair order, under a new token, and reads
-    /// their pending numbers: one row written per chunk, none per number.
-    pub async fn claim(&self, chunks: i64, lease: Duration) -> Result<Claim> {
+    /// their pending numbers: one row written per chunk, none per number. `ahead_only`:
+    /// only chunks queued ahead of batch work (single checks, fair keys below zero).
+    pub async fn claim(&self, chunks: i64, lease: Duration, ahead_only: bool) -> Result<Claim> {
         let token = Uuid::new_v4();
         let mut tx = self.pool.begin().await?;
         // Walk the queue index in fair order whatever the statistics say. Without them
@@ -64,6 +65,7 @@ impl Store {
             "WITH c AS (
                 SELECT batch_id, first_idx FROM queue_chunks
                 WHERE available_at <= now() AND (lease_until IS NULL OR lease_until < now())
+                  AND fair_key < $5
                 ORDER BY fair_key
                 LIMIT $1
                 FOR UPDATE SKIP LOCKED)",
@@ -73,6 +75,8 @@ impl Store {
         .bind(token)
         .bind(lease.as_secs_f64())
         .bind(NumberState::Pending as i16)
+        // A bound on the index walk: the ahead-only claim stops at the first batch's chunk.
+        .bind(if ahead_only { 0 } else { i64::MAX })
         .fetch_all(&mut *tx)
         .await?;
         tx.commit().await?;

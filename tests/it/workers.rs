@@ -135,12 +135,18 @@ async fn a_stale_or_repeated_write_neither_overwrites_nor_refunds_twice() {
     let sub = submit(&mut client, &key, &["+14155552671".into()]).await;
 
     // A worker claims with a lease that runs out at once; another takes the number over.
-    let stale = store.claim(10, Duration::from_millis(1)).await.unwrap();
+    let stale = store
+        .claim(10, Duration::from_millis(1), false)
+        .await
+        .unwrap();
     let claimed = stale.numbers;
     assert_eq!(claimed.len(), 1);
     let deadline = std::time::Instant::now() + DEADLINE;
     let fresh = loop {
-        let claim = store.claim(10, Duration::from_secs(30)).await.unwrap();
+        let claim = store
+            .claim(10, Duration::from_secs(30), false)
+            .await
+            .unwrap();
         if !claim.numbers.is_empty() {
             break claim.token;
         }

@@ -169,10 +169,6 @@ impl Account {
     /// Asks `numbers` (position in the call, E.164), in calls of the backend's size.
     pub async fn run(&self, numbers: Vec<(usize, String)>) -> Slice {
         let mut slice = Slice::default();
-        let Ok(_permit) = self.permits.acquire().await else {
-            slice.back = numbers.into_iter().map(|(i, _)| i).collect();
-            return slice;
-        };
         // A backend asking number by number gets one number a call, so each request
         // waits its own slot of the account's rate (never a burst of requests).
         let per_call = if self.backend.one_request_per_call() {
@@ -182,6 +178,13 @@ impl Account {
         };
         let mut rest = numbers.as_slice();
         while !rest.is_empty() {
+            // A permit a request, not a slice: the semaphore serves first come first, so
+            // a single check waiting for this account goes right after the request in
+            // flight instead of after every number of the slice.
+            let Ok(_permit) = self.permits.acquire().await else {
+                slice.back.extend(rest.iter().map(|(i, _)| *i));
+                break;
+            };
             let (call, after) = rest.split_at(per_call.min(rest.len()));
             rest = after;
             if !self.call(call, &mut slice).await {

@@ -37,6 +37,14 @@ pub struct WorkerConfig {
     pub max_pending: Duration,
 }
 
+/// The part of the queue a loop claims from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Queue {
+    All,
+    /// Only what is queued ahead of batch work: single checks.
+    Ahead,
+}
+
 pub struct Workers {
     store: Store,
     checker: DynChecker,
@@ -63,24 +71,28 @@ impl Workers {
         })
     }
 
-    /// Runs every loop until shutdown; a loop that panics is restarted.
+    /// Runs every loop until shutdown; a loop that panics is restarted. Besides the
+    /// configured loops, one takes only single checks (a caller is waiting for each), so
+    /// they need not wait for the numbers the others already hold to be checked.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         let mut loops = tokio::task::JoinSet::new();
         for _ in 0..self.config.concurrency.max(1) {
-            loops.spawn(self.clone().run_loop(shutdown.clone()));
+            loops.spawn(self.clone().run_loop(Queue::All, shutdown.clone()));
         }
+        loops.spawn(self.clone().run_loop(Queue::Ahead, shutdown.clone()));
         while let Some(done) = loops.join_next().await {
             if let Err(err) = done
                 && err.is_panic()
                 && !shutdown.is_cancelled()
             {
+                // Which loop it was is unknown: one more of the general ones is harmless.
                 tracing::error!(error = %err, "worker loop panicked; restarting it");
-                loops.spawn(self.clone().run_loop(shutdown.clone()));
+                loops.spawn(self.clone().run_loop(Queue::All, shutdown.clone()));
             }
         }
     }
 
-    async fn run_loop(self: Arc<Self>, shutdown: CancellationToken) {
+    async fn run_loop(self: Arc<Self>, queue: Queue, shutdown: CancellationToken) {
         while !shutdown.is_cancelled() {
             // A paused checker (backoff, open circuit, daily cap, no usable checking
             // account) leaves the numbers queued, until they have waited too long.
@@ -98,7 +110,11 @@ impl Workers {
             let chunks = per_call.div_ceil(CHUNK_NUMBERS) as i64;
             // Registered before claiming, so a wake-up sent meanwhile is not missed.
             let woken = self.hub.queued.notified();
-            match self.store.claim(chunks, self.config.lease).await {
+            match self
+                .store
+                .claim(chunks, self.config.lease, queue == Queue::Ahead)
+                .await
+            {
                 Ok(claim) if !claim.chunks.is_empty() => {
                     self.process(claim, per_call, &shutdown).await;
                 }
