@@ -107,7 +107,7 @@ pub fn parse_number(text: &str, default_region: Option<Region>) -> Parsed {
         if number.is_valid() {
             return Ok(Some((number, None)));
         }
-        Ok(repair_legacy(&number).or_else(|| restore_national_prefix(&folded, &number)))
+        Ok(repair_legacy(&number))
     }));
     match parsed {
         Err(_) => invalid("could not be parsed as a phone number"),
@@ -281,37 +281,6 @@ fn kind_in(plan: &Metadata, nsn: &str) -> LineType {
     LineType::Unknown
 }
 
-/// The crate strips a national prefix even after a `+` and a calling code: "+370 800
-/// 12345" lost its 8 and was refused. Read the digits after the calling code again as a
-/// national number of the code's main region, with that region's national prefix in
-/// front, which the crate then strips as it should.
-fn restore_national_prefix(
-    folded: &str,
-    number: &PhoneNumber,
-) -> Option<(PhoneNumber, Option<&'static str>)> {
-    if !folded.trim_start().starts_with('+') {
-        return None;
-    }
-    let code = number.code().value();
-    let digits: String = folded.chars().filter(char::is_ascii_digit).collect();
-    let after = digits.strip_prefix(code.to_string().as_str())?;
-    if after == number.national().to_string() {
-        return None;
-    }
-    let plans = DATABASE.by_code(&code)?;
-    let main = plans
-        .iter()
-        .find(|m| m.is_main_country_for_code())
-        .or(plans.first())?;
-    let region: country::Id = main.id().parse().ok()?;
-    let prefix = main.national_prefix()?;
-    let repaired = phonenumber::parse(Some(region), format!("{prefix}{after}")).ok()?;
-    (repaired.code().value() == code
-        && repaired.is_valid()
-        && repaired.format().mode(Mode::E164).to_string() == format!("+{code}{after}"))
-    .then_some((repaired, None))
-}
-
 /// A unique entry of a batch, at its position among the unique entries.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
@@ -404,30 +373,45 @@ mod tests {
         );
     }
 
+    /// Numbers the crate's parser refused until vendor/phonenumber/PATCH.md: a national prefix
+    /// stripped twice (or after the calling code), and a calling code taken off national numbers
+    /// that merely start with it.
     #[test]
-    fn keeps_the_digits_after_a_calling_code() {
-        // The crate took the 8 of +370 800 for Lithuania's national prefix and refused the rest.
-        match parse_number("+370 800 12345", None) {
-            Parsed::Valid(v) => assert_eq!(
-                (v.e164.as_str(), v.line_type),
-                ("+37080012345", LineType::TollFree)
+    fn parses_what_libphonenumber_parses() {
+        let us = |text: &str, region: &str| match parse_number(text, Region::parse(region)) {
+            Parsed::Valid(v) => (v.e164, v.line_type),
+            Parsed::Invalid { reason } => panic!("{text} ({region}): {reason}"),
+        };
+        for (text, region, e164, line_type) in [
+            ("+7 800 123-45-67", "", "+78001234567", LineType::TollFree),
+            ("+7 812 345-67-89", "", "+78123456789", LineType::FixedLine),
+            (
+                "8 (812) 345-67-89",
+                "RU",
+                "+78123456789",
+                LineType::FixedLine,
             ),
-            Parsed::Invalid { reason } => panic!("{reason}"),
+            ("8 800 123-45-67", "RU", "+78001234567", LineType::TollFree),
+            (
+                "+375 801 123 4567",
+                "",
+                "+3758011234567",
+                LineType::TollFree,
+            ),
+            ("+370 800 12345", "", "+37080012345", LineType::TollFree),
+            ("8 800 12345", "LT", "+37080012345", LineType::TollFree),
+            ("91987 65432", "IN", "+919198765432", LineType::Mobile),
+            ("701 234 5678", "KZ", "+77012345678", LineType::Mobile),
+            ("(55) 99123-4567", "BR", "+5555991234567", LineType::Mobile),
+            ("+44 20 7946 0958", "", "+442079460958", LineType::FixedLine),
+            ("020 7946 0958", "GB", "+442079460958", LineType::FixedLine),
+        ] {
+            assert_eq!(
+                us(text, region),
+                (e164.to_string(), line_type),
+                "{text} ({region})"
+            );
         }
-        // Written nationally the 8 stays the prefix it is.
-        assert!(
-            matches!(parse_number("8 800 12345", Region::parse("LT")), Parsed::Valid(v) if v.e164 == "+37080012345")
-        );
-        // Russia's and Belarus's 8 800 / 8 801 numbers are still refused: the crate strips
-        // their 8 even when written nationally, so no form reaches it intact (a known gap).
-        assert!(matches!(
-            parse_number("+78001234567", None),
-            Parsed::Invalid { .. }
-        ));
-        assert!(matches!(
-            parse_number("+3758011234567", None),
-            Parsed::Invalid { .. }
-        ));
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::process::Command;
 
 use serde::Deserialize;
 use wavalidate::domain::numbering::{self, LineType, Numbering};
-use wavalidate::domain::phone::{Parsed, parse_number};
+use wavalidate::domain::phone::{Parsed, Region, parse_number};
 
 /// Calling codes whose places namba 0.1.0's geocoding table lacks in part: of the 287,289
 /// English prefixes Python has, it misses 17,900, all under France (+33), Malaysia (+60), Latvia
@@ -19,17 +19,6 @@ const PLACES_MISSING: [u16; 4] = [33, 60, 371, 372];
 /// namba 0.1.0 puts the national prefix before a format's `$1` only, so Argentina's mobiles
 /// (`$2 15-$3-$4`) lose their "0": "11 15-2345-6789" where libphonenumber writes "011 15-...".
 const NATIONAL_FORMAT_DEFECTS: [&str; 1] = ["+5491123456789"];
-
-/// Numbers our validator (the `phonenumber` crate) refuses although libphonenumber takes
-/// them: the crate strips Russia's, Kazakhstan's and Belarus's 8 from 8 800 / 8 801 ranges
-/// even after the calling code (src/domain/phone.rs, `restore_national_prefix`, mends the
-/// countries where that works). Listed so a fix shows up here.
-const VALIDATOR_REFUSES: [&str; 4] = [
-    "+78001234567",
-    "+78091234567",
-    "+78081234567",
-    "+3758011234567",
-];
 
 #[derive(Deserialize)]
 struct Examples {
@@ -181,11 +170,17 @@ fn numbering_agrees_with_python_phonenumbers_on_every_example_number() {
                     format!("stored {stored_region:?}, Python {py_region:?}")
                 });
             }
-            Parsed::Invalid { reason } => check(
-                "valid for the validator",
-                VALIDATOR_REFUSES.contains(&py.e164.as_str()),
-                &|| format!("refused: {reason}"),
-            ),
+            Parsed::Invalid { reason } => check("valid for the validator", false, &|| {
+                format!("refused: {reason}")
+            }),
+        }
+        // Written as people at home write it (Python's national format), with its region.
+        if let Some(home) = py_region.and_then(Region::parse) {
+            let parsed = parse_number(&py.national, Some(home));
+            let same = matches!(&parsed, Parsed::Valid(v) if v.e164 == py.e164);
+            check("national form parses to the number", same, &|| {
+                format!("{:?} in {:?}: {parsed:?}", py.national, py_region)
+            });
         }
         check("time zones", *time_zones == zones(&py.time_zones), &|| {
             format!("ours {time_zones:?}, Python {:?}", py.time_zones)
