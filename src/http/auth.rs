@@ -7,7 +7,6 @@ use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
-use super::types::KeyQuery;
 use crate::error::ApiError;
 use crate::service::{KeySources, ValidationService};
 
@@ -21,6 +20,20 @@ pub struct CallerJson<T>(pub Uuid, pub T);
 /// Parameters from a JSON body, a form body, or the query string when the body is empty
 /// (ProWebLook's clients POST all three), and the account of their key.
 pub struct CallerParams<T>(pub Uuid, pub T);
+
+/// The query string's `api_key`; two different ones are refused, not read as the first.
+fn query_key(uri: &axum::http::Uri) -> Result<Option<String>, ApiError> {
+    let mut keys = form_urlencoded::parse(uri.query().unwrap_or("").as_bytes())
+        .filter(|(name, _)| name == "api_key")
+        .map(|(_, key)| key.trim().to_string());
+    let first = keys.next();
+    if keys.any(|key| Some(&key) != first.as_ref()) {
+        return Err(ApiError::InvalidArgument(
+            "two different API keys in one request; send one key".into(),
+        ));
+    }
+    Ok(first)
+}
 
 /// A body that may carry the caller's key.
 pub trait BodyKey {
@@ -36,9 +49,7 @@ where
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Caller, ApiError> {
         let core = Arc::<ValidationService>::from_ref(state);
-        let query = Query::<KeyQuery>::try_from_uri(&parts.uri)
-            .ok()
-            .and_then(|q| q.0.api_key);
+        let query = query_key(&parts.uri)?;
         let keys = KeySources::from_headers(&parts.headers, query.as_deref().unwrap_or(""));
         Ok(Caller(core.authenticate(keys).await?))
     }
@@ -73,10 +84,7 @@ where
     async fn from_request(req: Request, state: &S) -> Result<CallerParams<T>, ApiError> {
         let core = Arc::<ValidationService>::from_ref(state);
         let headers = req.headers().clone();
-        let query_key = Query::<KeyQuery>::try_from_uri(req.uri())
-            .ok()
-            .and_then(|q| q.0.api_key)
-            .filter(|k| !k.trim().is_empty());
+        let query_key = query_key(req.uri())?.filter(|k| !k.trim().is_empty());
         let form = headers
             .get(axum::http::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())

@@ -152,6 +152,8 @@ pub struct CheckReply {
 #[into_params(parameter_in = Query)]
 pub struct KeyQuery {
     /// May also come as `Authorization: Bearer` or `X-Api-Key`.
+    // Documents the parameter; `auth::query_key` reads it (two different ones are refused).
+    #[allow(dead_code)]
     pub api_key: Option<String>,
 }
 

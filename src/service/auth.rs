@@ -47,6 +47,16 @@ pub struct KeySources<'a> {
     pub authorization: Option<&'a str>,
     /// `x-api-key` header / metadata.
     pub x_api_key: Option<&'a str>,
+    /// One of the headers came twice with different values, or the query string had two
+    /// different `api_key`s: refused, as two keys in two places are.
+    pub repeated: bool,
+}
+
+/// The first value and whether another one differs from it.
+fn first_and_repeated<'a>(mut values: impl Iterator<Item = &'a str>) -> (Option<&'a str>, bool) {
+    let first = values.next();
+    let repeated = values.any(|v| Some(v.trim()) != first.map(str::trim));
+    (first, repeated)
 }
 
 impl<'a> KeySources<'a> {
@@ -54,24 +64,55 @@ impl<'a> KeySources<'a> {
         metadata: &'a tonic::metadata::MetadataMap,
         body: &'a str,
     ) -> KeySources<'a> {
+        let (authorization, a) = first_and_repeated(
+            metadata
+                .get_all("authorization")
+                .iter()
+                .filter_map(|v| v.to_str().ok()),
+        );
+        let (x_api_key, x) = first_and_repeated(
+            metadata
+                .get_all("x-api-key")
+                .iter()
+                .filter_map(|v| v.to_str().ok()),
+        );
         KeySources {
             body,
-            authorization: metadata.get("authorization").and_then(|v| v.to_str().ok()),
-            x_api_key: metadata.get("x-api-key").and_then(|v| v.to_str().ok()),
+            authorization,
+            x_api_key,
+            repeated: a || x,
         }
     }
 
     pub fn from_headers(headers: &'a http::HeaderMap, body: &'a str) -> KeySources<'a> {
+        let (authorization, a) = first_and_repeated(
+            headers
+                .get_all("authorization")
+                .iter()
+                .filter_map(|v| v.to_str().ok()),
+        );
+        let (x_api_key, x) = first_and_repeated(
+            headers
+                .get_all("x-api-key")
+                .iter()
+                .filter_map(|v| v.to_str().ok()),
+        );
         KeySources {
             body,
-            authorization: headers.get("authorization").and_then(|v| v.to_str().ok()),
-            x_api_key: headers.get("x-api-key").and_then(|v| v.to_str().ok()),
+            authorization,
+            x_api_key,
+            repeated: a || x,
         }
     }
 }
 
 /// The one key presented; keys given in more than one place must agree.
 pub fn presented_key(sources: KeySources<'_>) -> Result<ApiKey, ApiError> {
+    if sources.repeated {
+        return Err(ApiError::InvalidArgument(
+            "two different API keys in one request; send one key".into(),
+        ));
+    }
     let bearer = sources.authorization.map(|v| {
         let v = v.trim();
         match v.get(..7) {
@@ -131,6 +172,7 @@ mod tests {
             body,
             authorization,
             x_api_key,
+            repeated: false,
         }
     }
 

@@ -28,11 +28,18 @@ impl PageToken {
     }
 }
 
+/// Tokens are made from rows, so their times lie between 1970 and 9999; outside that a
+/// forged token would reach PostgreSQL, whose timestamps end sooner than chrono's.
+const TOKEN_MICROS: std::ops::RangeInclusive<i64> = 0..=253_402_300_799_999_999;
+
 fn decode(token: &str) -> Option<PageToken> {
     let text = String::from_utf8(hex::decode(token).ok()?).ok()?;
     let (micros, id) = text.split_once('/')?;
+    let micros: i64 = micros.parse().ok()?;
     Some(PageToken {
-        created_at: DateTime::from_timestamp_micros(micros.parse().ok()?)?,
+        created_at: DateTime::from_timestamp_micros(
+            Some(micros).filter(|m| TOKEN_MICROS.contains(m))?,
+        )?,
         id: Uuid::parse_str(id).ok()?,
     })
 }
@@ -50,5 +57,13 @@ mod tests {
         assert_eq!(PageToken::parse(&token.encode()).unwrap(), token);
         assert!(PageToken::parse("zz").is_err());
         assert!(PageToken::parse(&hex::encode("x/y")).is_err());
+        // Times PostgreSQL cannot hold (issue 20: HTTP 500 / INTERNAL before).
+        let id = Uuid::new_v4();
+        for micros in ["-8000000000000000000", "-1", "253402300800000000"] {
+            assert!(
+                PageToken::parse(&hex::encode(format!("{micros}/{id}"))).is_err(),
+                "{micros}"
+            );
+        }
     }
 }

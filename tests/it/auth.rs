@@ -126,3 +126,70 @@ async fn keys_are_stored_only_as_hashes() {
         "the plain key must not be stored"
     );
 }
+
+/// A key given twice in one place (two headers, two metadata entries, the query string
+/// twice) with different values is refused as two keys in two places are, not read as the
+/// first; and a forged page token is the caller's mistake, not an internal error.
+#[tokio::test]
+async fn repeated_keys_and_forged_page_tokens_are_invalid_arguments() {
+    let app = spawn_app().await;
+    let (_, alice) = app.account(10).await;
+    let (_, bob) = app.account(10).await;
+    let http = reqwest::Client::new();
+    let balance = format!("http://{}/api/v1/balance", app.addr);
+    let two_headers = http
+        .get(&balance)
+        .header("x-api-key", &alice)
+        .header("x-api-key", &bob)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(two_headers.status(), reqwest::StatusCode::BAD_REQUEST);
+    let two_bearers = http
+        .get(&balance)
+        .header("authorization", format!("Bearer {alice}"))
+        .header("authorization", format!("Bearer {bob}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(two_bearers.status(), reqwest::StatusCode::BAD_REQUEST);
+    let two_in_query = http
+        .get(format!("{balance}?api_key={alice}&api_key={bob}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(two_in_query.status(), reqwest::StatusCode::BAD_REQUEST);
+    // The same key twice is one key.
+    let same_twice = http
+        .get(format!("{balance}?api_key={alice}&api_key={alice}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(same_twice.status(), reqwest::StatusCode::OK);
+
+    let mut client = app.client().await;
+    let mut req = balance_request("", &[("x-api-key", &alice)]);
+    req.metadata_mut().append("x-api-key", bob.parse().unwrap());
+    let status = client.get_balance(req).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+
+    let forged = hex::encode(format!("-8000000000000000000/{}", uuid::Uuid::new_v4()));
+    let resp = http
+        .get(format!(
+            "http://{}/api/v1/wavalidation/batches?api_key={alice}&page_token={forged}",
+            app.addr
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), reqwest::StatusCode::BAD_REQUEST);
+    let status = client
+        .list_batches(pb::ListBatchesRequest {
+            api_key: alice.clone(),
+            page_token: forged,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+}
