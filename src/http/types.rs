@@ -214,7 +214,7 @@ pub struct ResultJson {
     /// Why the entry is invalid, could not be checked or was cancelled.
     #[schema(required = true)]
     pub error: Option<String>,
-    /// When the answer was obtained (a cached answer: when it was first checked).
+    /// When the answer was obtained (a cached answer: when it was first checked, to the hour).
     #[schema(required = true)]
     pub checked_at: Option<DateTime<Utc>>,
     /// Answered from the result cache without asking WhatsApp.

@@ -22,7 +22,9 @@ impl Store {
             return Ok(HashMap::new());
         }
         let rows: Vec<CachedAnswer> = sqlx::query_as(
-            "SELECT e164, on_whatsapp, wa_id, is_business, checked_at FROM number_cache
+            // To the hour: an answer another account's check left must not tell that
+            // account's exact moment (the TTL still counts from the real one).
+            "SELECT e164, on_whatsapp, wa_id, is_business, date_trunc('hour', checked_at) AS checked_at FROM number_cache
              WHERE backend = $1 AND e164 = ANY($2) AND checked_at > now() - make_interval(secs => $3)",
         )
         .bind(backend)
