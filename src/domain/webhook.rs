@@ -15,34 +15,79 @@ pub fn sign(secret: &str, body: &[u8]) -> String {
     format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
 }
 
-/// Addresses a webhook must not reach unless private targets are allowed:
-/// loopback, private ranges, link-local (cloud metadata), CGNAT, unspecified, multicast.
-pub fn is_forbidden_ip(ip: IpAddr) -> bool {
+/// The address ranges a webhook must not reach unless private targets are allowed: IANA's
+/// IPv4 and IPv6 special-purpose registries (and multicast, and the ranges that embed an
+/// IPv4 address), each as (first address, prefix length, what it is). Anything else is public.
+const SPECIAL_V4: [(u32, u8, &str); 19] = [
+    (0x0000_0000, 8, "this network"),
+    (0x0A00_0000, 8, "private"),
+    (0x6440_0000, 10, "shared address space (CGNAT)"),
+    (0x7F00_0000, 8, "loopback"),
+    (0xA9FE_0000, 16, "link-local (cloud metadata)"),
+    (0xAC10_0000, 12, "private"),
+    (0xC000_0000, 24, "IETF protocol assignments"),
+    (0xC000_0200, 24, "documentation (TEST-NET-1)"),
+    (0xC01F_C400, 24, "AS112-v4"),
+    (0xC034_C100, 24, "AMT"),
+    (0xC058_6300, 24, "6to4 relay anycast"),
+    (0xC0A8_0000, 16, "private"),
+    (0xC0AF_3000, 24, "direct delegation AS112"),
+    (0xC612_0000, 15, "benchmarking"),
+    (0xC633_6400, 24, "documentation (TEST-NET-2)"),
+    (0xCB00_7100, 24, "documentation (TEST-NET-3)"),
+    (0xE000_0000, 4, "multicast"),
+    (0xFFFF_FFFF, 32, "limited broadcast"),
+    (0xF000_0000, 4, "reserved"),
+];
+
+const SPECIAL_V6: [(u128, u8, &str); 14] = [
+    (0, 128, "unspecified"),
+    (1, 128, "loopback"),
+    (0, 96, "IPv4-compatible (deprecated)"),
+    (0xffff_0000_0000, 96, "IPv4-mapped"),
+    (0xffff_0000_0000_0000, 96, "IPv4-translated"),
+    (0x0064_ff9b_u128 << 96, 96, "NAT64"),
+    (0x0064_ff9b_0001_u128 << 80, 48, "local-use NAT64"),
+    (0x0100_u128 << 112, 64, "discard-only"),
+    (
+        0x2001_u128 << 112,
+        23,
+        "IETF protocol assignments (Teredo...)",
+    ),
+    (0x2001_0db8_u128 << 96, 32, "documentation"),
+    (0x2002_u128 << 112, 16, "6to4"),
+    (0xfc00_u128 << 112, 7, "unique local"),
+    (0xfe80_u128 << 112, 10, "link-local"),
+    (0xfec0_u128 << 112, 10, "site-local (deprecated)"),
+];
+
+/// The special-purpose range holding `ip`, if any (multicast IPv6 too).
+pub fn special_range(ip: IpAddr) -> Option<&'static str> {
+    let within = |addr: u128, base: u128, len: u8, bits: u32| {
+        let shift = bits - u32::from(len);
+        shift >= bits || (addr >> shift) == (base >> shift)
+    };
     match ip {
-        IpAddr::V4(v4) => {
-            let o = v4.octets();
-            v4.is_loopback()
-                || v4.is_private()
-                || v4.is_link_local()
-                || v4.is_unspecified()
-                || v4.is_broadcast()
-                || v4.is_multicast()
-                || v4.is_documentation()
-                || (o[0] == 100 && (64..128).contains(&o[1]))
-                || o[0] == 0
-        }
+        IpAddr::V4(v4) => SPECIAL_V4
+            .iter()
+            .find(|(base, len, _)| within(u32::from(v4).into(), (*base).into(), *len, 32))
+            .map(|(_, _, name)| *name),
         IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return is_forbidden_ip(IpAddr::V4(v4));
+            let addr = u128::from(v6);
+            if v6.is_multicast() {
+                return Some("multicast");
             }
-            let first = v6.segments()[0];
-            v6.is_loopback()
-                || v6.is_unspecified()
-                || v6.is_multicast()
-                || (first & 0xfe00) == 0xfc00 // unique local
-                || (first & 0xffc0) == 0xfe80 // link-local
+            SPECIAL_V6
+                .iter()
+                .find(|(base, len, _)| within(addr, *base, *len, 128))
+                .map(|(_, _, name)| *name)
         }
     }
+}
+
+/// Addresses a webhook must not reach unless private targets are allowed.
+pub fn is_forbidden_ip(ip: IpAddr) -> bool {
+    special_range(ip).is_some()
 }
 
 /// Shape checks that need no network: an absolute http(s) URL with a host, no credentials.
@@ -75,17 +120,18 @@ pub async fn check_callback_target(url: &reqwest::Url, allow_private: bool) -> R
         Ok(ip) => vec![ip],
         Err(_) => tokio::net::lookup_host((host, port))
             .await
-            .map_err(|e| format!("callback_url host {host:?} does not resolve: {e}"))?
+            .map_err(|_| "callback_url's host does not resolve".to_string())?
             .map(|a| a.ip())
             .collect(),
     };
     if addrs.is_empty() {
-        return Err(format!("callback_url host {host:?} has no address"));
+        return Err("callback_url's host has no address".into());
     }
-    if let Some(ip) = addrs.into_iter().find(|ip| is_forbidden_ip(*ip)) {
-        return Err(format!(
-            "callback_url resolves to {ip}, a loopback or private address; only public hosts may receive webhooks"
-        ));
+    // Which address a name has is not told: a caller must not map the operator's names.
+    if addrs.into_iter().any(is_forbidden_ip) {
+        return Err(
+            "callback_url is not a public address; only public hosts may receive webhooks".into(),
+        );
     }
     Ok(())
 }
@@ -104,25 +150,58 @@ mod tests {
         assert_ne!(sign("secret", b"{}"), sign("other", b"{}"));
     }
 
+    /// One address in (and one just outside, where it matters) each row of the table.
     #[test]
-    fn refuses_private_and_odd_targets() {
-        for ip in [
-            "127.0.0.1",
-            "10.1.2.3",
-            "172.16.0.1",
-            "192.168.1.1",
-            "169.254.169.254",
-            "100.64.0.1",
-            "0.0.0.0",
-            "::1",
-            "fd00::1",
-            "fe80::1",
-            "::ffff:127.0.0.1",
+    fn refuses_every_special_purpose_range() {
+        for (ip, range) in [
+            ("0.1.2.3", "this network"),
+            ("10.1.2.3", "private"),
+            ("100.64.0.1", "shared address space (CGNAT)"),
+            ("127.0.0.1", "loopback"),
+            ("169.254.169.254", "link-local (cloud metadata)"),
+            ("172.31.255.255", "private"),
+            ("192.0.0.8", "IETF protocol assignments"),
+            ("192.0.2.1", "documentation (TEST-NET-1)"),
+            ("192.31.196.1", "AS112-v4"),
+            ("192.52.193.1", "AMT"),
+            ("192.88.99.1", "6to4 relay anycast"),
+            ("192.168.1.1", "private"),
+            ("192.175.48.1", "direct delegation AS112"),
+            ("198.19.255.255", "benchmarking"),
+            ("198.51.100.7", "documentation (TEST-NET-2)"),
+            ("203.0.113.9", "documentation (TEST-NET-3)"),
+            ("224.0.0.1", "multicast"),
+            ("240.0.0.1", "reserved"),
+            ("255.255.255.255", "limited broadcast"),
+            ("::", "unspecified"),
+            ("::1", "loopback"),
+            ("::127.0.0.1", "IPv4-compatible (deprecated)"),
+            ("::ffff:127.0.0.1", "IPv4-mapped"),
+            ("::ffff:0:127.0.0.1", "IPv4-translated"),
+            ("64:ff9b::10.0.0.1", "NAT64"),
+            ("64:ff9b:1::1", "local-use NAT64"),
+            ("100::1", "discard-only"),
+            ("2001::1", "IETF protocol assignments (Teredo...)"),
+            ("2001:db8::1", "documentation"),
+            ("2002:c0a8:101::1", "6to4"),
+            ("fd00::1", "unique local"),
+            ("fe80::1", "link-local"),
+            ("fec0::1", "site-local (deprecated)"),
+            ("ff02::1", "multicast"),
         ] {
-            assert!(is_forbidden_ip(ip.parse().unwrap()), "{ip}");
+            assert_eq!(special_range(ip.parse().unwrap()), Some(range), "{ip}");
         }
-        for ip in ["8.8.8.8", "1.1.1.1", "2606:4700::1111"] {
-            assert!(!is_forbidden_ip(ip.parse().unwrap()), "{ip}");
+        for ip in [
+            "8.8.8.8",
+            "1.1.1.1",
+            "100.128.0.1",
+            "172.32.0.1",
+            "198.20.0.1",
+            "223.255.255.255",
+            "2606:4700::1111",
+            "2001:4860:4860::8888",
+        ] {
+            assert_eq!(special_range(ip.parse().unwrap()), None, "{ip}");
         }
         assert!(parse_callback_url("ftp://example.com/x").is_err());
         assert!(parse_callback_url("https://user:pw@example.com/x").is_err());
@@ -136,6 +215,12 @@ mod tests {
         assert!(check_callback_target(&url, false).await.is_err());
         assert!(check_callback_target(&url, true).await.is_ok());
         let url = parse_callback_url("http://localhost:9/hook").unwrap();
-        assert!(check_callback_target(&url, false).await.is_err());
+        let refused = check_callback_target(&url, false).await.unwrap_err();
+        // Not what the name resolves to: callers must not map the operator's names.
+        assert!(
+            !refused.contains("127.0.0.1") && !refused.contains("::1"),
+            "{refused}"
+        );
+        assert!(refused.contains("not a public address"), "{refused}");
     }
 }

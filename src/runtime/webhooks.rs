@@ -34,11 +34,7 @@ impl Resolve for PublicOnly {
                 .filter(|a| !is_forbidden_ip(a.ip()))
                 .collect();
             if addrs.is_empty() {
-                return Err(format!(
-                    "{} resolves only to loopback or private addresses",
-                    name.as_str()
-                )
-                .into());
+                return Err(format!("{} is not a public address", name.as_str()).into());
             }
             Ok(Box::new(addrs.into_iter()) as Addrs)
         })
@@ -56,6 +52,9 @@ impl Webhooks {
         let mut builder = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
             .redirect(reqwest::redirect::Policy::none())
+            // HTTP(S)_PROXY is the operator's egress for gateways, not for customers' URLs:
+            // a proxy would resolve names itself, past the public-address check.
+            .no_proxy()
             .user_agent(concat!("wavalidate-webhooks/", env!("CARGO_PKG_VERSION")));
         if !config.allow_private {
             builder = builder.dns_resolver(Arc::new(PublicOnly));
@@ -121,7 +120,7 @@ impl Webhooks {
                 .and_then(|h| h.trim_matches(['[', ']']).parse::<IpAddr>().ok())
                 && is_forbidden_ip(ip)
             {
-                return Err(format!("{ip} is a loopback or private address"));
+                return Err(format!("{ip} is not a public address"));
             }
         }
         let resp = self

@@ -265,3 +265,49 @@ async fn the_webhook_secret_command_shows_and_rotates() {
         rotated
     );
 }
+
+/// Proxy variables in the server's environment are the operator's egress for gateways: a
+/// webhook goes straight to its target, where the public-address check looked (a proxy would
+/// resolve the name itself, past that check).
+#[tokio::test]
+async fn webhooks_ignore_proxy_variables() {
+    let hook = receiver(0).await;
+    let proxy = receiver(usize::MAX).await; // answers 500 to whatever it is sent
+    let db = fresh_database().await;
+    let (url, store) = (db.url.clone(), db.store.clone());
+    let api = spawn_app_on(url.clone(), store.clone(), |s| {
+        s.server.role = Role::Api;
+        s.webhooks.allow_private = true;
+    })
+    .await;
+    let (_, key) = api.account(100).await;
+    let proxy_url = format!("http://{}", proxy.addr);
+    let _worker = spawn_process(
+        &url,
+        &["--role", "worker"],
+        &[
+            ("WAV_WEBHOOK_ALLOW_PRIVATE", "1"),
+            ("WAV_WEBHOOK_RETRY_BASE_MS", "50"),
+            ("WAV_WEBHOOK_POLL_MS", "50"),
+            ("HTTP_PROXY", &proxy_url),
+            ("http_proxy", &proxy_url),
+            ("ALL_PROXY", &proxy_url),
+            ("NO_PROXY", ""),
+            ("no_proxy", ""),
+        ],
+    )
+    .await;
+    let mut client = api.client().await;
+    client
+        .submit_batch(with_callback(&key, us_numbers(0, 3), &hook.url()))
+        .await
+        .unwrap();
+    wait_until("the delivery, straight to its target", || async {
+        hook.successes() == 1
+    })
+    .await;
+    assert!(
+        proxy.got.lock().unwrap().is_empty(),
+        "nothing went through the proxy"
+    );
+}
