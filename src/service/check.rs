@@ -6,7 +6,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use uuid::Uuid;
 
-use super::{SubmitInput, ValidationService, timed};
+use super::{SubmitInput, ValidationService, quoted_start, timed};
 use crate::domain::batch::{BatchId, BatchSummary, NumberResult, NumberState, WatchEvent};
 use crate::domain::phone::{MAX_ENTRY_CHARS, Region};
 use crate::error::ApiError;
@@ -81,12 +81,11 @@ impl ValidationService {
         let region = match input.country_code.trim() {
             "" => None,
             hint => Some(Region::from_hint(hint).ok_or_else(|| {
-                let shown: String = hint.chars().take(16).collect();
-                let cut = if shown.len() < hint.len() { "..." } else { "" };
                 ApiError::bad_field(
                     "country_code",
                     format!(
-                        "unknown country_code {shown:?}{cut}: use a region such as \"US\" or a calling code such as \"1\""
+                        "unknown country_code {}: use a region such as \"US\" or a calling code such as \"1\"",
+                        quoted_start(hint)
                     ),
                 )
             })?),

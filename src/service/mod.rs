@@ -110,15 +110,22 @@ fn parse_region(text: &str) -> Result<Option<Region>, ApiError> {
         return Ok(None);
     }
     Region::parse(text).map(Some).ok_or_else(|| {
-        let shown: String = text.chars().take(16).collect();
-        let cut = if shown.len() < text.len() { "..." } else { "" };
         ApiError::bad_field(
             "default_region",
             format!(
-                "unknown region {shown:?}{cut}: use an ISO 3166-1 alpha-2 code such as \"US\" or \"gb\""
+                "unknown region {}: use an ISO 3166-1 alpha-2 code such as \"US\" or \"gb\"",
+                quoted_start(text)
             ),
         )
     })
+}
+
+/// A bad value as an error quotes it: its first 16 characters, so a huge one stays out of
+/// the reply.
+fn quoted_start(text: &str) -> String {
+    let shown: String = text.chars().take(16).collect();
+    let cut = if shown.len() < text.len() { "..." } else { "" };
+    format!("{shown:?}{cut}")
 }
 
 fn check_entries(numbers: &[String]) -> Result<(), ApiError> {

@@ -70,6 +70,18 @@ fn fast_webhooks(s: &mut Settings) {
     s.webhooks.poll = ms(50);
 }
 
+/// A `--role worker` process whose webhooks may reach loopback and are retried and read
+/// every 50 ms, with `extra` in its environment.
+async fn webhook_worker(url: &str, extra: &[(&str, &str)]) -> ServerProcess {
+    let mut env = vec![
+        ("WAV_WEBHOOK_ALLOW_PRIVATE", "1"),
+        ("WAV_WEBHOOK_RETRY_BASE_MS", "50"),
+        ("WAV_WEBHOOK_POLL_MS", "50"),
+    ];
+    env.extend_from_slice(extra);
+    spawn_process(url, &["--role", "worker"], &env).await
+}
+
 fn with_callback(key: &str, numbers: Vec<String>, url: &str) -> pb::SubmitBatchRequest {
     pb::SubmitBatchRequest {
         api_key: key.into(),
@@ -150,16 +162,7 @@ async fn a_pending_delivery_survives_a_crash_and_goes_out_once_after_restart() {
     })
     .await;
     let (_, key) = api.account(100).await;
-    let mut first = spawn_process(
-        &url,
-        &["--role", "worker"],
-        &[
-            ("WAV_WEBHOOK_ALLOW_PRIVATE", "1"),
-            ("WAV_WEBHOOK_RETRY_BASE_MS", "50"),
-            ("WAV_WEBHOOK_POLL_MS", "50"),
-        ],
-    )
-    .await;
+    let mut first = webhook_worker(&url, &[]).await;
     let mut client = api.client().await;
     client
         .submit_batch(with_callback(&key, us_numbers(0, 3), &hook.url()))
@@ -180,16 +183,7 @@ async fn a_pending_delivery_survives_a_crash_and_goes_out_once_after_restart() {
     first.kill9().await;
 
     *hook.fail_first.lock().unwrap() = 0;
-    let _second = spawn_process(
-        &url,
-        &["--role", "worker"],
-        &[
-            ("WAV_WEBHOOK_ALLOW_PRIVATE", "1"),
-            ("WAV_WEBHOOK_RETRY_BASE_MS", "50"),
-            ("WAV_WEBHOOK_POLL_MS", "50"),
-        ],
-    )
-    .await;
+    let _second = webhook_worker(&url, &[]).await;
     wait_until("the delivery after the restart", || async {
         hook.successes() == 1
     })
@@ -282,13 +276,9 @@ async fn webhooks_ignore_proxy_variables() {
     .await;
     let (_, key) = api.account(100).await;
     let proxy_url = format!("http://{}", proxy.addr);
-    let _worker = spawn_process(
+    let _worker = webhook_worker(
         &url,
-        &["--role", "worker"],
         &[
-            ("WAV_WEBHOOK_ALLOW_PRIVATE", "1"),
-            ("WAV_WEBHOOK_RETRY_BASE_MS", "50"),
-            ("WAV_WEBHOOK_POLL_MS", "50"),
             ("HTTP_PROXY", &proxy_url),
             ("http_proxy", &proxy_url),
             ("ALL_PROXY", &proxy_url),
