@@ -2,7 +2,7 @@
 //! has nothing to pace or back off; a number it fails is an attempt like any other.
 use async_trait::async_trait;
 
-use super::{Backend, Checker, Outcome};
+use super::{Backend, Checker, Failure, Outcome};
 
 pub struct Direct<B> {
     backend: B,
@@ -32,11 +32,11 @@ impl<B: Backend> Checker for Direct<B> {
         let result = super::timed_check(&self.backend, e164).await;
         let mut outcomes = result.outcomes;
         outcomes.truncate(e164.len());
-        let reason = result.error.map_or_else(
-            || "the checker returned no answer for this number".to_string(),
-            |e| e.reason(),
+        let failure = result.error.map_or_else(
+            || Failure::no_answer("the checker returned no answer for this number"),
+            |e| Failure::of_call(&e),
         );
-        outcomes.resize(e164.len(), Outcome::Retryable(reason));
+        outcomes.resize(e164.len(), Outcome::Retryable(failure));
         outcomes
     }
 }

@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use serde::Deserialize;
 
 use super::http::{base_url, body, client, excerpt};
-use super::{Backend, CallError, CallResult, Outcome, Probe, wa_id_from_jid};
+use super::{Backend, CallError, CallResult, Failure, Outcome, Probe, wa_id_from_jid};
 use crate::settings::EvolutionSettings;
 
 pub struct Evolution {
@@ -79,7 +79,9 @@ fn map_rows(e164: &[String], rows: Vec<Row>) -> Vec<Outcome> {
                 is_business: row.is_business,
             },
             Some(_) => Outcome::NotOnWhatsApp,
-            None => Outcome::Retryable("Evolution API returned no row for this number".into()),
+            None => Outcome::Retryable(Failure::no_answer(
+                "Evolution API returned no row for this number",
+            )),
         })
         .collect()
 }

@@ -176,6 +176,30 @@ pub fn strip_queries(text: &str) -> String {
     out
 }
 
+/// `text` with the user and password of every URL in it masked
+/// (`postgres://wa:secret@db:5432/x` becomes `postgres://***@db:5432/x`): a gateway's
+/// error may quote its own connection strings.
+fn mask_userinfo(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("://") {
+        let (head, tail) = rest.split_at(at + 3);
+        out.push_str(head);
+        let authority_end = tail
+            .find(|c: char| c.is_whitespace() || "/?#\"'`()<>[]{},;".contains(c))
+            .unwrap_or(tail.len());
+        match tail[..authority_end].rfind('@') {
+            Some(userinfo_end) => {
+                out.push_str("***");
+                rest = &tail[userinfo_end..];
+            }
+            None => rest = tail,
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
 /// `text` with every run of `NUMBER_DIGITS` digits or more (a phone number, as a gateway
 /// may echo it outside a URL) replaced by `#`.
 fn mask_numbers(text: &str) -> String {
@@ -201,10 +225,11 @@ fn mask_numbers(text: &str) -> String {
     out
 }
 
-/// Upstream text fit for a reason: on one line, with no query and no phone number, and
+/// Upstream text fit for a reason: on one line, with no query, no URL credentials and no
+/// phone number, and
 /// at most `EXCERPT_CHARS` characters, cut between words (marked "…").
 pub fn excerpt(text: &str) -> String {
-    let clean = mask_numbers(&strip_queries(text));
+    let clean = mask_numbers(&mask_userinfo(&strip_queries(text)));
     let line = clean.split_whitespace().collect::<Vec<_>>().join(" ");
     if line.chars().count() <= EXCERPT_CHARS {
         return line;
@@ -304,6 +329,16 @@ mod tests {
         let cut = excerpt(body);
         assert!(!cut.contains("14155552671"), "{cut}");
         assert!(cut.contains("500"), "short numbers stay: {cut}");
+    }
+
+    #[test]
+    fn excerpts_hold_no_url_credentials() {
+        let body = "cannot reach postgres://waha:hunter2@db.internal:5432/waha (also redis://:pw@cache:6379) at http://gw:3000/x";
+        let cut = excerpt(body);
+        assert_eq!(
+            cut,
+            "cannot reach postgres://***@db.internal:5432/waha (also redis://***@cache:6379) at http://gw:3000/x"
+        );
     }
 
     #[test]

@@ -3,7 +3,7 @@
 use std::future::Future;
 use std::pin::Pin;
 
-use super::{Backend, CallError, CallResult, Outcome};
+use super::{Backend, CallError, CallResult, Failure, Outcome};
 
 /// Asks `numbers` through `request` (one upstream request each time it is called). When
 /// `backend` puts a call's numbers in one request and its last call went well (`healthy`),
@@ -98,7 +98,9 @@ where
             return Group::Answered;
         }
         if numbers.len() == 1 {
-            found.outcomes.push(Outcome::Retryable(error.reason()));
+            found
+                .outcomes
+                .push(Outcome::Retryable(Failure::of_call(&error)));
             found.last_failure = Some(error);
             return Group::Failed;
         }
@@ -111,9 +113,11 @@ where
         // Two nested groups failing whole: the gateway, not a number. Stop asking.
         if first == Group::Failed && left.len() > 1 {
             found.outcomes.truncate(before);
-            found
-                .outcomes
-                .extend(numbers.iter().map(|_| Outcome::Retryable(error.reason())));
+            found.outcomes.extend(
+                numbers
+                    .iter()
+                    .map(|_| Outcome::Retryable(Failure::of_call(&error))),
+            );
             return Group::Failed;
         }
         let second = search(right, call, found).await;
@@ -166,7 +170,7 @@ mod tests {
         for (i, o) in result.outcomes.iter().enumerate() {
             if i == 37 {
                 assert!(
-                    matches!(o, Outcome::Retryable(r) if r.contains("500")),
+                    matches!(o, Outcome::Retryable(r) if r.detail.contains("500")),
                     "{o:?}"
                 );
             } else {

@@ -32,14 +32,80 @@ pub enum Outcome {
     },
     NotOnWhatsApp,
     /// Worth asking again later; counts as an attempt.
-    Retryable(String),
-    /// Asking again will not help; recorded as NUMBER_STATUS_ERROR at once.
-    Final(String),
+    Retryable(Failure),
     /// Not asked: the backend is paused. Back to the queue, no attempt counted.
     Deferred {
         reason: String,
         retry_in: Duration,
     },
+}
+
+/// Why one number got no answer: a kind, which the customer reads in our words
+/// (`NumberResult.error`), and the upstream's detail, which only the operator's log gets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub kind: FailureKind,
+    /// Fit for a log line (built from `http::excerpt` or our own words): no number, no
+    /// credential. Never shown to a customer: it may name the gateway, its host or session.
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// The checking service answered this number's request with an error, or with
+    /// something we cannot read.
+    Failed,
+    /// It answered the request without this number.
+    NoAnswer,
+    /// It could not be reached (refused, timed out).
+    Unreachable,
+    /// No checking account could ask (rate limited, logged out, banned, its settings).
+    NoAccount,
+}
+
+impl FailureKind {
+    /// What the customer reads: the same words for every tenant, whatever the upstream said.
+    pub fn public(self) -> &'static str {
+        match self {
+            FailureKind::Failed => "the checking service failed",
+            FailureKind::NoAnswer => "the checking service returned no answer for this number",
+            FailureKind::Unreachable => "the checking service could not be reached",
+            FailureKind::NoAccount => "no checking account available",
+        }
+    }
+}
+
+impl Failure {
+    pub fn failed(detail: impl Into<String>) -> Failure {
+        Failure {
+            kind: FailureKind::Failed,
+            detail: detail.into(),
+        }
+    }
+
+    pub fn no_answer(detail: impl Into<String>) -> Failure {
+        Failure {
+            kind: FailureKind::NoAnswer,
+            detail: detail.into(),
+        }
+    }
+
+    /// A number caught in a call that failed as a whole.
+    pub fn of_call(error: &CallError) -> Failure {
+        let kind = match error {
+            CallError::Failed(_) => FailureKind::Failed,
+            CallError::Unreachable(_) => FailureKind::Unreachable,
+            CallError::RateLimited { .. }
+            | CallError::LoggedOut(_)
+            | CallError::Banned { .. }
+            | CallError::Misconfigured(_)
+            | CallError::Withheld(_) => FailureKind::NoAccount,
+        };
+        Failure {
+            kind,
+            detail: error.reason(),
+        }
+    }
 }
 
 /// Why a backend call failed as a whole (or stopped part-way). Every kind but `Failed`

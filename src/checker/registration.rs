@@ -3,7 +3,7 @@
 //! client so it is compiled and tested in every build.
 use std::collections::HashMap;
 
-use super::Outcome;
+use super::{Failure, Outcome};
 
 /// One row of an `is_on_whatsapp` answer, reduced to what we use.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -33,10 +33,12 @@ pub fn map_registrations(asked: &[String], rows: Vec<Registration>) -> Vec<Outco
         .map(|e164| {
             let digits = e164.trim_start_matches('+');
             match by_phone.get(digits) {
-                None => Outcome::Retryable("WhatsApp returned no answer for this number".into()),
-                Some(Registration { error: Some(e), .. }) => {
-                    Outcome::Retryable(format!("WhatsApp could not check this number: {e}"))
-                }
+                None => Outcome::Retryable(Failure::no_answer(
+                    "WhatsApp returned no answer for this number",
+                )),
+                Some(Registration { error: Some(e), .. }) => Outcome::Retryable(Failure::failed(
+                    format!("WhatsApp could not check this number: {e}"),
+                )),
                 Some(r) if r.is_registered => Outcome::OnWhatsApp {
                     wa_id: r
                         .phone

@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use rand::Rng;
 use sha2::{Digest, Sha256};
 
-use super::{Backend, CallResult, Outcome};
+use super::{Backend, CallResult, Failure, Outcome};
 
 pub struct Simulated {
     latency: Duration,
@@ -67,7 +67,9 @@ impl Backend for Simulated {
             .iter()
             .map(|n| {
                 if self.error_rate > 0.0 && rng.random_bool(self.error_rate) {
-                    Outcome::Retryable("simulated checker error (WAV_SIM_ERROR_RATE)".into())
+                    Outcome::Retryable(Failure::failed(
+                        "simulated checker error (WAV_SIM_ERROR_RATE)",
+                    ))
                 } else {
                     Simulated::answer(n)
                 }

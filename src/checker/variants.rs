@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::{Checker, DynChecker, Outcome};
+use super::{Checker, DynChecker, Failure, Outcome};
 use crate::domain::phone::whatsapp_variants;
 use crate::store::Store;
 
@@ -130,7 +130,9 @@ impl Variants {
                     Outcome::NotOnWhatsApp
                 } else {
                     answers.next().unwrap_or_else(|| {
-                        Outcome::Retryable("the checker gave fewer answers than numbers".into())
+                        Outcome::Retryable(Failure::no_answer(
+                            "the checker gave fewer answers than numbers",
+                        ))
                     })
                 }
             })
@@ -240,7 +242,7 @@ mod tests {
             self.asked.lock().unwrap().extend(e164.iter().cloned());
             e164.iter()
                 .map(|n| match self.on.get(n.as_str()) {
-                    Some(&"error") => Outcome::Retryable("upstream down".into()),
+                    Some(&"error") => Outcome::Retryable(Failure::failed("upstream down")),
                     Some(&"deferred") => Outcome::Deferred {
                         reason: "at its cap".into(),
                         retry_in: Duration::from_secs(1),

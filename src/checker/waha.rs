@@ -15,7 +15,7 @@ use reqwest::StatusCode;
 use serde::Deserialize;
 
 use super::http::{Answer, answer, base_url, client, excerpt};
-use super::{Backend, CallError, CallResult, Outcome, Probe, wa_id_from_jid};
+use super::{Backend, CallError, CallResult, Failure, Outcome, Probe, wa_id_from_jid};
 use crate::settings::WahaSettings;
 
 /// Requests that fail in a row, with nothing answered yet, before a call gives up on the
@@ -41,8 +41,9 @@ struct Session {
     status: String,
 }
 
-/// A refusal's body: NestJS's `{"statusCode", "message", "error"}`, or the session
-/// status guard's `{"error", "session", "status", "expected"}`.
+/// A refusal's body: NestJS's `{"statusCode", "message", "error"}`, the session
+/// status guard's `{"error", "session", "status", "expected"}`, or an unexpected error's
+/// `{"statusCode": 500, "exception": {"message", ...}, "request", ...}`.
 #[derive(Deserialize, Default)]
 struct Refusal {
     /// A string, or a list of them for a request that failed validation.
@@ -50,6 +51,13 @@ struct Refusal {
     message: serde_json::Value,
     /// The guard's: the session's status when it gave up waiting.
     status: Option<String>,
+    exception: Option<Exception>,
+}
+
+#[derive(Deserialize, Default)]
+struct Exception {
+    #[serde(default)]
+    message: String,
 }
 
 impl Refusal {
@@ -61,7 +69,11 @@ impl Refusal {
                 .filter_map(serde_json::Value::as_str)
                 .collect::<Vec<_>>()
                 .join("; "),
-            _ => String::new(),
+            _ => self
+                .exception
+                .as_ref()
+                .map(|e| e.message.clone())
+                .unwrap_or_default(),
         }
     }
 }
@@ -117,6 +129,13 @@ fn refusal(session: &str, answer: &Answer) -> CallError {
                 CallError::LoggedOut(format!("WAHA answered HTTP 422: {}", excerpt(&message)))
             }
             None => answer.trouble("WAHA"),
+        },
+        // What the engine said, for the operator (`checker list`, the log; never a customer).
+        status if status.is_server_error() && !message.is_empty() => match answer.trouble("WAHA") {
+            CallError::Failed(reason) => {
+                CallError::Failed(format!("{reason}: {}", excerpt(&message)))
+            }
+            trouble => trouble,
         },
         _ => answer.trouble("WAHA"),
     }
@@ -201,7 +220,9 @@ impl Backend for Waha {
                     outcomes.push(outcome);
                 }
                 Err(CallError::Failed(reason)) => {
-                    outcomes.push(Outcome::Retryable(format!("{reason} for this number")));
+                    outcomes.push(Outcome::Retryable(Failure::failed(format!(
+                        "{reason} for this number"
+                    ))));
                     last_failure = Some(CallError::Failed(reason));
                     if answered == 0 && outcomes.len() >= FAILURES_BEFORE_GIVING_UP {
                         break;

@@ -12,7 +12,7 @@ use tokio::sync::Semaphore;
 use uuid::Uuid;
 
 use crate::checker::isolate::ask;
-use crate::checker::{Backend, CallError, CallResult, Outcome, timed_check};
+use crate::checker::{Backend, CallError, CallResult, Failure, Outcome, timed_check};
 use crate::domain::checker::{AccountStatus, RATE_PER_SEC};
 use crate::store::Store;
 use crate::store::checkers::{Backoff, Take, Trouble};
@@ -73,7 +73,7 @@ pub struct Slice {
 pub struct Suspect {
     /// Position in the call.
     pub index: usize,
-    pub reason: String,
+    pub reason: Failure,
     /// The account's answer count at the failure (answers to the same request's other
     /// numbers count as after it): a later count above it means the account answered
     /// other numbers since.
@@ -331,7 +331,7 @@ impl Account {
         let answered = result.outcomes.len().min(asked.len());
         // The same request's (or split call's) answers count as after its failures.
         let before = self.answered();
-        let suspect = |index: usize, reason: String, mark: u64| Suspect {
+        let suspect = |index: usize, reason: Failure, mark: u64| Suspect {
             index,
             reason,
             mark,
@@ -357,8 +357,8 @@ impl Account {
         let Some(error) = result.error else {
             // A backend that answered fewer numbers than asked: suspects too.
             for (i, _) in unanswered {
-                let reason = "the checker returned no answer for this number".to_string();
-                slice.suspects.push(suspect(*i, reason, before));
+                let failure = Failure::no_answer("the checker returned no answer for this number");
+                slice.suspects.push(suspect(*i, failure, before));
             }
             self.worked(asked.len() as i32, trial).await;
             return true;
@@ -373,13 +373,13 @@ impl Account {
         }
         // One number alone in its request failing: the account's failure for now (its
         // breaker counts it), and the number a suspect the pool asks elsewhere.
-        if let (CallError::Failed(reason), [(i, _)]) = (&error, unanswered)
+        if let (CallError::Failed(_), [(i, _)]) = (&error, unanswered)
             && answered == 0
         {
             self.count("suspect", 1);
             slice
                 .suspects
-                .push(suspect(*i, reason.clone(), self.answered()));
+                .push(suspect(*i, Failure::of_call(&error), self.answered()));
             return !self.in_trouble(&error, trial).await;
         }
         // The account's trouble: its numbers go to another account, uncounted.
@@ -520,7 +520,7 @@ fn label(outcome: &Outcome) -> &'static str {
     match outcome {
         Outcome::OnWhatsApp { .. } => "on_whatsapp",
         Outcome::NotOnWhatsApp => "not_on_whatsapp",
-        Outcome::Retryable(_) | Outcome::Final(_) => "number_error",
+        Outcome::Retryable(_) => "number_error",
         Outcome::Deferred { .. } => "deferred",
     }
 }

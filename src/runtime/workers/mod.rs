@@ -6,7 +6,7 @@ use rand::seq::SliceRandom;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::checker::{DynChecker, Outcome};
+use crate::checker::{DynChecker, Failure, Outcome};
 use crate::domain::batch::NumberState;
 use crate::runtime::events::EventHub;
 use crate::store::CHUNK_NUMBERS;
@@ -291,7 +291,9 @@ impl Workers {
                     retry_in,
                     reason: "the checker paused".into(),
                 },
-                None => Outcome::Retryable("the checker returned no answer for this number".into()),
+                None => Outcome::Retryable(Failure::no_answer(
+                    "the checker returned no answer for this number",
+                )),
             });
         }
         Some(outcomes)
@@ -311,17 +313,28 @@ impl Workers {
                 answer(c, NumberState::OnWhatsApp, Some(wa_id), is_business)
             }
             Outcome::NotOnWhatsApp => answer(c, NumberState::NotOnWhatsApp, None, false),
-            Outcome::Final(reason) => error_answer(c, reason),
-            Outcome::Retryable(reason) if c.attempts >= max => error_answer(
-                c,
-                format!("{reason} (gave up after {} attempts)", c.attempts),
-            ),
-            Outcome::Retryable(reason) => {
+            // The customer reads our words; the upstream's detail goes to the operator's
+            // log, naming the entry, never its number.
+            Outcome::Retryable(failure) if c.attempts >= max => {
+                tracing::warn!(batch_id = %c.batch_id, entry = c.idx, attempts = c.attempts,
+                    detail = %failure.detail, "number ended in error");
+                error_answer(
+                    c,
+                    format!(
+                        "{} (gave up after {} attempts)",
+                        failure.kind.public(),
+                        c.attempts
+                    ),
+                )
+            }
+            Outcome::Retryable(failure) => {
+                tracing::info!(batch_id = %c.batch_id, entry = c.idx, attempts = c.attempts,
+                    detail = %failure.detail, "number to try again");
                 retries.push(Retry {
                     batch_id: c.batch_id,
                     idx: c.idx,
                     chunk: c.chunk,
-                    error: reason,
+                    error: failure.kind.public().to_string(),
                 });
                 return Settled::Retry;
             }

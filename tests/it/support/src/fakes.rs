@@ -89,6 +89,8 @@ pub struct FakeState {
     held: AtomicUsize,
     /// Digits the gateway fails on: a request holding one answers 500.
     poison: Mutex<HashSet<String>>,
+    /// The error message WAHA's 500 for a poisoned number carries (its exception's).
+    poison_message: Mutex<String>,
     /// The WhatsApp session's status; watched by WAHA checks waiting for WORKING.
     session: tokio::sync::watch::Sender<Session>,
     /// How long a WAHA check waits for the session to be WORKING.
@@ -121,6 +123,12 @@ impl FakeState {
     pub fn poison(&self, number: &str) {
         let digits = number.trim_start_matches('+').to_string();
         self.poison.lock().unwrap().insert(digits);
+    }
+
+    /// What WAHA's 500 for a poisoned number says (a real one passes its engine's error on,
+    /// internal hostnames and connection strings included).
+    pub fn set_poison_message(&self, message: &str) {
+        *self.poison_message.lock().unwrap() = message.to_string();
     }
 
     /// Logs the WhatsApp session out (`false`, `SCAN_QR_CODE`) or back in (`WORKING`).
@@ -412,6 +420,7 @@ fn new_state(registered: &[&str], api_key: &str) -> Arc<FakeState> {
         gate: tokio::sync::watch::channel(true).0,
         held: AtomicUsize::new(0),
         poison: Mutex::new(HashSet::new()),
+        poison_message: Mutex::new("session not ready".into()),
         session: tokio::sync::watch::channel(Session::Working).0,
         status_wait: Mutex::new(STATUS_WAIT),
         probes: AtomicUsize::new(0),
@@ -458,7 +467,8 @@ pub async fn waha(registered: &[&str], api_key: &str, session: &'static str) -> 
                 .into_response();
         }
         if state.poisoned(std::slice::from_ref(&phone)) {
-            return waha_exception("session not ready", &uri);
+            let message = state.poison_message.lock().unwrap().clone();
+            return waha_exception(&message, &uri);
         }
         if state.registered.contains(&phone) {
             Json(json!({"numberExists": true, "chatId": format!("{phone}@c.us")})).into_response()
