@@ -12,6 +12,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         out_dir.join("wavalidation_descriptor.bin"),
         fds.encode_to_vec(),
     )?;
-    tonic_prost_build::configure().compile_fds(fds)?;
+    // A malformed request is INVALID_ARGUMENT, not prost's INTERNAL (src/grpc/codec.rs).
+    tonic_prost_build::configure()
+        .codec_path("crate::grpc::codec::Codec")
+        .compile_fds(fds)?;
     Ok(())
 }

@@ -212,6 +212,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Server> {
         .add_service(crate::grpc::reflection().build_v1()?)
         .add_service(crate::grpc::reflection().build_v1alpha()?);
     let mut json = axum::Router::new();
+    let mut api_core = None;
     if role != Role::Worker {
         let c = &settings.checker;
         // Simulated answers are never cached (see Backend::cacheable), so there is nothing to look up.
@@ -228,6 +229,8 @@ pub async fn start(settings: Settings) -> anyhow::Result<Server> {
             allow_private_callbacks: settings.webhooks.allow_private,
             watch_stall: settings.api.watch_stall,
             key_rate_per_sec: settings.api.key_rate_per_sec,
+            auth_failures_per_sec: settings.api.auth_failures_per_sec,
+            watches_per_account: settings.api.watches_per_account,
         };
         let core = Arc::new(ValidationService::new(
             store.clone(),
@@ -239,7 +242,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Server> {
         let (tidy, stop) = (core.clone(), shutdown.clone());
         tokio::spawn(async move {
             crate::runtime::every(Duration::from_secs(60), &stop, || async {
-                tidy.forget_idle_keys();
+                tidy.forget_idle_peers();
                 crate::runtime::Next::Wait
             })
             .await
@@ -248,7 +251,8 @@ pub async fn start(settings: Settings) -> anyhow::Result<Server> {
             WaValidationServiceServer::new(GrpcService::new(core.clone()))
                 .max_decoding_message_size(crate::grpc::MAX_MESSAGE_BYTES),
         );
-        json = crate::http::router(core);
+        json = crate::http::router(core.clone());
+        api_core = Some(core);
     }
     let json = json.merge(crate::metrics::router(store.clone(), hub.clone()));
     // gRPC paths are routed to tonic, everything else to the JSON API.
@@ -258,7 +262,12 @@ pub async fn start(settings: Settings) -> anyhow::Result<Server> {
         None => None,
     };
     let scheme = if tls.is_some() { "https" } else { "http" };
-    let server = crate::server::serve(listener, router, tls, shutdown.clone());
+    let edge = crate::server::Edge::new(
+        &settings.server.edge,
+        api_core,
+        u64::from(settings.database.max_connections),
+    );
+    let server = crate::server::serve(listener, router, edge, tls, shutdown.clone());
     tracing::info!(%addr, scheme, ?role, "wavalidate serving gRPC and JSON");
 
     let task_shutdown = shutdown.clone();

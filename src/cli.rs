@@ -422,6 +422,30 @@ pub struct ServeArgs {
     /// Requests per second per API key, bursts of twice that; beyond it RESOURCE_EXHAUSTED / HTTP 429. 0: no limit.
     #[arg(long, env = "WAV_KEY_RATE_PER_SEC", default_value_t = defaults().api.key_rate_per_sec)]
     pub key_rate_per_sec: u32,
+    /// Open connections at most (lowered to fit the open-file limit); at the cap a new connection closes the longest-idle one.
+    #[arg(long, env = "WAV_MAX_CONNECTIONS", default_value_t = defaults().server.edge.max_connections)]
+    pub max_connections: usize,
+    /// Time a client has to send a complete HTTP/1 request head, and to start the next one.
+    #[arg(long, env = "WAV_HEADER_TIMEOUT", default_value_t = human(defaults().server.edge.header_timeout))]
+    pub header_timeout: humantime::Duration,
+    /// A connection with no request in flight this long is closed.
+    #[arg(long, env = "WAV_IDLE_TIMEOUT", default_value_t = human(defaults().server.edge.idle_timeout))]
+    pub idle_timeout: humantime::Duration,
+    /// Time, from its head, for a request body to arrive whole.
+    #[arg(long, env = "WAV_BODY_TIMEOUT", default_value_t = human(defaults().server.edge.body_timeout))]
+    pub body_timeout: humantime::Duration,
+    /// Concurrent HTTP/2 streams per connection.
+    #[arg(long, env = "WAV_H2_MAX_STREAMS", default_value_t = defaults().server.edge.h2_max_streams)]
+    pub h2_max_streams: u32,
+    /// KiB of request bodies read, server-wide, before their keys are known (a key in the body, none in the headers); beyond it UNAVAILABLE / HTTP 503.
+    #[arg(long, env = "WAV_UNAUTHENTICATED_BODY_KIB", default_value_t = defaults().server.edge.unauthenticated_body_bytes / 1024)]
+    pub unauthenticated_body_kib: usize,
+    /// Failed authentications per second per client address (bursts of 4 times that); beyond it every key from that address is refused with RESOURCE_EXHAUSTED / HTTP 429 without a lookup. 0: no limit.
+    #[arg(long, env = "WAV_AUTH_FAILURES_PER_SEC", default_value_t = defaults().api.auth_failures_per_sec)]
+    pub auth_failures_per_sec: u32,
+    /// Watch streams (gRPC WatchBatch and SSE) one account may hold open on this server; beyond it RESOURCE_EXHAUSTED / HTTP 429. 0: no limit.
+    #[arg(long, env = "WAV_WATCHES_PER_ACCOUNT", default_value_t = defaults().api.watches_per_account)]
+    pub watches_per_account: usize,
     /// Seconds a watch waits for a client that stopped reading before closing its stream.
     #[arg(long, env = "WAV_WATCH_STALL_SECS", default_value_t = defaults().api.watch_stall.as_secs())]
     pub watch_stall_secs: u64,
@@ -508,9 +532,19 @@ impl ServeArgs {
                 listen: self.listen,
                 role: self.role,
                 tls,
+                edge: crate::settings::EdgeSettings {
+                    max_connections: self.max_connections,
+                    header_timeout: self.header_timeout.into(),
+                    idle_timeout: self.idle_timeout.into(),
+                    body_timeout: self.body_timeout.into(),
+                    h2_max_streams: self.h2_max_streams,
+                    unauthenticated_body_bytes: self.unauthenticated_body_kib.saturating_mul(1024),
+                },
             },
             api: crate::settings::ApiSettings {
                 key_rate_per_sec: self.key_rate_per_sec,
+                auth_failures_per_sec: self.auth_failures_per_sec,
+                watches_per_account: self.watches_per_account,
                 watch_stall: Duration::from_secs(self.watch_stall_secs),
                 watch_backstop: ms(self.watch_backstop_ms),
             },

@@ -29,8 +29,18 @@ pub enum ApiError {
     NotFound,
     #[error("too many requests for this API key; retry in {}s", retry_after.as_secs().max(1))]
     RateLimited { retry_after: Duration },
+    #[error("too many failed authentications from this address; retry in {}s", retry_after.as_secs().max(1))]
+    AuthThrottled { retry_after: Duration },
+    /// A limit the operator set on what one account may hold at once.
+    #[error("{0}")]
+    LimitReached(String),
     #[error("{0}")]
     TooLarge(String),
+    /// Too many requests' bodies are being read before their keys are known.
+    #[error("{0}")]
+    Busy(String),
+    #[error("the request body did not arrive within {}s", .0.as_secs())]
+    SlowBody(Duration),
     #[error("the database is unavailable; retry shortly")]
     Unavailable(#[source] StoreError),
     /// Concurrent work kept conflicting with this request (retried inside the store first).
@@ -55,6 +65,7 @@ pub enum ErrorCode {
     InsufficientCredits,
     IdempotencyKeyReused,
     RateLimited,
+    LimitReached,
     TooLarge,
     Unavailable,
     Conflict,
@@ -70,9 +81,10 @@ impl ErrorCode {
             ErrorCode::InvalidArgument | ErrorCode::IdempotencyKeyReused => Code::InvalidArgument,
             ErrorCode::NotFound => Code::NotFound,
             ErrorCode::InsufficientCredits => Code::FailedPrecondition,
-            ErrorCode::RateLimited | ErrorCode::TooLarge | ErrorCode::Stalled => {
-                Code::ResourceExhausted
-            }
+            ErrorCode::RateLimited
+            | ErrorCode::LimitReached
+            | ErrorCode::TooLarge
+            | ErrorCode::Stalled => Code::ResourceExhausted,
             ErrorCode::Unavailable => Code::Unavailable,
             ErrorCode::Conflict => Code::Aborted,
             ErrorCode::Internal => Code::Internal,
@@ -88,7 +100,7 @@ impl ErrorCode {
             ErrorCode::NotFound => StatusCode::NOT_FOUND,
             ErrorCode::InsufficientCredits => StatusCode::PAYMENT_REQUIRED,
             ErrorCode::IdempotencyKeyReused | ErrorCode::Conflict => StatusCode::CONFLICT,
-            ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::RateLimited | ErrorCode::LimitReached => StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::Stalled => StatusCode::REQUEST_TIMEOUT,
@@ -102,6 +114,7 @@ impl ErrorCode {
             ErrorCode::InsufficientCredits => Some("INSUFFICIENT_CREDITS"),
             ErrorCode::IdempotencyKeyReused => Some("IDEMPOTENCY_KEY_REUSED"),
             ErrorCode::RateLimited => Some("RATE_LIMITED"),
+            ErrorCode::LimitReached => Some("LIMIT_REACHED"),
             ErrorCode::Conflict => Some("CONFLICT"),
             _ => None,
         }
@@ -116,6 +129,7 @@ impl ErrorCode {
             ErrorCode::InsufficientCredits => "insufficient_credits",
             ErrorCode::IdempotencyKeyReused => "idempotency_key_reused",
             ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::LimitReached => "limit_reached",
             ErrorCode::TooLarge => "too_large",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Conflict => "conflict",
@@ -146,11 +160,14 @@ impl ApiError {
             ApiError::InsufficientCredits { .. } => ErrorCode::InsufficientCredits,
             ApiError::IdempotencyKeyReused(_) => ErrorCode::IdempotencyKeyReused,
             ApiError::NotFound => ErrorCode::NotFound,
-            ApiError::RateLimited { .. } => ErrorCode::RateLimited,
+            ApiError::RateLimited { .. } | ApiError::AuthThrottled { .. } => ErrorCode::RateLimited,
+            ApiError::LimitReached(_) => ErrorCode::LimitReached,
             ApiError::TooLarge(_) => ErrorCode::TooLarge,
-            ApiError::Unavailable(_) | ApiError::ShuttingDown => ErrorCode::Unavailable,
+            ApiError::Unavailable(_) | ApiError::ShuttingDown | ApiError::Busy(_) => {
+                ErrorCode::Unavailable
+            }
             ApiError::Conflict(_) => ErrorCode::Conflict,
-            ApiError::Stalled(_) => ErrorCode::Stalled,
+            ApiError::Stalled(_) | ApiError::SlowBody(_) => ErrorCode::Stalled,
             ApiError::Internal(_) => ErrorCode::Internal,
         }
     }
@@ -183,10 +200,16 @@ impl ApiError {
                 metadata: vec![("request_id", json!(request_id))],
                 ..ErrorDetails::default()
             },
-            ApiError::RateLimited { retry_after } => ErrorDetails {
-                retry_after: Some(*retry_after),
+            ApiError::Busy(_) => ErrorDetails {
+                retry_after: Some(Duration::from_secs(1)),
                 ..ErrorDetails::default()
             },
+            ApiError::RateLimited { retry_after } | ApiError::AuthThrottled { retry_after } => {
+                ErrorDetails {
+                    retry_after: Some(*retry_after),
+                    ..ErrorDetails::default()
+                }
+            }
             _ => ErrorDetails::default(),
         }
     }

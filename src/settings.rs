@@ -44,6 +44,39 @@ pub struct ServerSettings {
     pub role: Role,
     /// Serve TLS instead of plaintext.
     pub tls: Option<TlsFiles>,
+    pub edge: EdgeSettings,
+}
+
+/// What a client may hold of the server before and while it is served.
+#[derive(Debug, Clone)]
+pub struct EdgeSettings {
+    /// Open connections at most (lowered to fit the open-file limit); at the cap a new
+    /// connection closes the longest-idle one.
+    pub max_connections: usize,
+    /// Time to send a complete HTTP/1 request head (also the wait for the next request).
+    pub header_timeout: Duration,
+    /// A connection with no request in flight this long is closed.
+    pub idle_timeout: Duration,
+    /// Time, from its head, for a request body to arrive whole.
+    pub body_timeout: Duration,
+    /// Concurrent HTTP/2 streams per connection.
+    pub h2_max_streams: u32,
+    /// Bytes of request bodies read, server-wide, before their keys are known (a key in
+    /// the body); beyond it such requests are refused with UNAVAILABLE / HTTP 503.
+    pub unauthenticated_body_bytes: usize,
+}
+
+impl Default for EdgeSettings {
+    fn default() -> EdgeSettings {
+        EdgeSettings {
+            max_connections: 10_000,
+            header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            body_timeout: Duration::from_secs(30),
+            h2_max_streams: 32,
+            unauthenticated_body_bytes: 16 * 1024 * 1024,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -58,6 +91,10 @@ pub struct TlsFiles {
 pub struct ApiSettings {
     /// Requests per second per API key, bursts of twice that; 0: no limit.
     pub key_rate_per_sec: u32,
+    /// Failed authentications per second per peer address, bursts of 4 times that; 0: no limit.
+    pub auth_failures_per_sec: u32,
+    /// Watch streams (gRPC and SSE) one account may hold open on this server; 0: no limit.
+    pub watches_per_account: usize,
     /// A watch whose client reads nothing this long is closed.
     pub watch_stall: Duration,
     /// Watched batches are re-read this often in case a notification was missed.
@@ -234,6 +271,7 @@ impl Default for ServerSettings {
             listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
             role: Role::All,
             tls: None,
+            edge: EdgeSettings::default(),
         }
     }
 }
@@ -242,6 +280,8 @@ impl Default for ApiSettings {
     fn default() -> ApiSettings {
         ApiSettings {
             key_rate_per_sec: 50,
+            auth_failures_per_sec: 5,
+            watches_per_account: 100,
             watch_stall: Duration::from_secs(30),
             watch_backstop: Duration::from_millis(2000),
         }

@@ -1,5 +1,6 @@
 //! `wavalidation.v1.WaValidationService` over gRPC: the tonic service (a thin adapter
 //! around `crate::service`), proto conversions, the error status, and reflection.
+pub mod codec;
 pub mod convert;
 mod service;
 mod status;

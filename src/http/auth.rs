@@ -8,7 +8,7 @@ use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
 use crate::error::ApiError;
-use crate::service::{KeySources, ValidationService};
+use crate::service::{Authenticated, KeySources, Peer, ValidationService};
 
 /// The account of a request whose key comes as `Authorization: Bearer <key>`,
 /// `X-Api-Key: <key>` or the `api_key` query parameter.
@@ -50,7 +50,8 @@ where
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Caller, ApiError> {
         let core = Arc::<ValidationService>::from_ref(state);
         let query = query_key(&parts.uri)?;
-        let keys = KeySources::from_headers(&parts.headers, query.as_deref().unwrap_or(""));
+        let keys = KeySources::from_headers(&parts.headers, query.as_deref().unwrap_or(""))
+            .with_peer(parts.extensions.get::<Peer>());
         Ok(Caller(core.authenticate(keys).await?))
     }
 }
@@ -66,9 +67,14 @@ where
     async fn from_request(req: Request, state: &S) -> Result<CallerJson<T>, ApiError> {
         let core = Arc::<ValidationService>::from_ref(state);
         let headers = req.headers().clone();
-        // The body first: a malformed one is refused before any key is looked up.
+        let peer = req.extensions().get::<Peer>().copied();
+        let known = req.extensions().get::<Authenticated>().copied();
+        // A key in the headers was checked before the body was read (the server's gate);
+        // otherwise the key may be in the body, read first.
         let Json(body) = Json::<T>::from_request(req, state).await?;
-        let keys = KeySources::from_headers(&headers, body.api_key());
+        let keys = KeySources::from_headers(&headers, body.api_key())
+            .with_peer(peer.as_ref())
+            .with_authenticated(known.as_ref());
         Ok(CallerJson(core.authenticate(keys).await?, body))
     }
 }
@@ -84,6 +90,8 @@ where
     async fn from_request(req: Request, state: &S) -> Result<CallerParams<T>, ApiError> {
         let core = Arc::<ValidationService>::from_ref(state);
         let headers = req.headers().clone();
+        let peer = req.extensions().get::<Peer>().copied();
+        let known = req.extensions().get::<Authenticated>().copied();
         let query_key = query_key(req.uri())?.filter(|k| !k.trim().is_empty());
         let form = headers
             .get(axum::http::header::CONTENT_TYPE)
@@ -122,7 +130,9 @@ where
             Some(q) if body_key.is_empty() => q,
             _ => body_key,
         };
-        let keys = KeySources::from_headers(&headers, key);
+        let keys = KeySources::from_headers(&headers, key)
+            .with_peer(peer.as_ref())
+            .with_authenticated(known.as_ref());
         Ok(CallerParams(core.authenticate(keys).await?, params))
     }
 }

@@ -1,6 +1,10 @@
-//! Where a request's API key comes from, which account it opens, and how fast each
-//! key may call.
+//! Where a request's API key comes from, which account it opens, how fast each key may
+//! call, and how many wrong keys an address may try.
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::num::NonZeroU32;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use uuid::Uuid;
 
@@ -39,6 +43,82 @@ impl KeyLimiter {
     }
 }
 
+/// The address a request came from, put in its extensions by the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peer(pub IpAddr);
+
+/// Failed authentications per peer address: `per_sec` a second, bursts of 4 times that.
+/// Once over, every key from that address is refused without a database lookup until the
+/// limiter allows another failure. None: no limit.
+pub struct FailureLimiter {
+    limiter: Option<governor::DefaultKeyedRateLimiter<IpAddr>>,
+    /// Addresses refused until then.
+    blocked: Mutex<HashMap<IpAddr, Instant>>,
+}
+
+impl FailureLimiter {
+    pub fn new(per_sec: u32) -> FailureLimiter {
+        FailureLimiter {
+            limiter: NonZeroU32::new(per_sec).map(|rate| {
+                let burst = rate.saturating_mul(NonZeroU32::new(4).expect("4"));
+                governor::RateLimiter::keyed(governor::Quota::per_second(rate).allow_burst(burst))
+            }),
+            blocked: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Refuses a peer that failed too often lately.
+    fn admit(&self, peer: Option<IpAddr>) -> Result<(), ApiError> {
+        let Some(peer) = peer else { return Ok(()) };
+        let mut blocked = self.blocked.lock().expect("blocked peers");
+        match blocked.get(&peer) {
+            Some(until) if *until > Instant::now() => Err(ApiError::AuthThrottled {
+                retry_after: *until - Instant::now(),
+            }),
+            Some(_) => {
+                blocked.remove(&peer);
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Counts a failed authentication from `peer`.
+    fn failed(&self, peer: Option<IpAddr>) {
+        let (Some(limiter), Some(peer)) = (&self.limiter, peer) else {
+            return;
+        };
+        if let Err(not_until) = limiter.check_key(&peer) {
+            use governor::clock::{Clock, DefaultClock};
+            let wait = not_until.wait_time_from(DefaultClock::default().now());
+            tracing::warn!(%peer, "too many failed authentications: refusing this address for a while");
+            let mut blocked = self.blocked.lock().expect("blocked peers");
+            blocked.insert(peer, Instant::now() + wait.max(Duration::from_millis(100)));
+        }
+    }
+
+    /// Forgets quiet addresses, so memory follows the active ones.
+    pub fn forget_idle(&self) {
+        let now = Instant::now();
+        self.blocked
+            .lock()
+            .expect("blocked peers")
+            .retain(|_, until| *until > now);
+        if let Some(limiter) = &self.limiter {
+            limiter.retain_recent();
+            limiter.shrink_to_fit();
+        }
+    }
+}
+
+/// A key the server checked from the headers before reading the body (`Gate`): the
+/// handler's own check of the same key needs no second lookup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Authenticated {
+    pub account: Uuid,
+    key_hash: [u8; 32],
+}
+
 /// The places a key may be given: the request body (or query), and two headers.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct KeySources<'a> {
@@ -50,6 +130,10 @@ pub struct KeySources<'a> {
     /// One of the headers came twice with different values, or the query string had two
     /// different `api_key`s: refused, as two keys in two places are.
     pub repeated: bool,
+    /// Where the request came from, for the limit on failed authentications.
+    pub peer: Option<IpAddr>,
+    /// The headers' key, already checked.
+    pub authenticated: Option<Authenticated>,
 }
 
 /// The first value and whether another one differs from it.
@@ -60,6 +144,20 @@ fn first_and_repeated<'a>(mut values: impl Iterator<Item = &'a str>) -> (Option<
 }
 
 impl<'a> KeySources<'a> {
+    pub fn with_peer(self, peer: Option<&Peer>) -> KeySources<'a> {
+        KeySources {
+            peer: peer.map(|p| p.0),
+            ..self
+        }
+    }
+
+    pub fn with_authenticated(self, known: Option<&Authenticated>) -> KeySources<'a> {
+        KeySources {
+            authenticated: known.copied(),
+            ..self
+        }
+    }
+
     pub fn from_metadata(
         metadata: &'a tonic::metadata::MetadataMap,
         body: &'a str,
@@ -81,6 +179,8 @@ impl<'a> KeySources<'a> {
             authorization,
             x_api_key,
             repeated: a || x,
+            peer: None,
+            authenticated: None,
         }
     }
 
@@ -102,6 +202,8 @@ impl<'a> KeySources<'a> {
             authorization,
             x_api_key,
             repeated: a || x,
+            peer: None,
+            authenticated: None,
         }
     }
 }
@@ -144,19 +246,51 @@ pub fn presented_key(sources: KeySources<'_>) -> Result<ApiKey, ApiError> {
     ))
 }
 
-/// The account behind the presented key, within the key's request rate.
+/// The account behind the presented key, within the key's request rate; an address that
+/// keeps presenting wrong keys is refused before its keys are looked up.
 pub async fn authenticate(
     store: &Store,
     limiter: &KeyLimiter,
+    failures: &FailureLimiter,
     keys: KeySources<'_>,
 ) -> Result<Uuid, ApiError> {
-    let key = presented_key(keys)?;
-    let account = store
-        .account_for_key(&key)
-        .await?
-        .ok_or(ApiError::Unauthenticated("Invalid API key."))?;
+    authenticate_key(store, limiter, failures, keys)
+        .await
+        .map(|known| known.account)
+}
+
+/// The account and the key's hash, for a check made before the body is read.
+pub async fn authenticate_key(
+    store: &Store,
+    limiter: &KeyLimiter,
+    failures: &FailureLimiter,
+    keys: KeySources<'_>,
+) -> Result<Authenticated, ApiError> {
+    if let Some(known) = keys.authenticated {
+        // Checked (and counted against its rate) from the headers; the body's key, if
+        // any, must be the same one (`presented_key` refuses two).
+        if presented_key(keys)?.hash() == known.key_hash[..] {
+            return Ok(known);
+        }
+    }
+    failures.admit(keys.peer)?;
+    let looked_up = match presented_key(keys) {
+        Ok(key) => store
+            .account_for_key(&key)
+            .await?
+            .map(|account| (key, account))
+            .ok_or(ApiError::Unauthenticated("Invalid API key.")),
+        Err(err) => Err(err),
+    };
+    if let Err(ApiError::Unauthenticated(_)) = &looked_up {
+        failures.failed(keys.peer);
+    }
+    let (key, account) = looked_up?;
     limiter.check(&key)?;
-    Ok(account)
+    Ok(Authenticated {
+        account,
+        key_hash: key.hash().try_into().expect("a SHA-256 digest"),
+    })
 }
 
 #[cfg(test)]
@@ -173,6 +307,8 @@ mod tests {
             authorization,
             x_api_key,
             repeated: false,
+            peer: None,
+            authenticated: None,
         }
     }
 

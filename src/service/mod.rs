@@ -23,7 +23,7 @@ mod check;
 mod paging;
 pub mod watch;
 
-pub use auth::KeySources;
+pub use auth::{Authenticated, KeySources, Peer};
 pub use check::{CheckInput, Checked, DEFAULT_CHECK_WAIT, MAX_CHECK_WAIT, MIN_CHECK_WAIT};
 pub use paging::PageToken;
 pub use watch::WatchStream;
@@ -83,6 +83,10 @@ pub struct ServiceConfig {
     pub watch_stall: Duration,
     /// Requests per second per API key (bursts of twice that); 0 turns the limit off.
     pub key_rate_per_sec: u32,
+    /// Failed authentications per second per peer address (bursts of 4 times that); 0: off.
+    pub auth_failures_per_sec: u32,
+    /// Watch streams one account may hold open here; 0: no limit.
+    pub watches_per_account: usize,
 }
 
 /// The validation service: accounts' batches, from submission to results.
@@ -92,6 +96,8 @@ pub struct ValidationService {
     shutdown: CancellationToken,
     config: ServiceConfig,
     limiter: auth::KeyLimiter,
+    failures: auth::FailureLimiter,
+    watches: watch::WatchSlots,
 }
 
 async fn timed<T>(
@@ -184,6 +190,8 @@ impl ValidationService {
     ) -> ValidationService {
         ValidationService {
             limiter: auth::KeyLimiter::new(config.key_rate_per_sec),
+            failures: auth::FailureLimiter::new(config.auth_failures_per_sec),
+            watches: watch::WatchSlots::new(config.watches_per_account),
             store,
             hub,
             shutdown,
@@ -191,9 +199,11 @@ impl ValidationService {
         }
     }
 
-    /// Forgets idle keys' rate state, so the limiter's memory follows active keys only.
-    pub fn forget_idle_keys(&self) {
+    /// Forgets idle keys' and addresses' rate state, so the limiters' memory follows
+    /// active ones only.
+    pub fn forget_idle_peers(&self) {
         self.limiter.forget_idle();
+        self.failures.forget_idle();
     }
 
     // The API's operations, each counted and timed by outcome (see crate::metrics).
@@ -202,7 +212,16 @@ impl ValidationService {
     pub async fn authenticate(&self, keys: KeySources<'_>) -> Result<Uuid, ApiError> {
         timed(
             "authenticate",
-            auth::authenticate(&self.store, &self.limiter, keys),
+            auth::authenticate(&self.store, &self.limiter, &self.failures, keys),
+        )
+        .await
+    }
+
+    /// The headers' key, checked before the request's body is read (the server's gate).
+    pub async fn pre_authenticate(&self, keys: KeySources<'_>) -> Result<Authenticated, ApiError> {
+        timed(
+            "authenticate",
+            auth::authenticate_key(&self.store, &self.limiter, &self.failures, keys),
         )
         .await
     }
@@ -242,8 +261,13 @@ impl ValidationService {
     }
 
     /// Starts streaming a batch's results; the stream ends after the completed event.
+    /// A client's watch, within the account's number of open watches.
     pub async fn watch(&self, account_id: Uuid, batch: BatchId) -> Result<WatchStream, ApiError> {
-        timed("watch", self.watch_inner(account_id, batch)).await
+        timed("watch", async {
+            let slot = self.watches.take(account_id)?;
+            Ok(slot.hold(self.watch_inner(account_id, batch).await?))
+        })
+        .await
     }
 
     async fn watch_inner(&self, account_id: Uuid, batch: BatchId) -> Result<WatchStream, ApiError> {

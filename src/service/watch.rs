@@ -1,8 +1,9 @@
 //! One watch of a batch: replay what is finished, then follow the event hub, then the
 //! completed event. A task per watch feeds a bounded channel; the transport encodes.
+use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
@@ -31,6 +32,65 @@ const RUNS_BUFFERED: usize = 2;
 
 /// How long the final UNAVAILABLE of a shutdown may wait for room.
 const SHUTDOWN_SEND: Duration = Duration::from_secs(1);
+
+/// Watch streams each account holds open on this server, up to `limit` (0: no limit).
+pub struct WatchSlots {
+    limit: usize,
+    held: Arc<Mutex<HashMap<Uuid, usize>>>,
+}
+
+/// One open watch of an account, given back when its stream is dropped.
+pub struct WatchSlot {
+    account: Uuid,
+    held: Arc<Mutex<HashMap<Uuid, usize>>>,
+}
+
+impl WatchSlots {
+    pub fn new(limit: usize) -> WatchSlots {
+        WatchSlots {
+            limit,
+            held: Arc::default(),
+        }
+    }
+
+    pub fn take(&self, account: Uuid) -> Result<WatchSlot, ApiError> {
+        let mut held = self.held.lock().expect("watch slots");
+        let open = held.entry(account).or_default();
+        if self.limit > 0 && *open >= self.limit {
+            return Err(ApiError::LimitReached(format!(
+                "this account already has {} open watch streams, the most allowed: close one, or poll",
+                self.limit
+            )));
+        }
+        *open += 1;
+        Ok(WatchSlot {
+            account,
+            held: self.held.clone(),
+        })
+    }
+}
+
+impl WatchSlot {
+    /// `stream`, holding this slot until it is dropped.
+    pub fn hold(self, stream: WatchStream) -> WatchStream {
+        Box::pin(stream.map(move |item| {
+            let _held = &self;
+            item
+        }))
+    }
+}
+
+impl Drop for WatchSlot {
+    fn drop(&mut self) {
+        let mut held = self.held.lock().expect("watch slots");
+        if let Some(open) = held.get_mut(&self.account) {
+            *open -= 1;
+            if *open == 0 {
+                held.remove(&self.account);
+            }
+        }
+    }
+}
 
 /// Starts watching batch `batch_id` of `total_numbers`; the stream ends after the
 /// completed event, or with an error (shutdown, a client that stopped reading).

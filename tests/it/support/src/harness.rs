@@ -111,7 +111,7 @@ fn log_dir() -> std::path::PathBuf {
 /// What every test server runs with: a free port, quick idle polling, and no per-key
 /// rate limit (tests poll in tight loops; the rate-limit test turns it on).
 /// Tests see progress call by call: 100 simulated numbers a call, not the production 500.
-const TEST_SERVE_ARGS: [&str; 9] = [
+const TEST_SERVE_ARGS: [&str; 13] = [
     "serve",
     "--listen",
     "127.0.0.1:0",
@@ -119,18 +119,25 @@ const TEST_SERVE_ARGS: [&str; 9] = [
     "100",
     "--key-rate-per-sec",
     "0",
+    "--auth-failures-per-sec",
+    "0",
+    "--watches-per-account",
+    "0",
     "--sim-batch",
     "100",
 ];
 
 /// What every in-process test server runs with, like `TEST_SERVE_ARGS`: a free port,
-/// quick idle polling, no per-key rate limit, 100 simulated numbers a call.
+/// quick idle polling, no per-key rate limit, no limit on failed keys or watches, 100
+/// simulated numbers a call.
 pub fn test_settings(url: &str) -> Settings {
     let mut s = Settings::default();
     s.database.url = Secret::new(url);
     s.server.listen = SocketAddr::from(([127, 0, 0, 1], 0));
     s.workers.idle_poll = ms(100);
     s.api.key_rate_per_sec = 0;
+    s.api.auth_failures_per_sec = 0;
+    s.api.watches_per_account = 0;
     s.checker.simulated.per_call = 100;
     s
 }

@@ -1,0 +1,215 @@
+//! What a request to our API passes before its body is read. Its key in the headers
+//! (`authorization`, `x-api-key`) is checked first, so an unknown key never gets a byte of
+//! its body read; a request whose key may be in its body is read whole within a budget of
+//! bytes shared by every such request, and refused while the budget is spent; and every
+//! body must arrive within the body timeout. Reflection, health and metrics pass as they are.
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::response::{IntoResponse, Response};
+use http::Request;
+use http_body::Body as _;
+use http_body::Frame;
+use http_body_util::BodyExt;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::error::ApiError;
+use crate::service::{KeySources, Peer, ValidationService};
+
+/// Largest body buffered before authentication: a gRPC message at its limit and its frame
+/// header, or a JSON body at its limit.
+const MAX_BUFFERED: usize = crate::grpc::MAX_MESSAGE_BYTES + 1024;
+/// The budget is counted in KiB, so it fits a semaphore's permits with room to spare.
+const UNIT: usize = 1024;
+
+pub struct Gate {
+    core: Option<Arc<ValidationService>>,
+    budget: Arc<Semaphore>,
+    body_timeout: Duration,
+}
+
+/// What the request holds while it is served: its share of the unauthenticated budget.
+pub type Held = Option<OwnedSemaphorePermit>;
+
+impl Gate {
+    /// `core` is None on a worker-only process (no API routes to guard).
+    pub fn new(
+        core: Option<Arc<ValidationService>>,
+        unauthenticated_bytes: usize,
+        body_timeout: Duration,
+    ) -> Gate {
+        Gate {
+            core,
+            budget: Arc::new(Semaphore::new((unauthenticated_bytes / UNIT).max(1))),
+            body_timeout,
+        }
+    }
+
+    /// The request to serve, with what it holds meanwhile, or the answer refusing it.
+    pub async fn admit<B>(
+        &self,
+        req: Request<B>,
+        peer: Peer,
+    ) -> Result<(Request<Body>, Held), Response>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<axum::BoxError>,
+    {
+        let (mut parts, body) = req.into_parts();
+        parts.extensions.insert(peer);
+        let Some(core) = self.core.as_ref().filter(|_| guarded(parts.uri.path())) else {
+            // Reflection streams stay open as long as grpcurl wants.
+            return Ok((Request::from_parts(parts, Body::new(body)), None));
+        };
+        let body = Deadline::new(body, self.body_timeout);
+        let grpc = is_grpc(&parts.headers);
+        if body.is_end_stream() {
+            return Ok((Request::from_parts(parts, Body::new(body)), None));
+        }
+        let refuse = |err: ApiError| {
+            if grpc {
+                status_response(err)
+            } else {
+                err.into_response()
+            }
+        };
+        let headers_key =
+            parts.headers.contains_key("authorization") || parts.headers.contains_key("x-api-key");
+        if headers_key {
+            let keys = KeySources::from_headers(&parts.headers, "").with_peer(Some(&peer));
+            let known = core.pre_authenticate(keys).await.map_err(refuse)?;
+            parts.extensions.insert(known);
+            return Ok((Request::from_parts(parts, Body::new(body)), None));
+        }
+        let (bytes, held) = self.buffer(body).await.map_err(refuse)?;
+        Ok((Request::from_parts(parts, Body::from(bytes)), Some(held)))
+    }
+
+    /// The whole body, each KiB of it taken from the budget as it arrives.
+    async fn buffer<B>(
+        &self,
+        mut body: Deadline<B>,
+    ) -> Result<(Bytes, OwnedSemaphorePermit), ApiError>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<axum::BoxError>,
+    {
+        let mut held = self
+            .budget
+            .clone()
+            .try_acquire_many_owned(1)
+            .map_err(|_| busy())?;
+        let mut buf = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|err| match err.downcast_ref::<TimedOut>() {
+                Some(_) => ApiError::SlowBody(self.body_timeout),
+                None => ApiError::InvalidArgument("the request body could not be read".into()),
+            })?;
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            if buf.len() + data.len() > MAX_BUFFERED {
+                return Err(ApiError::TooLarge(format!(
+                    "request body larger than {MAX_BUFFERED} bytes"
+                )));
+            }
+            buf.extend_from_slice(&data);
+            let want = buf.len().div_ceil(UNIT) as u32;
+            if want > held.num_permits() as u32 {
+                let more = self
+                    .budget
+                    .clone()
+                    .try_acquire_many_owned(want - held.num_permits() as u32)
+                    .map_err(|_| busy())?;
+                held.merge(more);
+            }
+        }
+        Ok((Bytes::from(buf), held))
+    }
+}
+
+fn busy() -> ApiError {
+    metrics::counter!("wav_unauthenticated_bodies_refused_total").increment(1);
+    ApiError::Busy(
+        "the server is busy reading other requests' bodies: retry, or send your key in the authorization or x-api-key header"
+            .into(),
+    )
+}
+
+/// Our API: the gRPC service and the JSON routes.
+fn guarded(path: &str) -> bool {
+    path.starts_with("/wavalidation.v1.WaValidationService/") || path.starts_with("/api/")
+}
+
+fn is_grpc(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.starts_with("application/grpc"))
+}
+
+/// An API error as a gRPC answer (trailers-only), for a request refused before tonic saw it.
+fn status_response(err: ApiError) -> Response {
+    tonic::Status::from(err).into_http::<Body>()
+}
+
+/// The body timed out.
+#[derive(Debug)]
+struct TimedOut;
+
+impl std::fmt::Display for TimedOut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the request body did not arrive in time")
+    }
+}
+
+impl std::error::Error for TimedOut {}
+
+/// A request body that must end by a deadline set when the request arrived: a client
+/// trickling it a byte at a time still has to finish.
+struct Deadline<B> {
+    inner: Pin<Box<B>>,
+    sleep: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl<B> Deadline<B> {
+    fn new(inner: B, timeout: Duration) -> Deadline<B> {
+        Deadline {
+            inner: Box::pin(inner),
+            sleep: Box::pin(tokio::time::sleep(timeout)),
+        }
+    }
+}
+
+impl<B> http_body::Body for Deadline<B>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<axum::BoxError>,
+{
+    type Data = Bytes;
+    type Error = axum::BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::BoxError>>> {
+        if let Poll::Ready(frame) = self.inner.as_mut().poll_frame(cx) {
+            return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
+        }
+        match self.sleep.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(TimedOut)))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}

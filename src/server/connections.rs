@@ -1,0 +1,192 @@
+//! The open connections: at most `cap` of them, each closed once idle (no request in
+//! flight) for the idle timeout; at the cap, a new connection closes the longest-idle
+//! one, so silent sockets can never keep a caller out. A connection busy with requests
+//! is never closed for another.
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+// Tokio's clock, so the idle deadline and its check agree (and tests can pause time).
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+pub struct Connections {
+    cap: usize,
+    open: Mutex<Open>,
+}
+
+#[derive(Default)]
+struct Open {
+    next: u64,
+    by_id: HashMap<u64, Arc<Activity>>,
+}
+
+/// What one connection is doing: requests in flight, idle since when, and whether it was
+/// asked to close.
+#[derive(Debug)]
+pub struct Activity {
+    in_flight: AtomicUsize,
+    idle_since: Mutex<Option<Instant>>,
+    changed: Notify,
+    evicted: CancellationToken,
+}
+
+/// A connection's place among the open ones, given back when it is dropped.
+pub struct Admitted {
+    id: u64,
+    pub activity: Arc<Activity>,
+    connections: Arc<Connections>,
+}
+
+/// A request in flight on its connection, until dropped (with its response body).
+pub struct InFlight(Arc<Activity>);
+
+impl Connections {
+    pub fn new(cap: usize) -> Arc<Connections> {
+        Arc::new(Connections {
+            cap: cap.max(1),
+            open: Mutex::default(),
+        })
+    }
+
+    pub fn cap(&self) -> usize {
+        self.cap
+    }
+
+    /// A place for a new connection, closing the longest-idle one at the cap; None when
+    /// every open connection has a request in flight.
+    pub fn admit(self: &Arc<Self>) -> Option<Admitted> {
+        let mut open = self.open.lock().expect("connections");
+        if open.by_id.len() >= self.cap {
+            let idlest = open
+                .by_id
+                .iter()
+                .filter_map(|(id, a)| a.idle_since().map(|since| (since, *id)))
+                .min()?;
+            if let Some(evicted) = open.by_id.remove(&idlest.1) {
+                evicted.evicted.cancel();
+                metrics::counter!("wav_connections_evicted_total").increment(1);
+            }
+        }
+        open.next += 1;
+        let id = open.next;
+        let activity = Arc::new(Activity {
+            in_flight: AtomicUsize::new(0),
+            idle_since: Mutex::new(Some(Instant::now())),
+            changed: Notify::new(),
+            evicted: CancellationToken::new(),
+        });
+        open.by_id.insert(id, activity.clone());
+        metrics::gauge!("wav_connections_open").set(open.by_id.len() as f64);
+        Some(Admitted {
+            id,
+            activity,
+            connections: self.clone(),
+        })
+    }
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        let mut open = self.connections.open.lock().expect("connections");
+        open.by_id.remove(&self.id);
+        metrics::gauge!("wav_connections_open").set(open.by_id.len() as f64);
+    }
+}
+
+impl Activity {
+    fn idle_since(&self) -> Option<Instant> {
+        *self.idle_since.lock().expect("idle since")
+    }
+
+    /// Marks a request in flight until the guard is dropped.
+    pub fn begin(self: &Arc<Self>) -> InFlight {
+        if self.in_flight.fetch_add(1, Ordering::SeqCst) == 0 {
+            *self.idle_since.lock().expect("idle since") = None;
+            self.changed.notify_waiters();
+        }
+        InFlight(self.clone())
+    }
+
+    /// Returns when the connection should close: evicted for a newcomer, or idle for
+    /// `idle` with nothing in flight.
+    pub async fn until_closing(&self, idle: Duration) {
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            // Registered before the state is read, so no change is missed.
+            changed.as_mut().enable();
+            let deadline = self.idle_since().map(|since| since + idle);
+            tokio::select! {
+                _ = self.evicted.cancelled() => return,
+                _ = changed => {}
+                _ = sleep_until(deadline) => {
+                    if self.idle_since().is_some_and(|since| since.elapsed() >= idle) {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if self.0.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
+            *self.0.idle_since.lock().expect("idle since") = Some(Instant::now());
+            self.0.changed.notify_waiters();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn at_the_cap_the_longest_idle_connection_makes_room_and_busy_ones_never_do() {
+        let connections = Connections::new(2);
+        let first = connections.admit().unwrap();
+        let second = connections.admit().unwrap();
+        let busy = second.activity.begin();
+        let third = connections.admit().expect("the idle first makes room");
+        assert!(first.activity.evicted.is_cancelled());
+        assert!(!second.activity.evicted.is_cancelled());
+        let _busy_too = third.activity.begin();
+        assert!(connections.admit().is_none(), "every connection is busy");
+        drop(busy);
+        assert!(connections.admit().is_some(), "the second is idle again");
+        assert!(second.activity.evicted.is_cancelled());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_closes_after_being_idle_for_the_timeout() {
+        let connections = Connections::new(4);
+        let conn = connections.admit().unwrap();
+        let activity = conn.activity.clone();
+        let guard = activity.begin();
+        let idle = Duration::from_secs(10);
+        let closing = tokio::spawn({
+            let activity = activity.clone();
+            async move { activity.until_closing(idle).await }
+        });
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert!(!closing.is_finished(), "a request in flight keeps it open");
+        drop(guard);
+        tokio::time::sleep(Duration::from_secs(9)).await;
+        assert!(!closing.is_finished());
+        tokio::time::timeout(Duration::from_secs(2), closing)
+            .await
+            .expect("idle for the timeout: closing")
+            .unwrap();
+    }
+}
