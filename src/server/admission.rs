@@ -97,12 +97,19 @@ impl Gate {
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<axum::BoxError>,
     {
+        // A declared length is refused at once when too large, and taken from the budget
+        // up front (and allocated once) when not.
+        let declared = body.size_hint().exact().unwrap_or(0) as usize;
+        if declared > MAX_BUFFERED {
+            return Err(too_large());
+        }
+        let units = declared.div_ceil(UNIT).max(1) as u32;
         let mut held = self
             .budget
             .clone()
-            .try_acquire_many_owned(1)
+            .try_acquire_many_owned(units)
             .map_err(|_| busy())?;
-        let mut buf = Vec::new();
+        let mut buf = Vec::with_capacity(declared);
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|err| match err.downcast_ref::<TimedOut>() {
                 Some(_) => ApiError::SlowBody(self.body_timeout),
@@ -112,9 +119,7 @@ impl Gate {
                 continue;
             };
             if buf.len() + data.len() > MAX_BUFFERED {
-                return Err(ApiError::TooLarge(format!(
-                    "request body larger than {MAX_BUFFERED} bytes"
-                )));
+                return Err(too_large());
             }
             buf.extend_from_slice(&data);
             let want = buf.len().div_ceil(UNIT) as u32;
@@ -129,6 +134,10 @@ impl Gate {
         }
         Ok((Bytes::from(buf), held))
     }
+}
+
+fn too_large() -> ApiError {
+    ApiError::TooLarge(format!("request body larger than {MAX_BUFFERED} bytes"))
 }
 
 fn busy() -> ApiError {

@@ -10,6 +10,7 @@ mod auth;
 mod bench;
 mod cli_client;
 mod credits;
+mod edge;
 mod gateways;
 mod grpcurl;
 mod numbering;
