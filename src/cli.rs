@@ -394,6 +394,9 @@ pub struct ServeArgs {
     /// How often the webhook outbox is read when idle (ms).
     #[arg(long, env = "WAV_WEBHOOK_POLL_MS", default_value_t = ms(defaults().webhooks.poll))]
     pub webhook_poll_ms: u64,
+    /// Send webhook deliveries through this proxy (http://, https:// or socks5:// URL); by default they go straight to their targets, ignoring HTTP_PROXY and the like.
+    #[arg(long, env = "WAV_WEBHOOK_PROXY")]
+    pub webhook_proxy: Option<String>,
     /// PEM certificate chain: serve TLS (with --tls-key) instead of plaintext.
     #[arg(long, env = "WAV_TLS_CERT")]
     pub tls_cert: Option<std::path::PathBuf>,
@@ -446,6 +449,9 @@ pub struct ServeArgs {
     /// Watch streams (gRPC WatchBatch and SSE) one account may hold open on this server; beyond it RESOURCE_EXHAUSTED / HTTP 429. 0: no limit.
     #[arg(long, env = "WAV_WATCHES_PER_ACCOUNT", default_value_t = defaults().api.watches_per_account)]
     pub watches_per_account: usize,
+    /// Invalid entries (refunded, but stored) an account may submit an hour, unless set for the account (`wavalidate account limits`); a batch past it is refused whole with RESOURCE_EXHAUSTED / HTTP 429. 0: no limit.
+    #[arg(long, env = "WAV_INVALID_ENTRIES_PER_HOUR", default_value_t = defaults().api.invalid_entries_per_hour, value_parser = clap::value_parser!(i64).range(0..))]
+    pub invalid_entries_per_hour: i64,
     /// Seconds a watch waits for a client that stopped reading before closing its stream.
     #[arg(long, env = "WAV_WATCH_STALL_SECS", default_value_t = defaults().api.watch_stall.as_secs())]
     pub watch_stall_secs: u64,
@@ -478,6 +484,14 @@ pub enum AccountCommand {
         #[arg(long)]
         rotate: bool,
     },
+    /// Set the account's own limits (what it may cost the service without paying).
+    Limits {
+        #[arg(long, env = "WAV_ACCOUNT_ID")]
+        account_id: Uuid,
+        /// Invalid entries the account may submit an hour: a number (0: no limit), or `default` for the server's WAV_INVALID_ENTRIES_PER_HOUR.
+        #[arg(long, value_parser = parse_limit)]
+        invalid_entries_per_hour: Limit,
+    },
     /// Add credits to an account.
     Credit {
         #[arg(long, env = "WAV_ACCOUNT_ID")]
@@ -486,6 +500,25 @@ pub enum AccountCommand {
         #[arg(long, env = "WAV_AMOUNT", value_parser = clap::value_parser!(i64).range(1..))]
         amount: i64,
     },
+}
+
+/// An account's own limit, or the server's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    Default,
+    Own(i32),
+}
+
+fn parse_limit(text: &str) -> Result<Limit, String> {
+    match text.trim() {
+        "default" => Ok(Limit::Default),
+        n => n
+            .parse::<i32>()
+            .ok()
+            .filter(|n| *n >= 0)
+            .map(Limit::Own)
+            .ok_or_else(|| format!("{n:?} is not a count (0 or more) or `default`")),
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -545,6 +578,7 @@ impl ServeArgs {
                 key_rate_per_sec: self.key_rate_per_sec,
                 auth_failures_per_sec: self.auth_failures_per_sec,
                 watches_per_account: self.watches_per_account,
+                invalid_entries_per_hour: self.invalid_entries_per_hour,
                 watch_stall: Duration::from_secs(self.watch_stall_secs),
                 watch_backstop: ms(self.watch_backstop_ms),
             },
@@ -594,6 +628,7 @@ impl ServeArgs {
                 allow_private: self.webhook_allow_private,
                 retry_base: ms(self.webhook_retry_base_ms),
                 poll: ms(self.webhook_poll_ms),
+                proxy: self.webhook_proxy.filter(|p| !p.trim().is_empty()),
             },
             maintenance: crate::settings::MaintenanceSettings {
                 retention: self.retention.into(),

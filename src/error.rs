@@ -263,6 +263,9 @@ impl From<StoreError> for ApiError {
             },
             StoreError::RequestIdReused(request_id) => ApiError::IdempotencyKeyReused(request_id),
             StoreError::Rejected(problem) => ApiError::InvalidArgument(problem),
+            StoreError::InvalidEntriesLimit { limit } => ApiError::LimitReached(format!(
+                "this account may submit {limit} invalid entries an hour and this batch would pass that: fix or remove the invalid entries, or wait"
+            )),
             StoreError::Query(_) | StoreError::Migrate(_) => ApiError::Internal(err.into()),
         }
     }

@@ -82,6 +82,24 @@ async fn account(command: AccountCommand, url: &str) -> anyhow::Result<()> {
                 .with_context(|| format!("no account {account_id}"))?;
             println!("{}", json!({"account_id": account_id, "credits": balance}));
         }
+        AccountCommand::Limits {
+            account_id,
+            invalid_entries_per_hour,
+        } => {
+            let own = match invalid_entries_per_hour {
+                wavalidate::cli::Limit::Default => None,
+                wavalidate::cli::Limit::Own(n) => Some(n),
+            };
+            store
+                .set_invalid_entries_limit(account_id, own)
+                .await?
+                .then_some(())
+                .with_context(|| format!("no account {account_id}"))?;
+            println!(
+                "{}",
+                json!({"account_id": account_id, "invalid_entries_per_hour": own})
+            );
+        }
         AccountCommand::WebhookSecret { account_id, rotate } => {
             let secret = store
                 .webhook_secret(account_id, rotate)

@@ -95,6 +95,9 @@ pub struct ApiSettings {
     pub auth_failures_per_sec: u32,
     /// Watch streams (gRPC and SSE) one account may hold open on this server; 0: no limit.
     pub watches_per_account: usize,
+    /// Invalid entries (refunded, but stored) an account may submit an hour unless the
+    /// operator set its own limit; 0: no limit.
+    pub invalid_entries_per_hour: i64,
     /// A watch whose client reads nothing this long is closed.
     pub watch_stall: Duration,
     /// Watched batches are re-read this often in case a notification was missed.
@@ -187,6 +190,8 @@ pub struct WebhookSettings {
     pub retry_base: Duration,
     /// How often the outbox is read when idle.
     pub poll: Duration,
+    /// A proxy for deliveries (http://, https:// or socks5:// URL); None: straight to the target.
+    pub proxy: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -282,6 +287,7 @@ impl Default for ApiSettings {
             key_rate_per_sec: 50,
             auth_failures_per_sec: 5,
             watches_per_account: 100,
+            invalid_entries_per_hour: 10_000,
             watch_stall: Duration::from_secs(30),
             watch_backstop: Duration::from_millis(2000),
         }
@@ -360,6 +366,7 @@ impl Default for WebhookSettings {
             allow_private: false,
             retry_base: Duration::from_millis(5_000),
             poll: Duration::from_millis(1_000),
+            proxy: None,
         }
     }
 }
@@ -712,6 +719,17 @@ impl Settings {
                     p.rate_limit_backoff.max(p.breaker_cooldown).as_millis()
                 )
             },
+        )?;
+        check(
+            self.webhooks.proxy.as_deref().is_none_or(|p| {
+                reqwest::Proxy::all(p).is_ok()
+                    && ["http://", "https://", "socks5://", "socks5h://"]
+                        .iter()
+                        .any(|s| p.starts_with(s))
+            }),
+            "--webhook-proxy",
+            "WAV_WEBHOOK_PROXY",
+            || "must be a proxy URL: http://host:port, https://... or socks5://...".into(),
         )?;
         check(
             self.webhooks.poll >= ms(10),

@@ -5,15 +5,26 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
 pub const SIGNATURE_HEADER: &str = "X-Wavalidate-Signature";
+pub const TIMESTAMP_HEADER: &str = "X-Wavalidate-Timestamp";
 pub const DELIVERY_HEADER: &str = "X-Wavalidate-Delivery";
 
-/// `sha256=<hex>` of HMAC-SHA256 over the exact body, keyed with the account's secret.
-pub fn sign(secret: &str, body: &[u8]) -> String {
+/// `sha256=<hex>` of HMAC-SHA256 over `<timestamp>.<body>` (the timestamp as sent in
+/// `X-Wavalidate-Timestamp`, Unix seconds), keyed with the account's secret: the
+/// receiver refuses an old timestamp, so a captured delivery cannot be replayed.
+pub fn sign(secret: &str, timestamp: i64, body: &[u8]) -> String {
     let mut mac =
         Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key length");
+    mac.update(timestamp.to_string().as_bytes());
+    mac.update(b".");
     mac.update(body);
     format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
 }
+
+/// Names resolved at once for callback checks, and how long one may take: resolution
+/// runs on tokio's blocking pool (getaddrinfo), never on the request threads, and a
+/// flood of slow names can neither take that pool nor hold a request for long.
+static RESOLVING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(32);
+const RESOLVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// The address ranges a webhook must not reach unless private targets are allowed: IANA's
 /// IPv4 and IPv6 special-purpose registries (and multicast, and the ranges that embed an
@@ -118,11 +129,18 @@ pub async fn check_callback_target(url: &reqwest::Url, allow_private: bool) -> R
     let port = url.port_or_known_default().unwrap_or(443);
     let addrs: Vec<IpAddr> = match host.parse::<IpAddr>() {
         Ok(ip) => vec![ip],
-        Err(_) => tokio::net::lookup_host((host, port))
+        Err(_) => {
+            let resolved = tokio::time::timeout(RESOLVE_TIMEOUT, async {
+                let _turn = RESOLVING.acquire().await.expect("never closed");
+                tokio::net::lookup_host((host, port)).await
+            })
             .await
-            .map_err(|_| "callback_url's host does not resolve".to_string())?
-            .map(|a| a.ip())
-            .collect(),
+            .map_err(|_| "callback_url's host did not resolve in time; retry".to_string())?;
+            resolved
+                .map_err(|_| "callback_url's host does not resolve".to_string())?
+                .map(|a| a.ip())
+                .collect()
+        }
     };
     if addrs.is_empty() {
         return Err("callback_url's host has no address".into());
@@ -142,12 +160,17 @@ mod tests {
 
     #[test]
     fn signs_like_the_documented_recipe() {
-        // python3 -c 'import hmac,hashlib;print(hmac.new(b"secret",b"{\"batch_id\":\"x\"}",hashlib.sha256).hexdigest())'
+        // python3 -c 'import hmac,hashlib;print(hmac.new(b"secret",b"1700000000.{\"batch_id\":\"x\"}",hashlib.sha256).hexdigest())'
         assert_eq!(
-            sign("secret", br#"{"batch_id":"x"}"#),
-            "sha256=712df8150d28d7aa8acb76d869c763cd101022f4ada0710d5d3b4100e5c2f023"
+            sign("secret", 1_700_000_000, br#"{"batch_id":"x"}"#),
+            "sha256=1d817b528a7d0c9bab71bf397e7a9d299561240f0568fd8b20b8b342259b1e89"
         );
-        assert_ne!(sign("secret", b"{}"), sign("other", b"{}"));
+        assert_ne!(sign("secret", 1, b"{}"), sign("other", 1, b"{}"));
+        assert_ne!(
+            sign("secret", 1, b"{}"),
+            sign("secret", 2, b"{}"),
+            "the time is signed"
+        );
     }
 
     /// One address in (and one just outside, where it matters) each row of the table.

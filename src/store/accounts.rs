@@ -100,6 +100,21 @@ impl Store {
     }
 
     /// The account's webhook signing secret, rotated first when asked; None for an unknown account.
+    /// The account's own limit of invalid entries an hour (None: the server's); false when
+    /// there is no such account.
+    pub async fn set_invalid_entries_limit(
+        &self,
+        account_id: Uuid,
+        limit: Option<i32>,
+    ) -> Result<bool> {
+        let done = sqlx::query("UPDATE accounts SET invalid_entries_per_hour = $2 WHERE id = $1")
+            .bind(account_id)
+            .bind(limit)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
     pub async fn webhook_secret(&self, account_id: Uuid, rotate: bool) -> Result<Option<String>> {
         let query = if rotate {
             "UPDATE accounts SET webhook_secret = replace(gen_random_uuid()::text || gen_random_uuid()::text, '-', '')

@@ -495,3 +495,98 @@ async fn a_message_that_is_not_protobuf_is_an_invalid_argument() {
     }
     assert_eq!(app.store.balance(app.account(0).await.0).await.unwrap(), 0);
 }
+
+fn junk(n: usize, tag: &str) -> Vec<String> {
+    (0..n).map(|i| format!("not a number {tag} {i}")).collect()
+}
+
+/// Invalid entries are refunded, so only this limit keeps an account from filling the
+/// database for free: past it a batch with invalid entries is refused whole, racing
+/// submits included; valid batches go on; the operator can set the account's own limit.
+#[tokio::test]
+async fn invalid_entries_an_hour_are_limited_per_account() {
+    let db = fresh_database().await;
+    let app = spawn_app_on(db.url.clone(), db.store.clone(), |s| {
+        s.api.invalid_entries_per_hour = 2500
+    })
+    .await;
+    // The balance must cover a batch before its invalid entries are refunded.
+    let (account, key) = app.account(1003).await;
+    let limits = |value: &'static str| {
+        let (url, id) = (db.url.clone(), account.to_string());
+        async move {
+            let out = tokio::process::Command::new(binary())
+                .args(["account", "limits", "--account-id", &id])
+                .args(["--invalid-entries-per-hour", value])
+                .env("DATABASE_URL", url)
+                .output()
+                .await
+                .unwrap();
+            assert!(out.status.success(), "{out:?}");
+        }
+    };
+    let mut client = app.client().await;
+    let batches = || async {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM batches")
+            .fetch_one(app.store.pool())
+            .await
+            .unwrap();
+        n
+    };
+    // Six racing submits of 1,000 invalid entries: exactly two fit.
+    let racing = (0..6).map(|i| {
+        let (mut client, key) = (client.clone(), key.clone());
+        async move {
+            client
+                .submit_batch(pb::SubmitBatchRequest {
+                    api_key: key,
+                    phone_numbers: junk(1000, &i.to_string()),
+                    ..Default::default()
+                })
+                .await
+        }
+    });
+    let outcomes = futures::future::join_all(racing).await;
+    let refused: Vec<_> = outcomes.iter().filter_map(|o| o.as_ref().err()).collect();
+    assert_eq!(refused.len(), 4, "{outcomes:?}");
+    for status in &refused {
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        assert!(
+            status.message().contains("2500 invalid entries an hour"),
+            "{}",
+            status.message()
+        );
+    }
+    assert_eq!(batches().await, 2, "refused batches store nothing");
+    assert_eq!(
+        app.store.balance(account).await.unwrap(),
+        1003,
+        "and cost nothing"
+    );
+    // Valid numbers are paid for, and not limited.
+    submit_and_wait(&mut client, &key, &us_numbers(0, 3)).await;
+    // Over HTTP: 429 with the reason.
+    let resp = reqwest::Client::new()
+        .post(format!("http://{}/api/v1/wavalidation/batch", app.addr))
+        .header("x-api-key", &key)
+        .json(&serde_json::json!({"phone_numbers": junk(600, "http")}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 429);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["reason"], "LIMIT_REACHED");
+    // The operator raises this account's limit, then gives it the server's again.
+    limits("5000").await;
+    submit(&mut client, &key, &junk(1000, "raised")).await;
+    limits("default").await;
+    let refused = client
+        .submit_batch(pb::SubmitBatchRequest {
+            api_key: key.clone(),
+            phone_numbers: junk(1, "default"),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted);
+}

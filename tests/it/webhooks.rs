@@ -117,10 +117,26 @@ async fn a_signed_summary_is_retried_until_delivered_then_never_again() {
         .await
         .unwrap()
         .unwrap();
+    let mut last_sent = 0;
     for (headers, body, _) in &got {
+        // Each attempt is signed with the moment it was sent, so a receiver can refuse
+        // an old one (a replay).
+        let sent: i64 = headers["x-wavalidate-timestamp"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((chrono::Utc::now().timestamp() - sent).abs() < 60, "{sent}");
+        assert!(sent >= last_sent);
+        last_sent = sent;
         assert_eq!(
             headers["x-wavalidate-signature"].to_str().unwrap(),
-            sign(&secret, body.as_bytes())
+            sign(&secret, sent, body.as_bytes())
+        );
+        assert_ne!(
+            headers["x-wavalidate-signature"].to_str().unwrap(),
+            sign(&secret, sent - 3600, body.as_bytes()),
+            "an hour-old timestamp does not verify"
         );
         assert_eq!(headers["content-type"], "application/json");
     }
@@ -299,5 +315,98 @@ async fn webhooks_ignore_proxy_variables() {
     assert!(
         proxy.got.lock().unwrap().is_empty(),
         "nothing went through the proxy"
+    );
+}
+
+/// A receiver that accepts connections and never answers.
+async fn tarpit() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    addr
+}
+
+/// One account's 48 deliveries to a receiver that never answers hold two places at a
+/// time; another account's delivery goes out at once, not after the tarpit's timeouts.
+#[tokio::test]
+async fn a_tarpit_receiver_never_delays_another_accounts_delivery() {
+    let hook = receiver(0).await;
+    let pit = format!("http://{}/hook", tarpit().await);
+    let app = spawn_app_with(fast_webhooks).await;
+    let (_, flooder) = app.account(1).await;
+    let (_, honest) = app.account(10).await;
+    let mut client = app.client().await;
+    // Invalid entries cost nothing: one credit pays for any number of these batches.
+    for i in 0..48 {
+        client
+            .submit_batch(with_callback(&flooder, vec![format!("junk {i}")], &pit))
+            .await
+            .unwrap();
+    }
+    wait_until("the tarpit holding deliveries", || async {
+        let leased: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM webhook_deliveries WHERE lease_until > now()")
+                .fetch_one(app.store.pool())
+                .await
+                .unwrap();
+        leased >= 2
+    })
+    .await;
+    let started = std::time::Instant::now();
+    client
+        .submit_batch(with_callback(&honest, us_numbers(0, 2), &hook.url()))
+        .await
+        .unwrap();
+    wait_until("the honest delivery", || async { hook.successes() == 1 }).await;
+    let late = started.elapsed();
+    // A delivery waits at most 10 s; behind the tarpit's it would wait at least that.
+    assert!(
+        late < std::time::Duration::from_secs(5),
+        "delivered after {late:?}"
+    );
+    let in_flight: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM webhook_deliveries d JOIN accounts a ON a.id = d.account_id
+         WHERE d.lease_until > now() AND d.delivered_at IS NULL",
+    )
+    .fetch_one(app.store.pool())
+    .await
+    .unwrap();
+    assert!(in_flight <= 2, "the tarpit holds {in_flight} places");
+}
+
+/// With a proxy named by the operator, deliveries go through it (and only then).
+#[tokio::test]
+async fn webhooks_go_through_the_proxy_the_operator_names() {
+    let hook = receiver(0).await;
+    let proxy = receiver(0).await; // answers 200 to the forwarded POST, as a proxy relays it
+    let db = fresh_database().await;
+    let (url, store) = (db.url.clone(), db.store.clone());
+    let api = spawn_app_on(url.clone(), store.clone(), |s| {
+        s.server.role = Role::Api;
+        s.webhooks.allow_private = true;
+    })
+    .await;
+    let (_, key) = api.account(100).await;
+    let proxy_url = format!("http://{}", proxy.addr);
+    let _worker = webhook_worker(&url, &[("WAV_WEBHOOK_PROXY", &proxy_url)]).await;
+    let mut client = api.client().await;
+    client
+        .submit_batch(with_callback(&key, us_numbers(0, 3), &hook.url()))
+        .await
+        .unwrap();
+    wait_until("the delivery, through the proxy", || async {
+        proxy.successes() == 1
+    })
+    .await;
+    let (headers, _, _) = proxy.got.lock().unwrap()[0].clone();
+    assert!(headers.contains_key("x-wavalidate-signature"));
+    assert!(
+        hook.got.lock().unwrap().is_empty(),
+        "nothing went around the proxy"
     );
 }
