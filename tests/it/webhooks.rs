@@ -276,13 +276,18 @@ async fn the_webhook_secret_command_shows_and_rotates() {
     );
 }
 
-/// Proxy variables in the server's environment are the operator's egress for gateways: a
-/// webhook goes straight to its target, where the public-address check looked (a proxy would
-/// resolve the name itself, past that check).
-#[tokio::test]
-async fn webhooks_ignore_proxy_variables() {
+/// What a proxy test holds until it ends: the database and both servers.
+type Held = (TestDb, TestApp, ServerProcess);
+
+/// A receiver and a proxy (answering `proxy_fails` or 200, as it would relay a POST), and
+/// one batch with a callback to the receiver, its delivery sent by a worker whose
+/// environment holds `env(proxy URL)`.
+async fn deliver_beside_a_proxy(
+    proxy_fails: bool,
+    env: impl FnOnce(&str) -> Vec<(&'static str, String)>,
+) -> (Receiver, Receiver, Held) {
     let hook = receiver(0).await;
-    let proxy = receiver(usize::MAX).await; // answers 500 to whatever it is sent
+    let proxy = receiver(if proxy_fails { usize::MAX } else { 0 }).await;
     let db = fresh_database().await;
     let (url, store) = (db.url.clone(), db.store.clone());
     let api = spawn_app_on(url.clone(), store.clone(), |s| {
@@ -291,23 +296,33 @@ async fn webhooks_ignore_proxy_variables() {
     })
     .await;
     let (_, key) = api.account(100).await;
-    let proxy_url = format!("http://{}", proxy.addr);
-    let _worker = webhook_worker(
-        &url,
-        &[
-            ("HTTP_PROXY", &proxy_url),
-            ("http_proxy", &proxy_url),
-            ("ALL_PROXY", &proxy_url),
-            ("NO_PROXY", ""),
-            ("no_proxy", ""),
-        ],
-    )
-    .await;
+    let env = env(&format!("http://{}", proxy.addr));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let worker = webhook_worker(&url, &env).await;
     let mut client = api.client().await;
     client
         .submit_batch(with_callback(&key, us_numbers(0, 3), &hook.url()))
         .await
         .unwrap();
+    (hook, proxy, (db, api, worker))
+}
+
+/// Proxy variables in the server's environment are the operator's egress for gateways: a
+/// webhook goes straight to its target, where the public-address check looked (a proxy would
+/// resolve the name itself, past that check).
+#[tokio::test]
+async fn webhooks_ignore_proxy_variables() {
+    let (hook, proxy, _held) = deliver_beside_a_proxy(true, |proxy| {
+        let p = || proxy.to_string();
+        vec![
+            ("HTTP_PROXY", p()),
+            ("http_proxy", p()),
+            ("ALL_PROXY", p()),
+            ("NO_PROXY", String::new()),
+            ("no_proxy", String::new()),
+        ]
+    })
+    .await;
     wait_until("the delivery, straight to its target", || async {
         hook.successes() == 1
     })
@@ -382,23 +397,10 @@ async fn a_tarpit_receiver_never_delays_another_accounts_delivery() {
 /// With a proxy named by the operator, deliveries go through it (and only then).
 #[tokio::test]
 async fn webhooks_go_through_the_proxy_the_operator_names() {
-    let hook = receiver(0).await;
-    let proxy = receiver(0).await; // answers 200 to the forwarded POST, as a proxy relays it
-    let db = fresh_database().await;
-    let (url, store) = (db.url.clone(), db.store.clone());
-    let api = spawn_app_on(url.clone(), store.clone(), |s| {
-        s.server.role = Role::Api;
-        s.webhooks.allow_private = true;
+    let (hook, proxy, _held) = deliver_beside_a_proxy(false, |proxy| {
+        vec![("WAV_WEBHOOK_PROXY", proxy.to_string())]
     })
     .await;
-    let (_, key) = api.account(100).await;
-    let proxy_url = format!("http://{}", proxy.addr);
-    let _worker = webhook_worker(&url, &[("WAV_WEBHOOK_PROXY", &proxy_url)]).await;
-    let mut client = api.client().await;
-    client
-        .submit_batch(with_callback(&key, us_numbers(0, 3), &hook.url()))
-        .await
-        .unwrap();
     wait_until("the delivery, through the proxy", || async {
         proxy.successes() == 1
     })
