@@ -209,9 +209,20 @@ pub async fn start(settings: Settings) -> anyhow::Result<Server> {
 
     let listener = TcpListener::bind(settings.server.listen).await?;
     let addr = listener.local_addr()?;
-    let mut grpc = Routes::new(health_service)
-        .add_service(crate::grpc::reflection().build_v1()?)
-        .add_service(crate::grpc::reflection().build_v1alpha()?);
+    // Health and reflection take no key: their messages are names, so they get no room
+    // for more (tonic's default is 4 MiB a message).
+    let small = crate::grpc::KEYLESS_MESSAGE_BYTES;
+    let mut grpc = Routes::new(health_service.max_decoding_message_size(small))
+        .add_service(
+            crate::grpc::reflection()
+                .build_v1()?
+                .max_decoding_message_size(small),
+        )
+        .add_service(
+            crate::grpc::reflection()
+                .build_v1alpha()?
+                .max_decoding_message_size(small),
+        );
     let mut json = axum::Router::new();
     let mut api_core = None;
     if role != Role::Worker {

@@ -10,6 +10,9 @@ pub use service::GrpcService;
 /// Largest message accepted: 1,000 entries of 256 characters fit with room to spare.
 pub const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
 
+/// Largest message of the services that take no key (health, reflection).
+pub const KEYLESS_MESSAGE_BYTES: usize = 16 * 1024;
+
 /// Reflection knows our service, health and both reflection versions, so every grpcurl lists them all.
 pub fn reflection() -> tonic_reflection::server::Builder<'static> {
     tonic_reflection::server::Builder::configure()

@@ -51,7 +51,8 @@ where
         let core = Arc::<ValidationService>::from_ref(state);
         let query = query_key(&parts.uri)?;
         let keys = KeySources::from_headers(&parts.headers, query.as_deref().unwrap_or(""))
-            .with_peer(parts.extensions.get::<Peer>());
+            .with_peer(parts.extensions.get::<Peer>())
+            .with_authenticated(parts.extensions.get::<Authenticated>());
         Ok(Caller(core.authenticate(keys).await?))
     }
 }

@@ -1,8 +1,11 @@
-//! What a request to our API passes before its body is read. Its key in the headers
-//! (`authorization`, `x-api-key`) is checked first, so an unknown key never gets a byte of
-//! its body read; a request whose key may be in its body is read whole within a budget of
-//! bytes shared by every such request, and refused while the budget is spent; and every
-//! body must arrive within the body timeout. Reflection, health and metrics pass as they are.
+//! What a request passes before its body is read. On our API, its key in the headers
+//! (`authorization`, `x-api-key`) or the query (`api_key`) is checked first, so an unknown
+//! key never gets a byte of its body read; a request whose key may be in its body is read
+//! whole within a budget of bytes shared by every such request, and refused while the
+//! budget is spent; and every body must arrive within the body timeout. Requests that
+//! take no key (health, reflection, metrics) stream their bodies within the same budget.
+//! The gate tells the connection whether the request is a checked caller's (`Admitted`):
+//! only those keep a connection from being evicted.
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -34,6 +37,10 @@ pub struct Gate {
 /// What the request holds while it is served: its share of the unauthenticated budget.
 pub type Held = Option<OwnedSemaphorePermit>;
 
+/// A request let through: what it holds meanwhile, and whether it is a checked caller's
+/// (its key checked, or its body read within the budget).
+pub type Admitted = (Request<Body>, Held, bool);
+
 impl Gate {
     /// `core` is None on a worker-only process (no API routes to guard).
     pub fn new(
@@ -49,26 +56,28 @@ impl Gate {
     }
 
     /// The request to serve, with what it holds meanwhile, or the answer refusing it.
-    pub async fn admit<B>(
-        &self,
-        req: Request<B>,
-        peer: Peer,
-    ) -> Result<(Request<Body>, Held), Response>
+    pub async fn admit<B>(&self, req: Request<B>, peer: Peer) -> Result<Admitted, Response>
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<axum::BoxError>,
     {
         let (mut parts, body) = req.into_parts();
         parts.extensions.insert(peer);
-        let Some(core) = self.core.as_ref().filter(|_| guarded(parts.uri.path())) else {
-            // Reflection streams stay open as long as grpcurl wants.
-            return Ok((Request::from_parts(parts, Body::new(body)), None));
+        let path = parts.uri.path();
+        let Some(core) = self.core.as_ref().filter(|_| guarded(path)) else {
+            // No key to check: the body streams within the budget, and (but for
+            // reflection's streams, open as long as grpcurl wants) within the timeout.
+            let reflection = path.starts_with("/grpc.reflection.");
+            let body = Budgeted::new(body, self.budget.clone());
+            let body = if reflection {
+                Body::new(body)
+            } else {
+                Body::new(Deadline::new(body, self.body_timeout))
+            };
+            return Ok((Request::from_parts(parts, body), None, false));
         };
         let body = Deadline::new(body, self.body_timeout);
         let grpc = is_grpc(&parts.headers);
-        if body.is_end_stream() {
-            return Ok((Request::from_parts(parts, Body::new(body)), None));
-        }
         let refuse = |err: ApiError| {
             if grpc {
                 status_response(err)
@@ -76,16 +85,26 @@ impl Gate {
                 err.into_response()
             }
         };
+        let query_key = query_key(&parts.uri);
         let headers_key =
             parts.headers.contains_key("authorization") || parts.headers.contains_key("x-api-key");
-        if headers_key {
-            let keys = KeySources::from_headers(&parts.headers, "").with_peer(Some(&peer));
+        if headers_key || query_key.is_some() {
+            let keys = KeySources::from_headers(&parts.headers, query_key.as_deref().unwrap_or(""))
+                .with_peer(Some(&peer));
             let known = core.pre_authenticate(keys).await.map_err(refuse)?;
             parts.extensions.insert(known);
-            return Ok((Request::from_parts(parts, Body::new(body)), None));
+            return Ok((Request::from_parts(parts, Body::new(body)), None, true));
+        }
+        if body.is_end_stream() {
+            // No key anywhere but perhaps the body, and no body: the handler refuses it.
+            return Ok((Request::from_parts(parts, Body::new(body)), None, false));
         }
         let (bytes, held) = self.buffer(body).await.map_err(refuse)?;
-        Ok((Request::from_parts(parts, Body::from(bytes)), Some(held)))
+        Ok((
+            Request::from_parts(parts, Body::from(bytes)),
+            Some(held),
+            true,
+        ))
     }
 
     /// The whole body, each KiB of it taken from the budget as it arrives.
@@ -148,6 +167,16 @@ fn busy() -> ApiError {
     )
 }
 
+/// The query's `api_key`, when it names one key (two different ones are the handler's
+/// to refuse).
+fn query_key(uri: &http::Uri) -> Option<String> {
+    let mut keys = form_urlencoded::parse(uri.query()?.as_bytes())
+        .filter(|(name, _)| name == "api_key")
+        .map(|(_, key)| key.trim().to_string());
+    let first = keys.next().filter(|k| !k.is_empty())?;
+    keys.all(|k| k == first).then_some(first)
+}
+
 /// Our API: the gRPC service and the JSON routes.
 fn guarded(path: &str) -> bool {
     path.starts_with("/wavalidation.v1.WaValidationService/") || path.starts_with("/api/")
@@ -163,6 +192,70 @@ fn is_grpc(headers: &http::HeaderMap) -> bool {
 /// An API error as a gRPC answer (trailers-only), for a request refused before tonic saw it.
 fn status_response(err: ApiError) -> Response {
     tonic::Status::from(err).into_http::<Body>()
+}
+
+/// A request body that takes each KiB it brings from the unauthenticated budget, kept
+/// until the request ends; past the budget it fails (and the request with it).
+struct Budgeted<B> {
+    inner: Pin<Box<B>>,
+    budget: Arc<Semaphore>,
+    held: Option<OwnedSemaphorePermit>,
+    bytes: usize,
+}
+
+impl<B> Budgeted<B> {
+    fn new(inner: B, budget: Arc<Semaphore>) -> Budgeted<B> {
+        Budgeted {
+            inner: Box::pin(inner),
+            budget,
+            held: None,
+            bytes: 0,
+        }
+    }
+}
+
+impl<B> http_body::Body for Budgeted<B>
+where
+    B: http_body::Body<Data = Bytes>,
+    B::Error: Into<axum::BoxError>,
+{
+    type Data = Bytes;
+    type Error = axum::BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::BoxError>>> {
+        let frame = match self.inner.as_mut().poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => frame,
+            Poll::Ready(other) => return Poll::Ready(other.map(|f| f.map_err(Into::into))),
+            Poll::Pending => return Poll::Pending,
+        };
+        if let Some(data) = frame.data_ref() {
+            let this = &mut *self;
+            this.bytes += data.len();
+            let want = this.bytes.div_ceil(UNIT) as u32;
+            let have = this.held.as_ref().map_or(0, |h| h.num_permits() as u32);
+            if want > have {
+                match this.budget.clone().try_acquire_many_owned(want - have) {
+                    Ok(more) => match &mut this.held {
+                        Some(held) => held.merge(more),
+                        None => this.held = Some(more),
+                    },
+                    Err(_) => return Poll::Ready(Some(Err(Box::new(busy())))),
+                }
+            }
+        }
+        Poll::Ready(Some(Ok(frame)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// The body timed out.

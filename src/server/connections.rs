@@ -1,7 +1,8 @@
 //! The open connections: at most `cap` of them, each closed once idle (no request in
 //! flight) for the idle timeout; at the cap, a new connection closes the longest-idle
-//! one, so silent sockets can never keep a caller out. A connection busy with requests
-//! is never closed for another.
+//! one, or else the oldest whose requests are all unauthenticated (a health watch, a
+//! body trickling in without a key), so no one without a key can keep a caller out. A
+//! connection serving a caller whose key was checked is never closed for another.
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -28,6 +29,10 @@ struct Open {
 #[derive(Debug)]
 pub struct Activity {
     in_flight: AtomicUsize,
+    /// Requests in flight whose key was checked (or whose body was read within the
+    /// unauthenticated budget): while any, the connection is never evicted.
+    protected: AtomicUsize,
+    admitted_at: Instant,
     idle_since: Mutex<Option<Instant>>,
     changed: Notify,
     evicted: CancellationToken,
@@ -41,7 +46,19 @@ pub struct Admitted {
 }
 
 /// A request in flight on its connection, until dropped (with its response body).
-pub struct InFlight(Arc<Activity>);
+pub struct InFlight {
+    activity: Arc<Activity>,
+    protected: bool,
+}
+
+/// Why a connection should close.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Closing {
+    /// Idle for the timeout: gracefully (nothing is in flight).
+    Idle,
+    /// Evicted for a newcomer: at once, whatever unauthenticated request it holds.
+    Evicted,
+}
 
 impl Connections {
     pub fn new(cap: usize) -> Arc<Connections> {
@@ -55,8 +72,9 @@ impl Connections {
         self.cap
     }
 
-    /// A place for a new connection, closing the longest-idle one at the cap; None when
-    /// every open connection has a request in flight.
+    /// A place for a new connection, closing at the cap the longest-idle one, or else the
+    /// oldest with only unauthenticated requests; None when every open connection serves
+    /// a checked key.
     pub fn admit(self: &Arc<Self>) -> Option<Admitted> {
         let mut open = self.open.lock().expect("connections");
         if open.by_id.len() >= self.cap {
@@ -64,7 +82,14 @@ impl Connections {
                 .by_id
                 .iter()
                 .filter_map(|(id, a)| a.idle_since().map(|since| (since, *id)))
-                .min()?;
+                .min()
+                .or_else(|| {
+                    open.by_id
+                        .iter()
+                        .filter(|(_, a)| a.protected.load(Ordering::SeqCst) == 0)
+                        .map(|(id, a)| (a.admitted_at, *id))
+                        .min()
+                })?;
             if let Some(evicted) = open.by_id.remove(&idlest.1) {
                 evicted.evicted.cancel();
                 metrics::counter!("wav_connections_evicted_total").increment(1);
@@ -74,6 +99,8 @@ impl Connections {
         let id = open.next;
         let activity = Arc::new(Activity {
             in_flight: AtomicUsize::new(0),
+            protected: AtomicUsize::new(0),
+            admitted_at: Instant::now(),
             idle_since: Mutex::new(Some(Instant::now())),
             changed: Notify::new(),
             evicted: CancellationToken::new(),
@@ -107,12 +134,15 @@ impl Activity {
             *self.idle_since.lock().expect("idle since") = None;
             self.changed.notify_waiters();
         }
-        InFlight(self.clone())
+        InFlight {
+            activity: self.clone(),
+            protected: false,
+        }
     }
 
-    /// Returns when the connection should close: evicted for a newcomer, or idle for
-    /// `idle` with nothing in flight.
-    pub async fn until_closing(&self, idle: Duration) {
+    /// Returns when the connection should close, and why: evicted for a newcomer, or idle
+    /// for `idle` with nothing in flight.
+    pub async fn until_closing(&self, idle: Duration) -> Closing {
         loop {
             let changed = self.changed.notified();
             tokio::pin!(changed);
@@ -120,11 +150,11 @@ impl Activity {
             changed.as_mut().enable();
             let deadline = self.idle_since().map(|since| since + idle);
             tokio::select! {
-                _ = self.evicted.cancelled() => return,
+                _ = self.evicted.cancelled() => return Closing::Evicted,
                 _ = changed => {}
                 _ = sleep_until(deadline) => {
                     if self.idle_since().is_some_and(|since| since.elapsed() >= idle) {
-                        return;
+                        return Closing::Idle;
                     }
                 }
             }
@@ -139,11 +169,26 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
+impl InFlight {
+    /// The request's key was checked (or its body read within the budget): its
+    /// connection is no longer anyone's to evict.
+    pub fn protect(&mut self) {
+        if !self.protected {
+            self.protected = true;
+            self.activity.protected.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
 impl Drop for InFlight {
     fn drop(&mut self) {
-        if self.0.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
-            *self.0.idle_since.lock().expect("idle since") = Some(Instant::now());
-            self.0.changed.notify_waiters();
+        let activity = &self.activity;
+        if self.protected {
+            activity.protected.fetch_sub(1, Ordering::SeqCst);
+        }
+        if activity.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
+            *activity.idle_since.lock().expect("idle since") = Some(Instant::now());
+            activity.changed.notify_waiters();
         }
     }
 }
@@ -157,15 +202,28 @@ mod tests {
         let connections = Connections::new(2);
         let first = connections.admit().unwrap();
         let second = connections.admit().unwrap();
-        let busy = second.activity.begin();
+        let mut busy = second.activity.begin();
+        busy.protect();
         let third = connections.admit().expect("the idle first makes room");
         assert!(first.activity.evicted.is_cancelled());
         assert!(!second.activity.evicted.is_cancelled());
-        let _busy_too = third.activity.begin();
-        assert!(connections.admit().is_none(), "every connection is busy");
+        let mut busy_too = third.activity.begin();
+        busy_too.protect();
+        assert!(
+            connections.admit().is_none(),
+            "every connection serves a checked key"
+        );
         drop(busy);
-        assert!(connections.admit().is_some(), "the second is idle again");
+        let fourth = connections.admit().expect("the second is idle again");
         assert!(second.activity.evicted.is_cancelled());
+        // A request without a checked key holds its connection only until a newcomer needs it.
+        let _unchecked = fourth.activity.begin();
+        assert!(
+            connections.admit().is_some(),
+            "the unauthenticated one makes room"
+        );
+        assert!(fourth.activity.evicted.is_cancelled());
+        assert!(!third.activity.evicted.is_cancelled());
     }
 
     #[tokio::test(start_paused = true)]

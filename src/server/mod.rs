@@ -21,7 +21,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::settings::EdgeSettings;
 use admission::Gate;
-use connections::{Admitted, Connections};
+use connections::{Admitted, Closing, Connections};
 
 mod admission;
 mod connections;
@@ -187,8 +187,8 @@ async fn drive<S>(
     let activity = admitted.activity.clone();
     let closing = async move {
         tokio::select! {
-            _ = shutdown.cancelled() => {}
-            _ = activity.until_closing(edge.idle_timeout) => {}
+            _ = shutdown.cancelled() => Closing::Idle,
+            why = activity.until_closing(edge.idle_timeout) => why,
         }
     };
     tokio::pin!(closing);
@@ -201,8 +201,12 @@ async fn drive<S>(
                 }
                 break;
             }
-            _ = &mut closing, if !closed => {
+            why = &mut closing, if !closed => {
                 closed = true;
+                if why == Closing::Evicted {
+                    // Its requests are unauthenticated (or none): cut, not drained.
+                    break;
+                }
                 conn.as_mut().graceful_shutdown();
             }
         }
@@ -234,12 +238,15 @@ impl tower::Service<http::Request<hyper::body::Incoming>> for ConnService {
     }
 
     fn call(&mut self, req: http::Request<hyper::body::Incoming>) -> Self::Future {
-        let in_flight = self.activity.begin();
+        let mut in_flight = self.activity.begin();
         let this = self.clone();
         Box::pin(async move {
             use tower::ServiceExt;
             let resp = match this.edge.gate.admit(req, this.peer).await {
-                Ok((req, held)) => {
+                Ok((req, held, checked)) => {
+                    if checked {
+                        in_flight.protect();
+                    }
                     let resp = this.router.oneshot(req).await?;
                     drop(held);
                     resp

@@ -590,3 +590,66 @@ async fn invalid_entries_an_hour_are_limited_per_account() {
         .unwrap_err();
     assert_eq!(refused.code(), Code::ResourceExhausted);
 }
+
+/// Requests that take no key (a health watch on every connection, a health check
+/// declaring a 4 MiB message) hold nothing a caller needs: at the cap their connections
+/// make room, and no message is read past what such a service needs.
+#[tokio::test]
+async fn keyless_streams_never_keep_a_caller_out() {
+    let db = fresh_database().await;
+    let (_, key) = db.store.create_account("keyless", 10).await.unwrap();
+    let key = key.expose().to_string();
+    let mut server = spawn_process(&db.url, &["--max-connections", "16"], &[]).await;
+    let addr = server.addr;
+    // Twice the cap of health watches, each on its own connection, each kept open.
+    let mut watches = Vec::new();
+    for _ in 0..32 {
+        let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+        let watch = health
+            .watch(tonic_health::pb::HealthCheckRequest::default())
+            .await;
+        watches.push(watch);
+    }
+    for _ in 0..3 {
+        caller_is_answered(addr, &key, secs(2)).await;
+    }
+    // A health check whose message would be 4 MiB is refused at its length.
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (send, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(conn);
+    let mut send = send.ready().await.unwrap();
+    let req = http::Request::post(format!("http://{addr}/grpc.health.v1.Health/Check"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap();
+    let (response, mut body) = send.send_request(req, false).unwrap();
+    body.send_data(
+        grpc_frame_start(4 << 20)[..64 * 1024].to_vec().into(),
+        false,
+    )
+    .unwrap();
+    let resp = tokio::time::timeout(secs(5), response)
+        .await
+        .expect("refused without the rest of the message")
+        .unwrap();
+    let status = match resp.headers().get("grpc-status") {
+        Some(s) => s.to_str().unwrap().to_string(),
+        None => {
+            let mut body = resp.into_body();
+            while body.data().await.is_some() {}
+            let trailers = body.trailers().await.unwrap().unwrap();
+            trailers["grpc-status"].to_str().unwrap().to_string()
+        }
+    };
+    assert_eq!(
+        status, "11",
+        "OUT_OF_RANGE: larger than a health message may be"
+    );
+    server.terminate().await;
+}
