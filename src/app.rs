@@ -243,7 +243,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Server> {
             key_rate_per_sec: settings.api.key_rate_per_sec,
             auth_failures_per_sec: settings.api.auth_failures_per_sec,
             watches_per_account: settings.api.watches_per_account,
-            invalid_entries_per_hour: settings.api.invalid_entries_per_hour,
+            free_entries_per_hour: settings.api.free_entries_per_hour,
         };
         let core = Arc::new(ValidationService::new(
             store.clone(),

@@ -449,9 +449,9 @@ pub struct ServeArgs {
     /// Watch streams (gRPC WatchBatch and SSE) one account may hold open on this server; beyond it RESOURCE_EXHAUSTED / HTTP 429. 0: no limit.
     #[arg(long, env = "WAV_WATCHES_PER_ACCOUNT", default_value_t = defaults().api.watches_per_account)]
     pub watches_per_account: usize,
-    /// Invalid entries (refunded, but stored) an account may submit an hour, unless set for the account (`wavalidate account limits`); a batch past it is refused whole with RESOURCE_EXHAUSTED / HTTP 429. 0: no limit.
-    #[arg(long, env = "WAV_INVALID_ENTRIES_PER_HOUR", default_value_t = defaults().api.invalid_entries_per_hour, value_parser = clap::value_parser!(i64).range(0..))]
-    pub invalid_entries_per_hour: i64,
+    /// Invalid entries and cancelled numbers (refunded, but stored) an account may have an hour, unless set for the account (`wavalidate account limits`); past it a batch is refused whole with RESOURCE_EXHAUSTED / HTTP 429. 0: no limit.
+    #[arg(long, env = "WAV_FREE_ENTRIES_PER_HOUR", default_value_t = defaults().api.free_entries_per_hour, value_parser = clap::value_parser!(i64).range(0..))]
+    pub free_entries_per_hour: i64,
     /// Seconds a watch waits for a client that stopped reading before closing its stream.
     #[arg(long, env = "WAV_WATCH_STALL_SECS", default_value_t = defaults().api.watch_stall.as_secs())]
     pub watch_stall_secs: u64,
@@ -488,9 +488,9 @@ pub enum AccountCommand {
     Limits {
         #[arg(long, env = "WAV_ACCOUNT_ID")]
         account_id: Uuid,
-        /// Invalid entries the account may submit an hour: a number (0: no limit), or `default` for the server's WAV_INVALID_ENTRIES_PER_HOUR.
+        /// Invalid entries and cancelled numbers the account may have an hour: a number (0: no limit), or `default` for the server's WAV_FREE_ENTRIES_PER_HOUR.
         #[arg(long, value_parser = parse_limit)]
-        invalid_entries_per_hour: Limit,
+        free_entries_per_hour: Limit,
     },
     /// Add credits to an account.
     Credit {
@@ -578,7 +578,7 @@ impl ServeArgs {
                 key_rate_per_sec: self.key_rate_per_sec,
                 auth_failures_per_sec: self.auth_failures_per_sec,
                 watches_per_account: self.watches_per_account,
-                invalid_entries_per_hour: self.invalid_entries_per_hour,
+                free_entries_per_hour: self.free_entries_per_hour,
                 watch_stall: Duration::from_secs(self.watch_stall_secs),
                 watch_backstop: ms(self.watch_backstop_ms),
             },

@@ -263,8 +263,8 @@ impl From<StoreError> for ApiError {
             },
             StoreError::RequestIdReused(request_id) => ApiError::IdempotencyKeyReused(request_id),
             StoreError::Rejected(problem) => ApiError::InvalidArgument(problem),
-            StoreError::InvalidEntriesLimit { limit } => ApiError::LimitReached(format!(
-                "this account may submit {limit} invalid entries an hour and this batch would pass that: fix or remove the invalid entries, or wait"
+            StoreError::FreeEntriesLimit { limit } => ApiError::LimitReached(format!(
+                "this account may have {limit} invalid entries and cancelled numbers an hour (both refunded, both stored) and is past it: fix or remove the invalid entries, cancel less, or wait"
             )),
             StoreError::Query(_) | StoreError::Migrate(_) => ApiError::Internal(err.into()),
         }

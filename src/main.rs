@@ -84,20 +84,20 @@ async fn account(command: AccountCommand, url: &str) -> anyhow::Result<()> {
         }
         AccountCommand::Limits {
             account_id,
-            invalid_entries_per_hour,
+            free_entries_per_hour,
         } => {
-            let own = match invalid_entries_per_hour {
+            let own = match free_entries_per_hour {
                 wavalidate::cli::Limit::Default => None,
                 wavalidate::cli::Limit::Own(n) => Some(n),
             };
             store
-                .set_invalid_entries_limit(account_id, own)
+                .set_free_entries_limit(account_id, own)
                 .await?
                 .then_some(())
                 .with_context(|| format!("no account {account_id}"))?;
             println!(
                 "{}",
-                json!({"account_id": account_id, "invalid_entries_per_hour": own})
+                json!({"account_id": account_id, "free_entries_per_hour": own})
             );
         }
         AccountCommand::WebhookSecret { account_id, rotate } => {

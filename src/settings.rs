@@ -95,9 +95,9 @@ pub struct ApiSettings {
     pub auth_failures_per_sec: u32,
     /// Watch streams (gRPC and SSE) one account may hold open on this server; 0: no limit.
     pub watches_per_account: usize,
-    /// Invalid entries (refunded, but stored) an account may submit an hour unless the
-    /// operator set its own limit; 0: no limit.
-    pub invalid_entries_per_hour: i64,
+    /// Invalid entries and cancelled numbers (refunded, but stored) an account may have an
+    /// hour unless the operator set its own limit; 0: no limit.
+    pub free_entries_per_hour: i64,
     /// A watch whose client reads nothing this long is closed.
     pub watch_stall: Duration,
     /// Watched batches are re-read this often in case a notification was missed.
@@ -287,7 +287,7 @@ impl Default for ApiSettings {
             key_rate_per_sec: 50,
             auth_failures_per_sec: 5,
             watches_per_account: 100,
-            invalid_entries_per_hour: 10_000,
+            free_entries_per_hour: 10_000,
             watch_stall: Duration::from_secs(30),
             watch_backstop: Duration::from_millis(2000),
         }

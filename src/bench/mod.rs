@@ -43,7 +43,7 @@ fn serve_settings(url: &str, role: Role, workers: usize) -> Settings {
     settings.api.key_rate_per_sec = 0;
     // One key holds every watcher of the benchmark.
     settings.api.watches_per_account = 0;
-    settings.api.invalid_entries_per_hour = 0;
+    settings.api.free_entries_per_hour = 0;
     settings.api.watch_stall = Duration::from_secs(120);
     settings
 }

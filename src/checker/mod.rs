@@ -252,9 +252,12 @@ pub trait Checker: Send + Sync + 'static {
 pub type DynChecker = Arc<dyn Checker>;
 
 /// The WhatsApp id in a JID such as `5511981234567@s.whatsapp.net` or `...@c.us`.
+/// Only digits are an id: whatever else a gateway puts there (its host, a session, markup)
+/// is never shown to a customer, and callers fall back to the number asked.
 pub fn wa_id_from_jid(jid: &str) -> Option<String> {
     let user = jid.split('@').next()?.split(':').next()?;
-    (!user.is_empty()).then(|| user.to_string())
+    let plausible = (5..=20).contains(&user.len()) && user.bytes().all(|b| b.is_ascii_digit());
+    plausible.then(|| user.to_string())
 }
 
 #[cfg(test)]
@@ -279,5 +282,13 @@ mod tests {
             Some("14155552671")
         );
         assert_eq!(wa_id_from_jid("@c.us"), None);
+        for garbage in [
+            "gw.internal/session=secret apikey=KEY@c.us",
+            "<img src=x onerror=alert(1)>\r\nX@c.us",
+            "https://gw:3000/x@c.us",
+            "1234@c.us",
+        ] {
+            assert_eq!(wa_id_from_jid(garbage), None, "{garbage}");
+        }
     }
 }

@@ -51,7 +51,7 @@ const SPECIAL_V4: [(u32, u8, &str); 19] = [
     (0xF000_0000, 4, "reserved"),
 ];
 
-const SPECIAL_V6: [(u128, u8, &str); 14] = [
+const SPECIAL_V6: [(u128, u8, &str); 17] = [
     (0, 128, "unspecified"),
     (1, 128, "loopback"),
     (0, 96, "IPv4-compatible (deprecated)"),
@@ -60,6 +60,9 @@ const SPECIAL_V6: [(u128, u8, &str); 14] = [
     (0x0064_ff9b_u128 << 96, 96, "NAT64"),
     (0x0064_ff9b_0001_u128 << 80, 48, "local-use NAT64"),
     (0x0100_u128 << 112, 64, "discard-only"),
+    (0x0100_0000_0000_0001_u128 << 64, 64, "dummy IPv6 prefix"),
+    (0x3fff_u128 << 112, 20, "documentation"),
+    (0x5f00_u128 << 112, 16, "segment routing (SRv6) SIDs"),
     (
         0x2001_u128 << 112,
         23,
@@ -120,6 +123,9 @@ pub fn parse_callback_url(text: &str) -> Result<reqwest::Url, String> {
     Ok(url)
 }
 
+const NOT_PUBLIC: &str =
+    "callback_url is not a public address that resolves; only public hosts may receive webhooks";
+
 /// Resolves the URL's host; refuses it when any address is forbidden (unless allowed).
 pub async fn check_callback_target(url: &reqwest::Url, allow_private: bool) -> Result<(), String> {
     if allow_private {
@@ -135,21 +141,17 @@ pub async fn check_callback_target(url: &reqwest::Url, allow_private: bool) -> R
                 tokio::net::lookup_host((host, port)).await
             })
             .await
-            .map_err(|_| "callback_url's host did not resolve in time; retry".to_string())?;
+            .map_err(|_| NOT_PUBLIC.to_string())?;
             resolved
-                .map_err(|_| "callback_url's host does not resolve".to_string())?
+                .map_err(|_| NOT_PUBLIC.to_string())?
                 .map(|a| a.ip())
                 .collect()
         }
     };
-    if addrs.is_empty() {
-        return Err("callback_url's host has no address".into());
-    }
-    // Which address a name has is not told: a caller must not map the operator's names.
-    if addrs.into_iter().any(is_forbidden_ip) {
-        return Err(
-            "callback_url is not a public address; only public hosts may receive webhooks".into(),
-        );
+    // One answer whether a name does not resolve, resolves too slowly or resolves to a
+    // private address: a caller must not map (or find) the operator's internal names.
+    if addrs.is_empty() || addrs.into_iter().any(is_forbidden_ip) {
+        return Err(NOT_PUBLIC.into());
     }
     Ok(())
 }
@@ -204,6 +206,9 @@ mod tests {
             ("64:ff9b::10.0.0.1", "NAT64"),
             ("64:ff9b:1::1", "local-use NAT64"),
             ("100::1", "discard-only"),
+            ("100:0:0:1::1", "dummy IPv6 prefix"),
+            ("3fff::1", "documentation"),
+            ("5f00::1", "segment routing (SRv6) SIDs"),
             ("2001::1", "IETF protocol assignments (Teredo...)"),
             ("2001:db8::1", "documentation"),
             ("2002:c0a8:101::1", "6to4"),
@@ -223,6 +228,9 @@ mod tests {
             "223.255.255.255",
             "2606:4700::1111",
             "2001:4860:4860::8888",
+            "3fff:1000::1",
+            "5f01::1",
+            "100:0:0:2::1",
         ] {
             assert_eq!(special_range(ip.parse().unwrap()), None, "{ip}");
         }

@@ -53,8 +53,10 @@ pub struct Webhooks {
     config: WebhookConfig,
 }
 
-/// Deliveries in flight at once in this process.
-const IN_FLIGHT: usize = 32;
+/// Deliveries in flight at once in this process: cheap (a socket each), and many, so that
+/// receivers that never answer hold them all only when more than `IN_FLIGHT / PER_ACCOUNT`
+/// accounts have one at once.
+const IN_FLIGHT: usize = 256;
 /// Of one account: a receiver that never answers holds at most this many places, each
 /// for one `TIMEOUT`, so it never delays another account's delivery.
 const PER_ACCOUNT: i64 = 2;

@@ -87,8 +87,9 @@ pub struct ServiceConfig {
     pub auth_failures_per_sec: u32,
     /// Watch streams one account may hold open here; 0: no limit.
     pub watches_per_account: usize,
-    /// Invalid entries an account may submit an hour, unless the operator set its own; 0: none.
-    pub invalid_entries_per_hour: i64,
+    /// Free entries (invalid, cancelled) an account may have an hour, unless the operator set
+    /// its own; 0: none.
+    pub free_entries_per_hour: i64,
 }
 
 /// The validation service: accounts' batches, from submission to results.
@@ -419,7 +420,7 @@ impl ValidationService {
                 cached: &cached,
                 callback_url: (!callback_url.is_empty()).then_some(callback_url),
                 ahead,
-                invalid_per_hour: self.config.invalid_entries_per_hour,
+                free_per_hour: self.config.free_entries_per_hour,
             })
             .await?;
         tracing::info!(batch_id = %batch.id, %account_id, total = batch.total_numbers, "batch submitted");

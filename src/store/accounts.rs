@@ -102,12 +102,12 @@ impl Store {
     /// The account's webhook signing secret, rotated first when asked; None for an unknown account.
     /// The account's own limit of invalid entries an hour (None: the server's); false when
     /// there is no such account.
-    pub async fn set_invalid_entries_limit(
+    pub async fn set_free_entries_limit(
         &self,
         account_id: Uuid,
         limit: Option<i32>,
     ) -> Result<bool> {
-        let done = sqlx::query("UPDATE accounts SET invalid_entries_per_hour = $2 WHERE id = $1")
+        let done = sqlx::query("UPDATE accounts SET free_entries_per_hour = $2 WHERE id = $1")
             .bind(account_id)
             .bind(limit)
             .execute(&self.pool)

@@ -22,8 +22,9 @@ pub struct NewBatch<'a> {
     pub callback_url: Option<&'a str>,
     /// Queue the numbers before every batch's (a caller is waiting for them).
     pub ahead: bool,
-    /// Invalid entries an account may submit an hour unless it has its own limit; 0: none.
-    pub invalid_per_hour: i64,
+    /// Free entries (invalid, cancelled) an account may have an hour unless it has its own
+    /// limit; 0: none.
+    pub free_per_hour: i64,
 }
 
 // Macros rather than consts so queries stay `&'static str` (sqlx refuses runtime-built SQL).
@@ -138,24 +139,24 @@ impl Store {
         if charged.is_none() {
             return Ok(Stored::Unpaid);
         }
-        // After the charge locked the account row: a concurrent submit of the same
-        // account committed before this statement's snapshot, so its entries count.
-        if invalid > 0 {
-            let over: Option<i64> = sqlx::query_scalar(
-                "SELECT l.lim::bigint FROM
-                    (SELECT coalesce(invalid_entries_per_hour, $2) AS lim FROM accounts WHERE id = $1) l
-                 WHERE l.lim > 0 AND l.lim < (
-                    SELECT coalesce(sum(delta), 0) FROM credit_ledger
-                    WHERE account_id = $1 AND reason = 'refund_invalid'
-                      AND created_at > now() - interval '1 hour')",
-            )
-            .bind(new.account_id)
-            .bind(new.invalid_per_hour)
-            .fetch_optional(&mut *tx)
-            .await?;
-            if let Some(limit) = over {
-                return Err(StoreError::InvalidEntriesLimit { limit });
-            }
+        // Free entries (invalid, cancelled) of the last hour, this batch's invalid ones
+        // included, within the account's limit. After the charge locked the account row:
+        // a concurrent submit of the same account committed before this statement's
+        // snapshot, so its entries count.
+        let over: Option<i64> = sqlx::query_scalar(
+            "SELECT l.lim::bigint FROM
+                (SELECT coalesce(free_entries_per_hour, $2) AS lim FROM accounts WHERE id = $1) l
+             WHERE l.lim > 0 AND l.lim < (
+                SELECT coalesce(sum(delta), 0) FROM credit_ledger
+                WHERE account_id = $1 AND reason IN ('refund_invalid', 'refund_cancelled')
+                  AND created_at > now() - interval '1 hour')",
+        )
+        .bind(new.account_id)
+        .bind(new.free_per_hour)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(limit) = over {
+            return Err(StoreError::FreeEntriesLimit { limit });
         }
         tx.commit().await?;
         Ok(Stored::New(batch))

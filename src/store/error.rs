@@ -23,9 +23,10 @@ pub enum StoreError {
     /// The account used this request_id for a different request.
     #[error("request_id {0:?} was already used for a different request")]
     RequestIdReused(String),
-    /// The batch would take the account past its invalid entries an hour; nothing was stored.
-    #[error("this account may submit {limit} invalid entries an hour")]
-    InvalidEntriesLimit { limit: i64 },
+    /// The batch would take the account past its free entries (invalid, cancelled) an hour;
+    /// nothing was stored.
+    #[error("this account may have {limit} invalid entries and cancelled numbers an hour")]
+    FreeEntriesLimit { limit: i64 },
     /// A value PostgreSQL refuses (a name taken, a time zone it does not know): what to fix.
     #[error("{0}")]
     Rejected(String),

@@ -500,14 +500,16 @@ fn junk(n: usize, tag: &str) -> Vec<String> {
     (0..n).map(|i| format!("not a number {tag} {i}")).collect()
 }
 
-/// Invalid entries are refunded, so only this limit keeps an account from filling the
-/// database for free: past it a batch with invalid entries is refused whole, racing
-/// submits included; valid batches go on; the operator can set the account's own limit.
+/// Invalid entries and cancelled numbers are refunded, so only this limit keeps an account
+/// from filling the database for free: past it a batch is refused whole, racing submits
+/// included; the operator can set the account's own limit.
 #[tokio::test]
-async fn invalid_entries_an_hour_are_limited_per_account() {
+async fn free_entries_an_hour_are_limited_per_account() {
     let db = fresh_database().await;
     let app = spawn_app_on(db.url.clone(), db.store.clone(), |s| {
-        s.api.invalid_entries_per_hour = 2500
+        s.api.free_entries_per_hour = 2500;
+        // Valid numbers stay pending, so a cancel refunds them all.
+        s.checker.simulated.latency = secs(60);
     })
     .await;
     // The balance must cover a batch before its invalid entries are refunded.
@@ -517,7 +519,7 @@ async fn invalid_entries_an_hour_are_limited_per_account() {
         async move {
             let out = tokio::process::Command::new(binary())
                 .args(["account", "limits", "--account-id", &id])
-                .args(["--invalid-entries-per-hour", value])
+                .args(["--free-entries-per-hour", value])
                 .env("DATABASE_URL", url)
                 .output()
                 .await
@@ -552,7 +554,9 @@ async fn invalid_entries_an_hour_are_limited_per_account() {
     for status in &refused {
         assert_eq!(status.code(), Code::ResourceExhausted);
         assert!(
-            status.message().contains("2500 invalid entries an hour"),
+            status
+                .message()
+                .contains("2500 invalid entries and cancelled numbers an hour"),
             "{}",
             status.message()
         );
@@ -563,8 +567,8 @@ async fn invalid_entries_an_hour_are_limited_per_account() {
         1003,
         "and cost nothing"
     );
-    // Valid numbers are paid for, and not limited.
-    submit_and_wait(&mut client, &key, &us_numbers(0, 3)).await;
+    // Valid numbers are paid for, and not limited while the account is within it.
+    submit(&mut client, &key, &us_numbers(0, 3)).await;
     // Over HTTP: 429 with the reason.
     let resp = reqwest::Client::new()
         .post(format!("http://{}/api/v1/wavalidation/batch", app.addr))
@@ -589,6 +593,25 @@ async fn invalid_entries_an_hour_are_limited_per_account() {
         .await
         .unwrap_err();
     assert_eq!(refused.code(), Code::ResourceExhausted);
+    // Submit and cancel: as free as invalid entries, and counted with them (3,000 so far).
+    limits("3600").await;
+    let cancelled = submit(&mut client, &key, &us_numbers(100, 601)).await;
+    client
+        .cancel_batch(pb::CancelBatchRequest {
+            api_key: key.clone(),
+            batch_id: cancelled.batch_id,
+        })
+        .await
+        .unwrap();
+    let refused = client
+        .submit_batch(pb::SubmitBatchRequest {
+            api_key: key.clone(),
+            phone_numbers: us_numbers(900, 1),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
 }
 
 /// Requests that take no key (a health watch on every connection, a health check
