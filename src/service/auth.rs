@@ -47,13 +47,40 @@ impl KeyLimiter {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Peer(pub IpAddr);
 
-/// Failed authentications per peer address: `per_sec` a second, bursts of 4 times that.
-/// Once over, every key from that address is refused without a database lookup until the
-/// limiter allows another failure. None: no limit.
+/// Failed authentications per peer address (an IPv6 address's /64, which one host
+/// holds): `per_sec` a second, bursts of 4 times that. An address that failed within
+/// `SUSPECT_FOR` pays for every lookup before it is made, so concurrent wrong keys cannot
+/// outrun the limit; past it every key from that address is refused without a database
+/// lookup until the limiter allows another. None: no limit.
 pub struct FailureLimiter {
     limiter: Option<governor::DefaultKeyedRateLimiter<IpAddr>>,
-    /// Addresses refused until then.
-    blocked: Mutex<HashMap<IpAddr, Instant>>,
+    state: Mutex<HashMap<IpAddr, Standing>>,
+}
+
+/// How long after a failure an address's lookups are paid for up front.
+const SUSPECT_FOR: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone, Copy)]
+struct Standing {
+    failed_at: Instant,
+    blocked_until: Option<Instant>,
+}
+
+/// Whether a lookup was already paid for (`FailureLimiter::admit`).
+#[derive(Debug, Clone, Copy)]
+pub struct Admission {
+    paid: bool,
+}
+
+/// The address a limit is kept for: IPv4 as it is, IPv6 by its /64.
+fn limited_address(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
+        },
+    }
 }
 
 impl FailureLimiter {
@@ -63,47 +90,76 @@ impl FailureLimiter {
                 let burst = rate.saturating_mul(NonZeroU32::new(4).expect("4"));
                 governor::RateLimiter::keyed(governor::Quota::per_second(rate).allow_burst(burst))
             }),
-            blocked: Mutex::new(HashMap::new()),
+            state: Mutex::new(HashMap::new()),
         }
     }
 
-    /// Refuses a peer that failed too often lately.
-    fn admit(&self, peer: Option<IpAddr>) -> Result<(), ApiError> {
-        let Some(peer) = peer else { return Ok(()) };
-        let mut blocked = self.blocked.lock().expect("blocked peers");
-        match blocked.get(&peer) {
-            Some(until) if *until > Instant::now() => Err(ApiError::AuthThrottled {
-                retry_after: *until - Instant::now(),
-            }),
-            Some(_) => {
-                blocked.remove(&peer);
-                Ok(())
-            }
-            None => Ok(()),
+    /// Refuses a peer that failed too often lately; a suspect one pays for its lookup now.
+    fn admit(&self, peer: Option<IpAddr>) -> Result<Admission, ApiError> {
+        let (Some(limiter), Some(peer)) = (&self.limiter, peer.map(limited_address)) else {
+            return Ok(Admission { paid: false });
+        };
+        let now = Instant::now();
+        let mut state = self.state.lock().expect("peer standing");
+        let Some(standing) = state.get_mut(&peer) else {
+            return Ok(Admission { paid: false });
+        };
+        if let Some(until) = standing.blocked_until.filter(|until| *until > now) {
+            return Err(ApiError::AuthThrottled {
+                retry_after: until - now,
+            });
         }
+        if now.duration_since(standing.failed_at) > SUSPECT_FOR {
+            state.remove(&peer);
+            return Ok(Admission { paid: false });
+        }
+        Self::pay(limiter, peer, standing)?;
+        Ok(Admission { paid: true })
     }
 
-    /// Counts a failed authentication from `peer`.
-    fn failed(&self, peer: Option<IpAddr>) {
-        let (Some(limiter), Some(peer)) = (&self.limiter, peer) else {
+    /// Takes one failure's worth from the address's allowance, or blocks it.
+    fn pay(
+        limiter: &governor::DefaultKeyedRateLimiter<IpAddr>,
+        peer: IpAddr,
+        standing: &mut Standing,
+    ) -> Result<(), ApiError> {
+        use governor::clock::{Clock, DefaultClock};
+        let Err(not_until) = limiter.check_key(&peer) else {
+            return Ok(());
+        };
+        let wait = not_until
+            .wait_time_from(DefaultClock::default().now())
+            .max(Duration::from_millis(100));
+        if standing.blocked_until.is_none() {
+            tracing::warn!(%peer, "too many failed authentications: refusing this address for a while");
+        }
+        standing.blocked_until = Some(Instant::now() + wait);
+        Err(ApiError::AuthThrottled { retry_after: wait })
+    }
+
+    /// Counts a failed authentication from `peer` (paid for already, if it was suspect).
+    fn failed(&self, peer: Option<IpAddr>, admission: Admission) {
+        let (Some(limiter), Some(peer)) = (&self.limiter, peer.map(limited_address)) else {
             return;
         };
-        if let Err(not_until) = limiter.check_key(&peer) {
-            use governor::clock::{Clock, DefaultClock};
-            let wait = not_until.wait_time_from(DefaultClock::default().now());
-            tracing::warn!(%peer, "too many failed authentications: refusing this address for a while");
-            let mut blocked = self.blocked.lock().expect("blocked peers");
-            blocked.insert(peer, Instant::now() + wait.max(Duration::from_millis(100)));
+        let mut state = self.state.lock().expect("peer standing");
+        let standing = state.entry(peer).or_insert(Standing {
+            failed_at: Instant::now(),
+            blocked_until: None,
+        });
+        standing.failed_at = Instant::now();
+        if !admission.paid {
+            let _ = Self::pay(limiter, peer, standing);
         }
     }
 
     /// Forgets quiet addresses, so memory follows the active ones.
     pub fn forget_idle(&self) {
         let now = Instant::now();
-        self.blocked
-            .lock()
-            .expect("blocked peers")
-            .retain(|_, until| *until > now);
+        self.state.lock().expect("peer standing").retain(|_, s| {
+            now.duration_since(s.failed_at) <= SUSPECT_FOR
+                || s.blocked_until.is_some_and(|until| until > now)
+        });
         if let Some(limiter) = &self.limiter {
             limiter.retain_recent();
             limiter.shrink_to_fit();
@@ -273,7 +329,7 @@ pub async fn authenticate_key(
             return Ok(known);
         }
     }
-    failures.admit(keys.peer)?;
+    let admission = failures.admit(keys.peer)?;
     let looked_up = match presented_key(keys) {
         Ok(key) => store
             .account_for_key(&key)
@@ -283,7 +339,7 @@ pub async fn authenticate_key(
         Err(err) => Err(err),
     };
     if let Err(ApiError::Unauthenticated(_)) = &looked_up {
-        failures.failed(keys.peer);
+        failures.failed(keys.peer, admission);
     }
     let (key, account) = looked_up?;
     limiter.check(&key)?;
@@ -310,6 +366,21 @@ mod tests {
             peer: None,
             authenticated: None,
         }
+    }
+
+    #[test]
+    fn an_ipv6_host_is_limited_by_its_64() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(
+            limited_address(ip("2001:db8:1:2:aaaa::1")),
+            limited_address(ip("2001:db8:1:2:bbbb::2"))
+        );
+        assert_ne!(
+            limited_address(ip("2001:db8:1:2::1")),
+            limited_address(ip("2001:db8:1:3::1"))
+        );
+        assert_eq!(limited_address(ip("::ffff:10.0.0.1")), ip("10.0.0.1"));
+        assert_eq!(limited_address(ip("10.0.0.1")), ip("10.0.0.1"));
     }
 
     #[test]
