@@ -35,6 +35,18 @@ fn query_key(uri: &axum::http::Uri) -> Result<Option<String>, ApiError> {
     Ok(first)
 }
 
+/// The key of the query string or of the body: both count, and two different ones are refused.
+fn one_key<'a>(query: Option<&'a str>, body: &'a str) -> Result<&'a str, ApiError> {
+    let body = body.trim();
+    match query.map(str::trim).filter(|q| !q.is_empty()) {
+        Some(q) if !body.is_empty() && q != body => Err(ApiError::InvalidArgument(
+            "two different API keys in one request (query string and body)".into(),
+        )),
+        Some(q) if body.is_empty() => Ok(q),
+        _ => Ok(body),
+    }
+}
+
 /// A body that may carry the caller's key.
 pub trait BodyKey {
     fn api_key(&self) -> &str;
@@ -70,10 +82,12 @@ where
         let headers = req.headers().clone();
         let peer = req.extensions().get::<Peer>().copied();
         let known = req.extensions().get::<Authenticated>().copied();
-        // A key in the headers was checked before the body was read (the server's gate);
-        // otherwise the key may be in the body, read first.
+        let query = query_key(req.uri())?;
+        // A key in the headers or query was checked before the body was read (the
+        // server's gate); otherwise the key may be in the body, read first.
         let Json(body) = Json::<T>::from_request(req, state).await?;
-        let keys = KeySources::from_headers(&headers, body.api_key())
+        let key = one_key(query.as_deref(), body.api_key())?;
+        let keys = KeySources::from_headers(&headers, key)
             .with_peer(peer.as_ref())
             .with_authenticated(known.as_ref());
         Ok(CallerJson(core.authenticate(keys).await?, body))
@@ -120,17 +134,7 @@ where
             }
             Query::<T>::try_from_uri(&uri)?.0
         };
-        // A key in the query string counts beside one in the body: two different keys are refused.
-        let body_key = params.api_key().trim();
-        let key = match query_key.as_deref() {
-            Some(q) if !body_key.is_empty() && q.trim() != body_key => {
-                return Err(ApiError::InvalidArgument(
-                    "two different API keys in one request (query string and body)".into(),
-                ));
-            }
-            Some(q) if body_key.is_empty() => q,
-            _ => body_key,
-        };
+        let key = one_key(query_key.as_deref(), params.api_key())?;
         let keys = KeySources::from_headers(&headers, key)
             .with_peer(peer.as_ref())
             .with_authenticated(known.as_ref());

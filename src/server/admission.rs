@@ -270,15 +270,16 @@ impl std::fmt::Display for TimedOut {
 
 impl std::error::Error for TimedOut {}
 
-/// A request body that must end by a deadline set when the request arrived: a client
-/// trickling it a byte at a time still has to finish.
-struct Deadline<B> {
+/// A body that must end by a deadline: a request body set when the request arrived (a
+/// client trickling it a byte at a time still has to finish), or the response to a
+/// request without a key (a health watch, a client that never reads).
+pub struct Deadline<B> {
     inner: Pin<Box<B>>,
     sleep: Pin<Box<tokio::time::Sleep>>,
 }
 
 impl<B> Deadline<B> {
-    fn new(inner: B, timeout: Duration) -> Deadline<B> {
+    pub fn new(inner: B, timeout: Duration) -> Deadline<B> {
         Deadline {
             inner: Box::pin(inner),
             sleep: Box::pin(tokio::time::sleep(timeout)),

@@ -249,7 +249,15 @@ impl tower::Service<http::Request<hyper::body::Incoming>> for ConnService {
                     }
                     let resp = this.router.oneshot(req).await?;
                     drop(held);
-                    resp
+                    if checked {
+                        resp
+                    } else {
+                        // Without a key, a request lives at most the idle timeout.
+                        let limit = this.edge.idle_timeout;
+                        resp.map(|body| {
+                            axum::body::Body::new(admission::Deadline::new(body, limit))
+                        })
+                    }
                 }
                 Err(refused) => refused,
             };

@@ -166,6 +166,17 @@ async fn repeated_keys_and_forged_page_tokens_are_invalid_arguments() {
         .await
         .unwrap();
     assert_eq!(same_twice.status(), reqwest::StatusCode::OK);
+    // A batch with one key in its query and another in its body.
+    let query_and_body = http
+        .post(format!(
+            "http://{}/api/v1/wavalidation/batch?api_key={bob}",
+            app.addr
+        ))
+        .json(&serde_json::json!({"api_key": alice, "phone_numbers": ["+14155552671"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(query_and_body.status(), reqwest::StatusCode::BAD_REQUEST);
 
     let mut client = app.client().await;
     let mut req = balance_request("", &[("x-api-key", &alice)]);

@@ -652,7 +652,8 @@ async fn keyless_streams_never_keep_a_caller_out() {
     let db = fresh_database().await;
     let (_, key) = db.store.create_account("keyless", 10).await.unwrap();
     let key = key.expose().to_string();
-    let mut server = spawn_process(&db.url, &["--max-connections", "16"], &[]).await;
+    let args = ["--max-connections", "16", "--idle-timeout", "2s"];
+    let mut server = spawn_process(&db.url, &args, &[]).await;
     let addr = server.addr;
     // Twice the cap of health watches, each on its own connection, each kept open.
     let mut watches = Vec::new();
@@ -671,6 +672,29 @@ async fn keyless_streams_never_keep_a_caller_out() {
     for _ in 0..3 {
         caller_is_answered(addr, &key, secs(2)).await;
     }
+    // A request without a key lives at most the idle timeout: a watch opened now, with no
+    // newcomer to make room for, ends by itself.
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let mut watch = health
+        .watch(tonic_health::pb::HealthCheckRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let started = tokio::time::Instant::now();
+    let ended = tokio::time::timeout(secs(5), async {
+        while let Ok(Some(_)) = watch.message().await {}
+    })
+    .await;
+    assert!(ended.is_ok(), "a key-less watch outlived the idle timeout");
+    assert!(
+        started.elapsed() >= ms(1500),
+        "ended before the idle timeout"
+    );
     // A health check whose message would be 4 MiB is refused at its length.
     let tcp = TcpStream::connect(addr).await.unwrap();
     let (send, conn) = h2::client::handshake(tcp).await.unwrap();
