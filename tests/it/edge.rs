@@ -644,6 +644,20 @@ async fn free_entries_an_hour_are_limited_per_account() {
     assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
 }
 
+/// A health watch (which takes no key) on a connection of its own.
+async fn health_watch(addr: SocketAddr) -> tonic::Streaming<tonic_health::pb::HealthCheckResponse> {
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    tonic_health::pb::health_client::HealthClient::new(channel)
+        .watch(tonic_health::pb::HealthCheckRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+}
+
 /// Requests that take no key (a health watch on every connection, a health check
 /// declaring a 4 MiB message) hold nothing a caller needs: at the cap their connections
 /// make room, and no message is read past what such a service needs.
@@ -658,33 +672,14 @@ async fn keyless_streams_never_keep_a_caller_out() {
     // Twice the cap of health watches, each on its own connection, each kept open.
     let mut watches = Vec::new();
     for _ in 0..32 {
-        let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
-        let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
-        let watch = health
-            .watch(tonic_health::pb::HealthCheckRequest::default())
-            .await;
-        watches.push(watch);
+        watches.push(health_watch(addr).await);
     }
     for _ in 0..3 {
         caller_is_answered(addr, &key, secs(2)).await;
     }
     // A request without a key lives at most the idle timeout: a watch opened now, with no
     // newcomer to make room for, ends by itself.
-    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
-    let mut watch = health
-        .watch(tonic_health::pb::HealthCheckRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
+    let mut watch = health_watch(addr).await;
     let started = tokio::time::Instant::now();
     let ended = tokio::time::timeout(secs(5), async {
         while let Ok(Some(_)) = watch.message().await {}
