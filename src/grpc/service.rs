@@ -11,8 +11,7 @@ use super::convert;
 use crate::domain::batch::BatchId;
 use crate::pb::{self, wa_validation_service_server::WaValidationService};
 use crate::service::{
-    Authenticated, CheckInput, DEFAULT_CHECK_WAIT, KeySources, PageToken, Peer, SubmitInput,
-    ValidationService,
+    CheckInput, DEFAULT_CHECK_WAIT, KeySources, PageToken, SubmitInput, ValidationService,
 };
 
 pub struct GrpcService {
@@ -27,8 +26,7 @@ impl GrpcService {
     /// The account of the request's key (its `api_key` field, or the metadata).
     async fn caller<T: WithApiKey>(&self, request: &Request<T>) -> Result<Uuid, Status> {
         let keys = KeySources::from_metadata(request.metadata(), request.get_ref().api_key())
-            .with_peer(request.extensions().get::<Peer>())
-            .with_authenticated(request.extensions().get::<Authenticated>());
+            .with_extensions(request.extensions());
         Ok(self.core.authenticate(keys).await?)
     }
 }

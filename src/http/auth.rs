@@ -8,7 +8,7 @@ use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
 use crate::error::ApiError;
-use crate::service::{Authenticated, KeySources, Peer, ValidationService};
+use crate::service::{KeySources, ValidationService};
 
 /// The account of a request whose key comes as `Authorization: Bearer <key>`,
 /// `X-Api-Key: <key>` or the `api_key` query parameter.
@@ -63,8 +63,7 @@ where
         let core = Arc::<ValidationService>::from_ref(state);
         let query = query_key(&parts.uri)?;
         let keys = KeySources::from_headers(&parts.headers, query.as_deref().unwrap_or(""))
-            .with_peer(parts.extensions.get::<Peer>())
-            .with_authenticated(parts.extensions.get::<Authenticated>());
+            .with_extensions(&parts.extensions);
         Ok(Caller(core.authenticate(keys).await?))
     }
 }
@@ -80,16 +79,14 @@ where
     async fn from_request(req: Request, state: &S) -> Result<CallerJson<T>, ApiError> {
         let core = Arc::<ValidationService>::from_ref(state);
         let headers = req.headers().clone();
-        let peer = req.extensions().get::<Peer>().copied();
-        let known = req.extensions().get::<Authenticated>().copied();
+        // The body is read below; the request's extensions are kept for the key check.
+        let extensions = req.extensions().clone();
         let query = query_key(req.uri())?;
         // A key in the headers or query was checked before the body was read (the
         // server's gate); otherwise the key may be in the body, read first.
         let Json(body) = Json::<T>::from_request(req, state).await?;
         let key = one_key(query.as_deref(), body.api_key())?;
-        let keys = KeySources::from_headers(&headers, key)
-            .with_peer(peer.as_ref())
-            .with_authenticated(known.as_ref());
+        let keys = KeySources::from_headers(&headers, key).with_extensions(&extensions);
         Ok(CallerJson(core.authenticate(keys).await?, body))
     }
 }
@@ -105,8 +102,8 @@ where
     async fn from_request(req: Request, state: &S) -> Result<CallerParams<T>, ApiError> {
         let core = Arc::<ValidationService>::from_ref(state);
         let headers = req.headers().clone();
-        let peer = req.extensions().get::<Peer>().copied();
-        let known = req.extensions().get::<Authenticated>().copied();
+        // The body is read below; the request's extensions are kept for the key check.
+        let extensions = req.extensions().clone();
         let query_key = query_key(req.uri())?.filter(|k| !k.trim().is_empty());
         let form = headers
             .get(axum::http::header::CONTENT_TYPE)
@@ -135,9 +132,7 @@ where
             Query::<T>::try_from_uri(&uri)?.0
         };
         let key = one_key(query_key.as_deref(), params.api_key())?;
-        let keys = KeySources::from_headers(&headers, key)
-            .with_peer(peer.as_ref())
-            .with_authenticated(known.as_ref());
+        let keys = KeySources::from_headers(&headers, key).with_extensions(&extensions);
         Ok(CallerParams(core.authenticate(keys).await?, params))
     }
 }

@@ -4,8 +4,8 @@
 //! whole within a budget of bytes shared by every such request, and refused while the
 //! budget is spent; and every body must arrive within the body timeout. Requests that
 //! take no key (health, reflection, metrics) stream their bodies within the same budget.
-//! The gate tells the connection whether the request is a checked caller's (`Admitted`):
-//! only those keep a connection from being evicted.
+//! A request's `AuthMark` says whose key was checked, here or by its handler: only such
+//! requests keep a connection from being evicted (`connections`).
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -20,7 +20,7 @@ use http_body_util::BodyExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::error::ApiError;
-use crate::service::{KeySources, Peer, ValidationService};
+use crate::service::{AuthMark, KeySources, Peer, ValidationService};
 
 /// Largest body buffered before authentication: a gRPC message at its limit and its frame
 /// header, or a JSON body at its limit.
@@ -37,9 +37,8 @@ pub struct Gate {
 /// What the request holds while it is served: its share of the unauthenticated budget.
 pub type Held = Option<OwnedSemaphorePermit>;
 
-/// A request let through: what it holds meanwhile, and whether it is a checked caller's
-/// (its key checked, or its body read within the budget).
-pub type Admitted = (Request<Body>, Held, bool);
+/// A request let through, and what it holds meanwhile.
+pub type Admitted = (Request<Body>, Held);
 
 impl Gate {
     /// `core` is None on a worker-only process (no API routes to guard).
@@ -74,7 +73,7 @@ impl Gate {
             } else {
                 Body::new(Deadline::new(body, self.body_timeout))
             };
-            return Ok((Request::from_parts(parts, body), None, false));
+            return Ok((Request::from_parts(parts, body), None));
         };
         let body = Deadline::new(body, self.body_timeout);
         let grpc = is_grpc(&parts.headers);
@@ -92,19 +91,18 @@ impl Gate {
             let keys = KeySources::from_headers(&parts.headers, query_key.as_deref().unwrap_or(""))
                 .with_peer(Some(&peer));
             let known = core.pre_authenticate(keys).await.map_err(refuse)?;
+            if let Some(mark) = parts.extensions.get::<AuthMark>() {
+                mark.set(known.account);
+            }
             parts.extensions.insert(known);
-            return Ok((Request::from_parts(parts, Body::new(body)), None, true));
+            return Ok((Request::from_parts(parts, Body::new(body)), None));
         }
         if body.is_end_stream() {
             // No key anywhere but perhaps the body, and no body: the handler refuses it.
-            return Ok((Request::from_parts(parts, Body::new(body)), None, false));
+            return Ok((Request::from_parts(parts, Body::new(body)), None));
         }
         let (bytes, held) = self.buffer(body).await.map_err(refuse)?;
-        Ok((
-            Request::from_parts(parts, Body::from(bytes)),
-            Some(held),
-            true,
-        ))
+        Ok((Request::from_parts(parts, Body::from(bytes)), Some(held)))
     }
 
     /// The whole body, each KiB of it taken from the budget as it arrives.

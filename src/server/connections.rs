@@ -12,11 +12,19 @@ use tokio::sync::Notify;
 // Tokio's clock, so the idle deadline and its check agree (and tests can pause time).
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
 
 pub struct Connections {
     cap: usize,
     open: Mutex<Open>,
+    /// Protected requests in flight, per account, across connections.
+    protecting: Arc<Mutex<HashMap<Uuid, usize>>>,
 }
+
+/// Requests one account may have protecting connections at once; past it, its requests
+/// are served like key-less ones (evictable, living at most the idle timeout), so one
+/// key cannot pin the connection cap.
+pub const PROTECTED_PER_ACCOUNT: usize = 256;
 
 #[derive(Default)]
 struct Open {
@@ -36,6 +44,7 @@ pub struct Activity {
     idle_since: Mutex<Option<Instant>>,
     changed: Notify,
     evicted: CancellationToken,
+    protecting: Arc<Mutex<HashMap<Uuid, usize>>>,
 }
 
 /// A connection's place among the open ones, given back when it is dropped.
@@ -48,7 +57,8 @@ pub struct Admitted {
 /// A request in flight on its connection, until dropped (with its response body).
 pub struct InFlight {
     activity: Arc<Activity>,
-    protected: bool,
+    /// The account whose checked key protects the connection.
+    protected: Option<Uuid>,
 }
 
 /// Why a connection should close.
@@ -65,6 +75,7 @@ impl Connections {
         Arc::new(Connections {
             cap: cap.max(1),
             open: Mutex::default(),
+            protecting: Arc::default(),
         })
     }
 
@@ -104,6 +115,7 @@ impl Connections {
             idle_since: Mutex::new(Some(Instant::now())),
             changed: Notify::new(),
             evicted: CancellationToken::new(),
+            protecting: self.protecting.clone(),
         });
         open.by_id.insert(id, activity.clone());
         metrics::gauge!("wav_connections_open").set(open.by_id.len() as f64);
@@ -136,7 +148,7 @@ impl Activity {
         }
         InFlight {
             activity: self.clone(),
-            protected: false,
+            protected: None,
         }
     }
 
@@ -170,21 +182,39 @@ async fn sleep_until(deadline: Option<Instant>) {
 }
 
 impl InFlight {
-    /// The request's key was checked (or its body read within the budget): its
-    /// connection is no longer anyone's to evict.
-    pub fn protect(&mut self) {
-        if !self.protected {
-            self.protected = true;
-            self.activity.protected.fetch_add(1, Ordering::SeqCst);
+    /// The request is served for `account`'s checked key: its connection is no longer
+    /// anyone's to evict, within the account's share (`PROTECTED_PER_ACCOUNT`).
+    pub fn protect(&mut self, account: Uuid) {
+        if self.protected.is_some() {
+            return;
         }
+        let mut protecting = self.activity.protecting.lock().expect("protecting");
+        let held = protecting.entry(account).or_default();
+        if *held >= PROTECTED_PER_ACCOUNT {
+            return;
+        }
+        *held += 1;
+        self.protected = Some(account);
+        self.activity.protected.fetch_add(1, Ordering::SeqCst);
+    }
+
+    pub fn is_protected(&self) -> bool {
+        self.protected.is_some()
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
         let activity = &self.activity;
-        if self.protected {
+        if let Some(account) = self.protected {
             activity.protected.fetch_sub(1, Ordering::SeqCst);
+            let mut protecting = activity.protecting.lock().expect("protecting");
+            if let Some(held) = protecting.get_mut(&account) {
+                *held -= 1;
+                if *held == 0 {
+                    protecting.remove(&account);
+                }
+            }
         }
         if activity.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
             *activity.idle_since.lock().expect("idle since") = Some(Instant::now());
@@ -203,12 +233,12 @@ mod tests {
         let first = connections.admit().unwrap();
         let second = connections.admit().unwrap();
         let mut busy = second.activity.begin();
-        busy.protect();
+        busy.protect(Uuid::nil());
         let third = connections.admit().expect("the idle first makes room");
         assert!(first.activity.evicted.is_cancelled());
         assert!(!second.activity.evicted.is_cancelled());
         let mut busy_too = third.activity.begin();
-        busy_too.protect();
+        busy_too.protect(Uuid::nil());
         assert!(
             connections.admit().is_none(),
             "every connection serves a checked key"
@@ -224,6 +254,31 @@ mod tests {
         );
         assert!(fourth.activity.evicted.is_cancelled());
         assert!(!third.activity.evicted.is_cancelled());
+    }
+
+    #[test]
+    fn one_account_protects_at_most_its_share() {
+        let connections = Connections::new(PROTECTED_PER_ACCOUNT + 2);
+        let account = Uuid::now_v7();
+        let mut held = Vec::new();
+        for _ in 0..PROTECTED_PER_ACCOUNT {
+            let conn = connections.admit().unwrap();
+            let mut request = conn.activity.begin();
+            request.protect(account);
+            assert!(request.is_protected());
+            held.push((conn, request));
+        }
+        let conn = connections.admit().unwrap();
+        let mut one_more = conn.activity.begin();
+        one_more.protect(account);
+        assert!(!one_more.is_protected(), "past the account's share");
+        one_more.protect(Uuid::now_v7());
+        assert!(one_more.is_protected(), "another account has its own share");
+        drop(held.pop());
+        let conn = connections.admit().unwrap();
+        let mut freed = conn.activity.begin();
+        freed.protect(account);
+        assert!(freed.is_protected(), "a place given back");
     }
 
     #[tokio::test(start_paused = true)]

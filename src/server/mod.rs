@@ -19,6 +19,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::service::AuthMark;
 use crate::settings::EdgeSettings;
 use admission::Gate;
 use connections::{Admitted, Closing, Connections};
@@ -237,29 +238,36 @@ impl tower::Service<http::Request<hyper::body::Incoming>> for ConnService {
         std::task::Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, req: http::Request<hyper::body::Incoming>) -> Self::Future {
+    fn call(&mut self, mut req: http::Request<hyper::body::Incoming>) -> Self::Future {
         let mut in_flight = self.activity.begin();
+        let mark = AuthMark::default();
+        req.extensions_mut().insert(mark.clone());
         let this = self.clone();
         Box::pin(async move {
             use tower::ServiceExt;
             let resp = match this.edge.gate.admit(req, this.peer).await {
-                Ok((req, held, checked)) => {
-                    if checked {
-                        in_flight.protect();
+                Ok((req, held)) => {
+                    // A key checked before the body protects the connection at once; one
+                    // in the body, once the handler has checked it.
+                    if let Some(account) = mark.get() {
+                        in_flight.protect(account);
                     }
                     let resp = this.router.oneshot(req).await?;
                     drop(held);
-                    if checked {
-                        resp
-                    } else {
-                        // Without a key, a request lives at most the idle timeout.
-                        let limit = this.edge.idle_timeout;
-                        resp.map(|body| {
-                            axum::body::Body::new(admission::Deadline::new(body, limit))
-                        })
+                    if let Some(account) = mark.get() {
+                        in_flight.protect(account);
                     }
+                    resp
                 }
                 Err(refused) => refused,
+            };
+            // Without a checked key (or past its account's share of protected requests), a
+            // request lives at most the idle timeout, its response included.
+            let resp = if in_flight.is_protected() {
+                resp
+            } else {
+                let limit = this.edge.idle_timeout;
+                resp.map(|body| axum::body::Body::new(admission::Deadline::new(body, limit)))
             };
             // The connection stays busy until the response body ends (a watch stream).
             Ok(resp.map(|body| {

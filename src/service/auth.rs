@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use uuid::Uuid;
@@ -46,6 +46,21 @@ impl KeyLimiter {
 /// The address a request came from, put in its extensions by the server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Peer(pub IpAddr);
+
+/// Where a request's handler records whose key it checked, put in its extensions by the
+/// server: a request served for a checked key may keep its connection open.
+#[derive(Debug, Clone, Default)]
+pub struct AuthMark(Arc<Mutex<Option<Uuid>>>);
+
+impl AuthMark {
+    pub fn set(&self, account: Uuid) {
+        *self.0.lock().expect("auth mark") = Some(account);
+    }
+
+    pub fn get(&self) -> Option<Uuid> {
+        *self.0.lock().expect("auth mark")
+    }
+}
 
 /// Failed authentications per peer address (an IPv6 address's /64, which one host
 /// holds): `per_sec` a second, bursts of 4 times that. An address that failed within
@@ -190,6 +205,8 @@ pub struct KeySources<'a> {
     pub peer: Option<IpAddr>,
     /// The headers' key, already checked.
     pub authenticated: Option<Authenticated>,
+    /// Told the account once the key is checked.
+    pub mark: Option<&'a AuthMark>,
 }
 
 /// The first value and whether another one differs from it.
@@ -210,6 +227,16 @@ impl<'a> KeySources<'a> {
     pub fn with_authenticated(self, known: Option<&Authenticated>) -> KeySources<'a> {
         KeySources {
             authenticated: known.copied(),
+            ..self
+        }
+    }
+
+    /// The request's extensions: its address, the key the server checked, its mark.
+    pub fn with_extensions(self, extensions: &'a http::Extensions) -> KeySources<'a> {
+        KeySources {
+            peer: extensions.get::<Peer>().map(|p| p.0),
+            authenticated: extensions.get::<Authenticated>().copied(),
+            mark: extensions.get::<AuthMark>(),
             ..self
         }
     }
@@ -237,6 +264,7 @@ impl<'a> KeySources<'a> {
             repeated: a || x,
             peer: None,
             authenticated: None,
+            mark: None,
         }
     }
 
@@ -260,6 +288,7 @@ impl<'a> KeySources<'a> {
             repeated: a || x,
             peer: None,
             authenticated: None,
+            mark: None,
         }
     }
 }
@@ -310,9 +339,13 @@ pub async fn authenticate(
     failures: &FailureLimiter,
     keys: KeySources<'_>,
 ) -> Result<Uuid, ApiError> {
-    authenticate_key(store, limiter, failures, keys)
-        .await
-        .map(|known| known.account)
+    let account = authenticate_key(store, limiter, failures, keys)
+        .await?
+        .account;
+    if let Some(mark) = keys.mark {
+        mark.set(account);
+    }
+    Ok(account)
 }
 
 /// The account and the key's hash, for a check made before the body is read.
@@ -365,6 +398,7 @@ mod tests {
             repeated: false,
             peer: None,
             authenticated: None,
+            mark: None,
         }
     }
 

@@ -23,7 +23,7 @@ mod check;
 mod paging;
 pub mod watch;
 
-pub use auth::{Authenticated, KeySources, Peer};
+pub use auth::{AuthMark, Authenticated, KeySources, Peer};
 pub use check::{CheckInput, Checked, DEFAULT_CHECK_WAIT, MAX_CHECK_WAIT, MIN_CHECK_WAIT};
 pub use paging::PageToken;
 pub use watch::WatchStream;

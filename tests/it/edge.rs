@@ -677,6 +677,30 @@ async fn keyless_streams_never_keep_a_caller_out() {
     for _ in 0..3 {
         caller_is_answered(addr, &key, secs(2)).await;
     }
+    // Wrong keys in bodies, on HTTP/2 connections that never open their receive window:
+    // each answer (401) stays unsent, and still holds nothing a caller needs.
+    let mut pinned = Vec::new();
+    for _ in 0..32 {
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let (send, conn) = h2::client::Builder::new()
+            .initial_window_size(0)
+            .handshake::<_, prost::bytes::Bytes>(tcp)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let mut send = send.ready().await.unwrap();
+        let req = http::Request::post(format!("http://{addr}/api/v1/wavalidation/batch"))
+            .header("content-type", "application/json")
+            .body(())
+            .unwrap();
+        let (response, mut body) = send.send_request(req, false).unwrap();
+        let json = r#"{"api_key": "wav_wrong", "phone_numbers": ["+14155552671"]}"#;
+        body.send_data(json.into(), true).unwrap();
+        pinned.push((send, response));
+    }
+    for _ in 0..3 {
+        caller_is_answered(addr, &key, secs(2)).await;
+    }
     // A request without a key lives at most the idle timeout: a watch opened now, with no
     // newcomer to make room for, ends by itself.
     let mut watch = health_watch(addr).await;
