@@ -45,6 +45,8 @@ pub struct Activity {
     changed: Notify,
     evicted: CancellationToken,
     protecting: Arc<Mutex<HashMap<Uuid, usize>>>,
+    /// The progress of each request in flight.
+    responses: Mutex<Vec<std::sync::Weak<Progress>>>,
 }
 
 /// A connection's place among the open ones, given back when it is dropped.
@@ -59,6 +61,81 @@ pub struct InFlight {
     activity: Arc<Activity>,
     /// The account whose checked key protects the connection.
     protected: Option<Uuid>,
+    progress: Arc<Progress>,
+}
+
+/// Whether a response's client keeps taking it: the last time its body was asked for a
+/// frame, and whether it is waiting on us (a watch with nothing new) rather than on the
+/// client (no window granted, nothing read).
+#[derive(Debug)]
+pub struct Progress {
+    since: std::sync::Mutex<Instant>,
+    waiting_on_us: std::sync::atomic::AtomicBool,
+}
+
+impl Progress {
+    /// While the request is handled, it waits on us.
+    fn new() -> Progress {
+        Progress {
+            since: std::sync::Mutex::new(Instant::now()),
+            waiting_on_us: std::sync::atomic::AtomicBool::new(true),
+        }
+    }
+
+    /// The response is handed to the client: from now on it waits on them until it asks.
+    fn handed_over(&self) {
+        *self.since.lock().expect("progress") = Instant::now();
+        self.waiting_on_us.store(false, Ordering::SeqCst);
+    }
+
+    /// How long the client has left the response untaken, if it has.
+    fn stalled_for(&self) -> Option<Duration> {
+        (!self.waiting_on_us.load(Ordering::SeqCst))
+            .then(|| self.since.lock().expect("progress").elapsed())
+    }
+}
+
+/// A response body that records its client's progress (`Progress`) and keeps its request
+/// in flight until it ends.
+pub struct Tracked<B> {
+    inner: std::pin::Pin<Box<B>>,
+    in_flight: InFlight,
+}
+
+impl<B> Tracked<B> {
+    pub fn new(inner: B, in_flight: InFlight) -> Tracked<B> {
+        in_flight.progress.handed_over();
+        Tracked {
+            inner: Box::pin(inner),
+            in_flight,
+        }
+    }
+}
+
+impl<B: http_body::Body> http_body::Body for Tracked<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<B::Data>, B::Error>>> {
+        let polled = self.inner.as_mut().poll_frame(cx);
+        let progress = &self.in_flight.progress;
+        *progress.since.lock().expect("progress") = Instant::now();
+        progress
+            .waiting_on_us
+            .store(polled.is_pending(), Ordering::SeqCst);
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// Why a connection should close.
@@ -116,6 +193,7 @@ impl Connections {
             changed: Notify::new(),
             evicted: CancellationToken::new(),
             protecting: self.protecting.clone(),
+            responses: Mutex::default(),
         });
         open.by_id.insert(id, activity.clone());
         metrics::gauge!("wav_connections_open").set(open.by_id.len() as f64);
@@ -146,9 +224,44 @@ impl Activity {
             *self.idle_since.lock().expect("idle since") = None;
             self.changed.notify_waiters();
         }
+        let progress = Arc::new(Progress::new());
+        self.responses
+            .lock()
+            .expect("responses")
+            .retain(|p| p.strong_count() > 0);
+        self.responses
+            .lock()
+            .expect("responses")
+            .push(Arc::downgrade(&progress));
         InFlight {
             activity: self.clone(),
             protected: None,
+            progress,
+        }
+    }
+
+    /// Returns once the connection is evicted.
+    pub async fn evicted(&self) {
+        self.evicted.cancelled().await
+    }
+
+    /// Returns once a response in flight has been left untaken by its client for `limit`
+    /// (checked every second).
+    pub async fn until_stalled(&self, limit: Duration) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            let stalled = self
+                .responses
+                .lock()
+                .expect("responses")
+                .iter()
+                .filter_map(std::sync::Weak::upgrade)
+                .any(|p| p.stalled_for().is_some_and(|d| d >= limit));
+            if stalled {
+                metrics::counter!("wav_connections_stalled_total").increment(1);
+                return;
+            }
         }
     }
 
@@ -279,6 +392,44 @@ mod tests {
         let mut freed = conn.activity.begin();
         freed.protect(account);
         assert!(freed.is_protected(), "a place given back");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_response_its_client_never_takes_stalls_its_connection() {
+        use http_body_util::BodyExt;
+        let connections = Connections::new(4);
+        let conn = connections.admit().unwrap();
+        let limit = Duration::from_secs(10);
+        let stalled = {
+            let activity = conn.activity.clone();
+            tokio::spawn(async move { activity.until_stalled(limit).await })
+        };
+        // Handled for longer than the limit (a single check waiting): not the client's doing.
+        let request = conn.activity.begin();
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        assert!(!stalled.is_finished());
+        // A stream that waits on us between its frames (a quiet watch) is not stalled.
+        let (tx, rx) = tokio::sync::mpsc::channel::<
+            Result<http_body::Frame<axum::body::Bytes>, std::convert::Infallible>,
+        >(1);
+        let mut body = Tracked::new(
+            http_body_util::StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx)),
+            request,
+        );
+        let polled = tokio::time::timeout(Duration::from_secs(30), body.frame()).await;
+        assert!(polled.is_err(), "nothing to send yet");
+        assert!(!stalled.is_finished());
+        // A frame sent and never asked for again: the client is not taking it.
+        tx.send(Ok(http_body::Frame::data(axum::body::Bytes::from_static(
+            b"x",
+        ))))
+        .await
+        .unwrap();
+        body.frame().await.unwrap().unwrap();
+        tokio::time::timeout(Duration::from_secs(12), stalled)
+            .await
+            .expect("stalled after the limit")
+            .unwrap();
     }
 
     #[tokio::test(start_paused = true)]

@@ -152,7 +152,13 @@ pub async fn serve(
             }
             Some(acceptor) => {
                 tracker.spawn(async move {
-                    match tokio::time::timeout(HANDSHAKE, acceptor.accept(stream)).await {
+                    // Evicted mid-handshake, the socket closes now, not at the timeout.
+                    let activity = admitted.activity.clone();
+                    let handshake = tokio::select! {
+                        done = tokio::time::timeout(HANDSHAKE, acceptor.accept(stream)) => done,
+                        _ = activity.evicted() => return,
+                    };
+                    match handshake {
                         Ok(Ok(stream)) => {
                             drive(builder, service, admitted, &edge, &shutdown, stream).await
                         }
@@ -190,6 +196,9 @@ async fn drive<S>(
         tokio::select! {
             _ = shutdown.cancelled() => Closing::Idle,
             why = activity.until_closing(edge.idle_timeout) => why,
+            // A response its client has not taken for the idle timeout (no window granted,
+            // nothing read): the connection holds it for no one.
+            _ = activity.until_stalled(edge.idle_timeout) => Closing::Evicted,
         }
     };
     tokio::pin!(closing);
@@ -269,13 +278,9 @@ impl tower::Service<http::Request<hyper::body::Incoming>> for ConnService {
                 let limit = this.edge.idle_timeout;
                 resp.map(|body| axum::body::Body::new(admission::Deadline::new(body, limit)))
             };
-            // The connection stays busy until the response body ends (a watch stream).
-            Ok(resp.map(|body| {
-                axum::body::Body::new(http_body_util::BodyExt::map_frame(body, move |frame| {
-                    let _busy = &in_flight;
-                    frame
-                }))
-            }))
+            // The connection stays busy until the response body ends (a watch stream), and
+            // the body tells whether its client keeps taking it.
+            Ok(resp.map(|body| axum::body::Body::new(connections::Tracked::new(body, in_flight))))
         })
     }
 }

@@ -749,3 +749,49 @@ async fn keyless_streams_never_keep_a_caller_out() {
     );
     server.terminate().await;
 }
+
+/// A client that never takes its answers (HTTP/2, no window granted) loses its connection
+/// after the idle timeout, key or no key: unsent answers are memory held for no one.
+#[tokio::test]
+async fn clients_that_never_read_their_answers_lose_the_connection() {
+    let db = fresh_database().await;
+    let (_, key) = db.store.create_account("unread", 10).await.unwrap();
+    let key = key.expose().to_string();
+    let mut server = spawn_process(&db.url, &["--idle-timeout", "2s"], &[]).await;
+    let addr = server.addr;
+    for path in [
+        "/openapi.json".to_string(),
+        format!("/api/v1/balance?api_key={key}"),
+    ] {
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let (send, conn) = h2::client::Builder::new()
+            .initial_window_size(0)
+            .handshake::<_, prost::bytes::Bytes>(tcp)
+            .await
+            .unwrap();
+        let connection = tokio::spawn(conn);
+        let mut send = send.ready().await.unwrap();
+        let mut answers = Vec::new();
+        for _ in 0..4 {
+            let req = http::Request::get(format!("http://{addr}{path}"))
+                .body(())
+                .unwrap();
+            let (response, _) = send.send_request(req, true).unwrap();
+            answers.push(response);
+            send = send.ready().await.unwrap();
+        }
+        let started = Instant::now();
+        tokio::time::timeout(secs(6), connection)
+            .await
+            .unwrap_or_else(|_| panic!("{path}: the connection outlived its unread answers"))
+            .unwrap()
+            .ok();
+        assert!(
+            started.elapsed() >= ms(1500),
+            "{path}: closed before the idle timeout"
+        );
+    }
+    // Callers reading their answers are served as ever.
+    caller_is_answered(addr, &key, secs(2)).await;
+    server.terminate().await;
+}
