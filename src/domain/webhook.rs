@@ -51,7 +51,7 @@ const SPECIAL_V4: [(u32, u8, &str); 19] = [
     (0xF000_0000, 4, "reserved"),
 ];
 
-const SPECIAL_V6: [(u128, u8, &str); 17] = [
+const SPECIAL_V6: [(u128, u8, &str); 18] = [
     (0, 128, "unspecified"),
     (1, 128, "loopback"),
     (0, 96, "IPv4-compatible (deprecated)"),
@@ -70,6 +70,7 @@ const SPECIAL_V6: [(u128, u8, &str); 17] = [
     ),
     (0x2001_0db8_u128 << 96, 32, "documentation"),
     (0x2002_u128 << 112, 16, "6to4"),
+    (0x2620_004f_8000_u128 << 80, 48, "direct delegation AS112"),
     (0xfc00_u128 << 112, 7, "unique local"),
     (0xfe80_u128 << 112, 10, "link-local"),
     (0xfec0_u128 << 112, 10, "site-local (deprecated)"),
@@ -212,6 +213,7 @@ mod tests {
             ("2001::1", "IETF protocol assignments (Teredo...)"),
             ("2001:db8::1", "documentation"),
             ("2002:c0a8:101::1", "6to4"),
+            ("2620:4f:8000::1", "direct delegation AS112"),
             ("fd00::1", "unique local"),
             ("fe80::1", "link-local"),
             ("fec0::1", "site-local (deprecated)"),
@@ -230,6 +232,7 @@ mod tests {
             "2001:4860:4860::8888",
             "3fff:1000::1",
             "5f01::1",
+            "2620:4f:8001::1",
             "100:0:0:2::1",
         ] {
             assert_eq!(special_range(ip.parse().unwrap()), None, "{ip}");
