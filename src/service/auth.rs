@@ -224,13 +224,6 @@ impl<'a> KeySources<'a> {
         }
     }
 
-    pub fn with_authenticated(self, known: Option<&Authenticated>) -> KeySources<'a> {
-        KeySources {
-            authenticated: known.copied(),
-            ..self
-        }
-    }
-
     /// The request's extensions: its address, the key the server checked, its mark.
     pub fn with_extensions(self, extensions: &'a http::Extensions) -> KeySources<'a> {
         KeySources {
@@ -245,42 +238,29 @@ impl<'a> KeySources<'a> {
         metadata: &'a tonic::metadata::MetadataMap,
         body: &'a str,
     ) -> KeySources<'a> {
-        let (authorization, a) = first_and_repeated(
+        KeySources::from_values(body, |name| {
             metadata
-                .get_all("authorization")
+                .get_all(name)
                 .iter()
-                .filter_map(|v| v.to_str().ok()),
-        );
-        let (x_api_key, x) = first_and_repeated(
-            metadata
-                .get_all("x-api-key")
-                .iter()
-                .filter_map(|v| v.to_str().ok()),
-        );
-        KeySources {
-            body,
-            authorization,
-            x_api_key,
-            repeated: a || x,
-            peer: None,
-            authenticated: None,
-            mark: None,
-        }
+                .filter_map(|v| v.to_str().ok())
+                .collect()
+        })
     }
 
     pub fn from_headers(headers: &'a http::HeaderMap, body: &'a str) -> KeySources<'a> {
-        let (authorization, a) = first_and_repeated(
+        KeySources::from_values(body, |name| {
             headers
-                .get_all("authorization")
+                .get_all(name)
                 .iter()
-                .filter_map(|v| v.to_str().ok()),
-        );
-        let (x_api_key, x) = first_and_repeated(
-            headers
-                .get_all("x-api-key")
-                .iter()
-                .filter_map(|v| v.to_str().ok()),
-        );
+                .filter_map(|v| v.to_str().ok())
+                .collect()
+        })
+    }
+
+    /// From the body's key and every value of each key header (`all`).
+    fn from_values(body: &'a str, all: impl Fn(&'static str) -> Vec<&'a str>) -> KeySources<'a> {
+        let (authorization, a) = first_and_repeated(all("authorization").into_iter());
+        let (x_api_key, x) = first_and_repeated(all("x-api-key").into_iter());
         KeySources {
             body,
             authorization,
