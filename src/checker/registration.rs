@@ -3,6 +3,7 @@
 //! client so it is compiled and tested in every build.
 use std::collections::HashMap;
 
+use super::http::excerpt;
 use super::{Failure, Outcome};
 
 /// One row of an `is_on_whatsapp` answer, reduced to what we use.
@@ -37,7 +38,8 @@ pub fn map_registrations(asked: &[String], rows: Vec<Registration>) -> Vec<Outco
                     "WhatsApp returned no answer for this number",
                 )),
                 Some(Registration { error: Some(e), .. }) => Outcome::Retryable(Failure::failed(
-                    format!("WhatsApp could not check this number: {e}"),
+                    // WhatsApp's own words may name the number: masked, for the log.
+                    format!("WhatsApp could not check this number: {}", excerpt(e)),
                 )),
                 Some(r) if r.is_registered => Outcome::OnWhatsApp {
                     wa_id: r

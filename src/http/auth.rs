@@ -35,6 +35,34 @@ fn query_key(uri: &axum::http::Uri) -> Result<Option<String>, ApiError> {
     Ok(first)
 }
 
+/// A request's head, kept while its body (which may hold the key) is read: a key in the
+/// headers or query was checked before the body (the server's gate), one in the body
+/// is checked after.
+struct Head {
+    parts: Parts,
+    query: Option<String>,
+}
+
+impl Head {
+    fn of(req: Request) -> Result<(Head, Request), ApiError> {
+        let query = query_key(req.uri())?;
+        let (parts, body) = req.into_parts();
+        let head = Head {
+            parts: parts.clone(),
+            query,
+        };
+        Ok((head, Request::from_parts(parts, body)))
+    }
+
+    /// The account of the one key among the headers, the query and the body's.
+    async fn account(&self, core: &ValidationService, body_key: &str) -> Result<Uuid, ApiError> {
+        let key = one_key(self.query.as_deref(), body_key)?;
+        let keys = KeySources::from_headers(&self.parts.headers, key)
+            .with_extensions(&self.parts.extensions);
+        core.authenticate(keys).await
+    }
+}
+
 /// The key of the query string or of the body: both count, and two different ones are refused.
 fn one_key<'a>(query: Option<&'a str>, body: &'a str) -> Result<&'a str, ApiError> {
     let body = body.trim();
@@ -78,16 +106,9 @@ where
 
     async fn from_request(req: Request, state: &S) -> Result<CallerJson<T>, ApiError> {
         let core = Arc::<ValidationService>::from_ref(state);
-        let headers = req.headers().clone();
-        // The body is read below; the request's extensions are kept for the key check.
-        let extensions = req.extensions().clone();
-        let query = query_key(req.uri())?;
-        // A key in the headers or query was checked before the body was read (the
-        // server's gate); otherwise the key may be in the body, read first.
+        let (head, req) = Head::of(req)?;
         let Json(body) = Json::<T>::from_request(req, state).await?;
-        let key = one_key(query.as_deref(), body.api_key())?;
-        let keys = KeySources::from_headers(&headers, key).with_extensions(&extensions);
-        Ok(CallerJson(core.authenticate(keys).await?, body))
+        Ok(CallerJson(head.account(&core, body.api_key()).await?, body))
     }
 }
 
@@ -101,10 +122,8 @@ where
 
     async fn from_request(req: Request, state: &S) -> Result<CallerParams<T>, ApiError> {
         let core = Arc::<ValidationService>::from_ref(state);
-        let headers = req.headers().clone();
-        // The body is read below; the request's extensions are kept for the key check.
-        let extensions = req.extensions().clone();
-        let query_key = query_key(req.uri())?.filter(|k| !k.trim().is_empty());
+        let (head, req) = Head::of(req)?;
+        let headers = &head.parts.headers;
         let form = headers
             .get(axum::http::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
@@ -131,8 +150,9 @@ where
             }
             Query::<T>::try_from_uri(&uri)?.0
         };
-        let key = one_key(query_key.as_deref(), params.api_key())?;
-        let keys = KeySources::from_headers(&headers, key).with_extensions(&extensions);
-        Ok(CallerParams(core.authenticate(keys).await?, params))
+        Ok(CallerParams(
+            head.account(&core, params.api_key()).await?,
+            params,
+        ))
     }
 }

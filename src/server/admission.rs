@@ -38,7 +38,7 @@ pub struct Gate {
 pub type Held = Option<OwnedSemaphorePermit>;
 
 /// A request let through, and what it holds meanwhile.
-pub type Admitted = (Request<Body>, Held);
+pub type Passed = (Request<Body>, Held);
 
 impl Gate {
     /// `core` is None on a worker-only process (no API routes to guard).
@@ -55,7 +55,7 @@ impl Gate {
     }
 
     /// The request to serve, with what it holds meanwhile, or the answer refusing it.
-    pub async fn admit<B>(&self, req: Request<B>, peer: Peer) -> Result<Admitted, Response>
+    pub async fn admit<B>(&self, req: Request<B>, peer: Peer) -> Result<Passed, Response>
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<axum::BoxError>,

@@ -156,10 +156,6 @@ impl Connections {
         })
     }
 
-    pub fn cap(&self) -> usize {
-        self.cap
-    }
-
     /// A place for a new connection, closing at the cap the longest-idle one, or else the
     /// oldest with only unauthenticated requests; None when every open connection serves
     /// a checked key.
@@ -225,14 +221,11 @@ impl Activity {
             self.changed.notify_waiters();
         }
         let progress = Arc::new(Progress::new());
-        self.responses
-            .lock()
-            .expect("responses")
-            .retain(|p| p.strong_count() > 0);
-        self.responses
-            .lock()
-            .expect("responses")
-            .push(Arc::downgrade(&progress));
+        {
+            let mut responses = self.responses.lock().expect("responses");
+            responses.retain(|p| p.strong_count() > 0);
+            responses.push(Arc::downgrade(&progress));
+        }
         InFlight {
             activity: self.clone(),
             protected: None,
@@ -246,9 +239,9 @@ impl Activity {
     }
 
     /// Returns once a response in flight has been left untaken by its client for `limit`
-    /// (checked every second).
+    /// (looked at four times a limit: one timer per connection, rarely).
     pub async fn until_stalled(&self, limit: Duration) {
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut tick = tokio::time::interval((limit / 4).max(Duration::from_millis(100)));
         loop {
             tick.tick().await;
             let stalled = self
