@@ -82,6 +82,15 @@ async fn webhook_worker(url: &str, extra: &[(&str, &str)]) -> ServerProcess {
     spawn_process(url, &["--role", "worker"], &env).await
 }
 
+/// An API-only server on `db` (a worker process delivers), loopback receivers allowed.
+async fn api_only(db: &TestDb) -> TestApp {
+    spawn_app_on(db.url.clone(), db.store.clone(), |s| {
+        s.server.role = Role::Api;
+        s.webhooks.allow_private = true;
+    })
+    .await
+}
+
 fn with_callback(key: &str, numbers: Vec<String>, url: &str) -> pb::SubmitBatchRequest {
     pb::SubmitBatchRequest {
         api_key: key.into(),
@@ -171,12 +180,8 @@ async fn a_signed_summary_is_retried_until_delivered_then_never_again() {
 async fn a_pending_delivery_survives_a_crash_and_goes_out_once_after_restart() {
     let hook = receiver(usize::MAX).await;
     let db = fresh_database().await;
-    let (url, store) = (db.url.clone(), db.store.clone());
-    let api = spawn_app_on(url.clone(), store.clone(), |s| {
-        s.server.role = Role::Api;
-        s.webhooks.allow_private = true;
-    })
-    .await;
+    let url = db.url.clone();
+    let api = api_only(&db).await;
     let (_, key) = api.account(100).await;
     let mut first = webhook_worker(&url, &[]).await;
     let mut client = api.client().await;
@@ -191,7 +196,7 @@ async fn a_pending_delivery_survives_a_crash_and_goes_out_once_after_restart() {
             && sqlx::query_scalar::<_, bool>(
                 "SELECT last_error IS NOT NULL AND lease_until IS NULL FROM webhook_deliveries",
             )
-            .fetch_one(store.pool())
+            .fetch_one(db.store.pool())
             .await
             .unwrap()
     })
@@ -206,7 +211,7 @@ async fn a_pending_delivery_survives_a_crash_and_goes_out_once_after_restart() {
     .await;
     wait_until("the outbox to record it", || async {
         sqlx::query_scalar::<_, bool>("SELECT delivered_at IS NOT NULL FROM webhook_deliveries")
-            .fetch_one(store.pool())
+            .fetch_one(db.store.pool())
             .await
             .unwrap()
     })
@@ -289,12 +294,8 @@ async fn deliver_beside_a_proxy(
     let hook = receiver(0).await;
     let proxy = receiver(if proxy_fails { usize::MAX } else { 0 }).await;
     let db = fresh_database().await;
-    let (url, store) = (db.url.clone(), db.store.clone());
-    let api = spawn_app_on(url.clone(), store.clone(), |s| {
-        s.server.role = Role::Api;
-        s.webhooks.allow_private = true;
-    })
-    .await;
+    let url = db.url.clone();
+    let api = api_only(&db).await;
     let (_, key) = api.account(100).await;
     let env = env(&format!("http://{}", proxy.addr));
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
