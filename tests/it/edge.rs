@@ -658,6 +658,23 @@ async fn health_watch(addr: SocketAddr) -> tonic::Streaming<tonic_health::pb::He
         .into_inner()
 }
 
+/// An HTTP/2 connection that never opens its receive window: no answer reaches it.
+async fn zero_window_h2(
+    addr: SocketAddr,
+) -> (
+    h2::client::SendRequest<prost::bytes::Bytes>,
+    tokio::task::JoinHandle<Result<(), h2::Error>>,
+) {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (send, conn) = h2::client::Builder::new()
+        .initial_window_size(0)
+        .handshake::<_, prost::bytes::Bytes>(tcp)
+        .await
+        .unwrap();
+    let connection = tokio::spawn(conn);
+    (send.ready().await.unwrap(), connection)
+}
+
 /// Requests that take no key (a health watch on every connection, a health check
 /// declaring a 4 MiB message) hold nothing a caller needs: at the cap their connections
 /// make room, and no message is read past what such a service needs.
@@ -681,14 +698,7 @@ async fn keyless_streams_never_keep_a_caller_out() {
     // each answer (401) stays unsent, and still holds nothing a caller needs.
     let mut pinned = Vec::new();
     for _ in 0..32 {
-        let tcp = TcpStream::connect(addr).await.unwrap();
-        let (send, conn) = h2::client::Builder::new()
-            .initial_window_size(0)
-            .handshake::<_, prost::bytes::Bytes>(tcp)
-            .await
-            .unwrap();
-        tokio::spawn(conn);
-        let mut send = send.ready().await.unwrap();
+        let (mut send, _connection) = zero_window_h2(addr).await;
         let req = http::Request::post(format!("http://{addr}/api/v1/wavalidation/batch"))
             .header("content-type", "application/json")
             .body(())
@@ -763,14 +773,7 @@ async fn clients_that_never_read_their_answers_lose_the_connection() {
         "/openapi.json".to_string(),
         format!("/api/v1/balance?api_key={key}"),
     ] {
-        let tcp = TcpStream::connect(addr).await.unwrap();
-        let (send, conn) = h2::client::Builder::new()
-            .initial_window_size(0)
-            .handshake::<_, prost::bytes::Bytes>(tcp)
-            .await
-            .unwrap();
-        let connection = tokio::spawn(conn);
-        let mut send = send.ready().await.unwrap();
+        let (mut send, connection) = zero_window_h2(addr).await;
         let mut answers = Vec::new();
         for _ in 0..4 {
             let req = http::Request::get(format!("http://{addr}{path}"))
