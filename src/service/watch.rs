@@ -16,8 +16,8 @@ use uuid::Uuid;
 use crate::domain::batch::{Counts, NumberResult, WatchEvent};
 use crate::error::ApiError;
 use crate::runtime::events::EventHub;
-use crate::store::Store;
 use crate::store::rows::ResultRow;
+use crate::store::{Store, StoreError};
 
 pub type WatchItem = Result<WatchEvent, ApiError>;
 pub type WatchStream = Pin<Box<dyn Stream<Item = WatchItem> + Send>>;
@@ -32,6 +32,9 @@ const RUNS_BUFFERED: usize = 2;
 
 /// How long the final UNAVAILABLE of a shutdown may wait for room.
 const SHUTDOWN_SEND: Duration = Duration::from_secs(1);
+/// Backoff of a replay that met a database outage: from the first to the longest wait.
+const REPLAY_RETRY_FIRST: Duration = Duration::from_millis(100);
+const REPLAY_RETRY_MAX: Duration = Duration::from_secs(2);
 
 /// Watch streams each account holds open on this server, up to `limit` (0: no limit).
 pub struct WatchSlots {
@@ -175,9 +178,24 @@ impl Watch {
         };
         // Subscribed before the replay, so a result written in between still arrives.
         let mut subscription = self.hub.subscribe(self.batch_id);
-        let replay = match self.store.finished_results(self.batch_id, None).await {
-            Ok(rows) => rows,
-            Err(err) => return self.deliver(vec![Err(err.into())], self.stall).await,
+        let mut retry = REPLAY_RETRY_FIRST;
+        let replay = loop {
+            match self.store.finished_results(self.batch_id, None).await {
+                Ok(rows) => break rows,
+                // The stream is open: an outage is waited out here, as it is once following.
+                Err(err @ StoreError::Unavailable(_)) => {
+                    tracing::warn!(batch_id = %self.batch_id, error = %err, "watch replay failed; retrying");
+                    tokio::select! {
+                        _ = self.runs.closed() => return Err(End::Gone),
+                        _ = shutdown.cancelled() => {
+                            return self.deliver(vec![Err(ApiError::ShuttingDown)], SHUTDOWN_SEND).await;
+                        }
+                        _ = tokio::time::sleep(retry) => {}
+                    }
+                    retry = (retry * 2).min(REPLAY_RETRY_MAX);
+                }
+                Err(err) => return self.deliver(vec![Err(err.into())], self.stall).await,
+            }
         };
         self.send_new(&mut progress, &replay).await?;
         while progress.remaining > 0 {

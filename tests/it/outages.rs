@@ -117,7 +117,10 @@ async fn a_database_outage_turns_health_off_fails_fast_and_loses_nothing() {
     let (_, key) = app.account(1000).await;
     let mut client = app.client().await;
     let sub = submit(&mut client, &key, &us_numbers(0, 500)).await;
-    let watch = spawn_watch(&client, &key, &sub.batch_id);
+    // Open before the outage; what it streams is read meanwhile.
+    let watch = tokio::spawn(collect_watch(
+        open_watch(&mut client, &key, &sub.batch_id).await,
+    ));
     assert_eq!(health(app.addr).await, Some(SERVING));
     let db: String = sqlx::query_scalar("SELECT current_database()")
         .fetch_one(app.store.pool())
@@ -160,6 +163,51 @@ async fn a_database_outage_turns_health_off_fails_fast_and_loses_nothing() {
     assert_each_index_once(&results, 500);
     assert_eq!(completed.completed, 500);
     eprintln!("database outage: serving again {recovered:?} after it began");
+}
+
+/// The interleaving forced: a watch is open, its first read of the results waits on a
+/// lock, and that read's connection is cut. The watch waits the outage out and streams
+/// everything, where it used to end with UNAVAILABLE.
+#[tokio::test]
+async fn a_watch_whose_first_read_meets_an_outage_waits_it_out() {
+    // No backstop re-read meanwhile: the only read of the results is the watch's own.
+    let app = spawn_app_with(|s| s.api.watch_backstop = Duration::from_secs(3600)).await;
+    let (_, key) = app.account(10).await;
+    let mut client = app.client().await;
+    let sub = submit(&mut client, &key, &us_numbers(0, 5)).await;
+    watch_all(&mut client, &key, &sub.batch_id).await;
+
+    let mut hold = app.store.pool().begin().await.unwrap();
+    sqlx::query("LOCK TABLE batch_numbers IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *hold)
+        .await
+        .unwrap();
+    let watch = tokio::spawn(collect_watch(
+        open_watch(&mut client, &key, &sub.batch_id).await,
+    ));
+    let waiting = "SELECT pid FROM pg_stat_activity
+                   WHERE datname = current_database() AND wait_event_type = 'Lock'
+                     AND query LIKE '%FROM batch_numbers WHERE batch_id = $1 AND state <> $2%'";
+    wait_until("the watch's read to wait on the lock", || async {
+        sqlx::query_scalar::<_, i32>(waiting)
+            .fetch_optional(app.store.pool())
+            .await
+            .unwrap()
+            .is_some()
+    })
+    .await;
+    let cut: Vec<bool> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT pg_terminate_backend(pid) FROM ({waiting}) w"
+    )))
+    .fetch_all(app.store.pool())
+    .await
+    .unwrap();
+    assert_eq!(cut, [true]);
+    hold.commit().await.unwrap();
+
+    let (results, completed) = watch.await.expect("the watch streams everything");
+    assert_each_index_once(&results, 5);
+    assert_eq!(completed.completed, 5);
 }
 
 /// A PostgreSQL server of the test's own, so the test can restart it without

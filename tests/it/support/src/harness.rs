@@ -353,7 +353,13 @@ pub async fn watch_all(
     key: &str,
     batch_id: &str,
 ) -> (Vec<pb::NumberResult>, pb::BatchCompleted) {
-    let mut stream = open_watch(client, key, batch_id).await;
+    collect_watch(open_watch(client, key, batch_id).await).await
+}
+
+/// Collects the rest of an open WatchBatch stream, as `watch_all` does.
+pub async fn collect_watch(
+    mut stream: tonic::Streaming<pb::WatchBatchResponse>,
+) -> (Vec<pb::NumberResult>, pb::BatchCompleted) {
     let mut results = Vec::new();
     let mut completed = None;
     while let Some(msg) = tokio::time::timeout(DEADLINE, stream.message())
